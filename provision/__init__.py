@@ -1,0 +1,1 @@
+"""provision: rent and drive the machines trainyard trains on."""

@@ -1,0 +1,160 @@
+"""A session on one machine: run commands, move files, start the trainer detached, read its output.
+
+Every operation is a plain shell command through a *runner* with Fabric's API (`run`, `put`,
+`get`): a `fabric.Connection` for SSH hosts, or invoke's local `Context` for this machine (see
+`LocalNode`). So the local provider exercises the very code the SSH providers use.
+
+Why detached: the trainer must survive the SSH connection dropping, so it is started with `setsid
+nohup`, its pid written to a file, and its exit code written to another file when it ends. The
+controller then polls (`status`) instead of holding a connection open.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provision.errors import NodeError
+
+#: seconds any single command may take unless the caller says otherwise
+DEFAULT_COMMAND_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    running: bool
+    exit_code: int | None  # None while running, or when it died without writing one (killed)
+
+
+class Node:
+    """Drives one machine through a Fabric-compatible runner. Methods block for one command."""
+
+    def __init__(self, runner: Any, *, label: str, command_timeout: float = DEFAULT_COMMAND_TIMEOUT):
+        self.runner = runner
+        self.label = label
+        self.command_timeout = command_timeout
+
+    # -- commands ---------------------------------------------------------------------------------
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:
+        """Run `command` with bash; return stdout. Raises NodeError on a non-zero exit when `check`."""
+        try:
+            result = self.runner.run(
+                command, hide=True, warn=True, in_stream=False,
+                timeout=timeout or self.command_timeout,
+            )
+        except Exception as exc:  # invoke's CommandTimedOut, paramiko's socket errors, ...
+            raise NodeError(f"{self.label}: {type(exc).__name__}: {exc}".strip()) from exc
+        if check and result.exited != 0:
+            tail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
+            raise NodeError(f"{self.label}: command failed ({result.exited}): {' | '.join(tail)}")
+        return result.stdout
+
+    def put(self, local_path: str | Path, remote_path: str) -> None:
+        try:
+            self.runner.put(str(local_path), remote=remote_path)
+        except Exception as exc:
+            raise NodeError(f"{self.label}: upload of {local_path} failed: {exc}") from exc
+
+    def get(self, remote_path: str, local_path: str | Path) -> None:
+        try:
+            self.runner.get(remote_path, local=str(local_path))
+        except Exception as exc:
+            raise NodeError(f"{self.label}: download of {remote_path} failed: {exc}") from exc
+
+    def mkdir(self, path: str) -> None:
+        self.run(f"mkdir -p {shlex.quote(path)}")
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"test -e {shlex.quote(path)} && echo yes || echo no").strip() == "yes"
+
+    def read_text(self, path: str) -> str | None:
+        out = self.run(f"cat {shlex.quote(path)} 2>/dev/null || printf '\\0missing'", check=False)
+        return None if out.endswith("\0missing") else out
+
+    # -- the detached trainer ---------------------------------------------------------------------
+    def start_detached(self, command: str, *, workdir: str, name: str = "train") -> int:
+        """Start `command` in its own session, outliving this connection. Returns its pid.
+
+        Writes `<name>.log` (stdout+stderr), `<name>.pid`, and `<name>.exit` when it ends.
+        """
+        wd = shlex.quote(workdir)
+        # The subshell keeps `exit N` inside `command` from skipping the exit-code write. Each
+        # statement is separate (`;`, not `&&`) so only the trainer goes to the background and
+        # nothing holds this connection's stdout open. The log is appended to, so readers'
+        # byte offsets stay valid across restarts.
+        inner = f"({command}); echo $? > {name}.exit.tmp && mv {name}.exit.tmp {name}.exit"
+        script = (
+            f"cd {wd} || exit 1; rm -f {name}.exit; "
+            f"setsid nohup bash -c {shlex.quote(inner)} >> {name}.log 2>&1 < /dev/null & "
+            f"echo $! > {wd}/{name}.pid; cat {wd}/{name}.pid"
+        )
+        out = self.run(script).strip()
+        try:
+            return int(out.splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise NodeError(f"{self.label}: could not read the pid of {name!r}: {out!r}") from exc
+
+    def status(self, *, workdir: str, name: str = "train") -> ProcessStatus:
+        """Is the detached process still running, and if not, how did it end?"""
+        wd = shlex.quote(workdir)
+        out = self.run(
+            f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null); "
+            f"if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then echo running; "
+            f"elif [ -f {name}.exit ]; then echo exit $(cat {name}.exit); else echo gone; fi"
+        ).split()
+        if out and out[0] == "running":
+            return ProcessStatus(running=True, exit_code=None)
+        if len(out) == 2 and out[0] == "exit" and out[1].lstrip("-").isdigit():
+            return ProcessStatus(running=False, exit_code=int(out[1]))
+        return ProcessStatus(running=False, exit_code=None)
+
+    def stop(self, *, workdir: str, name: str = "train", grace_s: int = 10) -> None:
+        """Stop the detached process group: SIGTERM, then SIGKILL after `grace_s`. Idempotent."""
+        wd = shlex.quote(workdir)
+        self.run(
+            f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null) && [ -n \"$pid\" ] || exit 0; "
+            f"kill -TERM -- -$pid 2>/dev/null; "
+            f"for i in $(seq {grace_s * 5}); do kill -0 -- -$pid 2>/dev/null || exit 0; sleep 0.2; done; "
+            f"kill -KILL -- -$pid 2>/dev/null; exit 0",
+            timeout=grace_s + 30,
+        )
+
+    def read_from(self, path: str, offset: int, max_bytes: int = 1 << 20) -> tuple[str, int]:
+        """Complete lines of `path` from byte `offset`; returns (text, new offset).
+
+        A trailing partial line is left for the next call, so a line being written is never
+        half-read. A missing file reads as empty.
+        """
+        out = self.run(
+            f"tail -c +{int(offset) + 1} {shlex.quote(path)} 2>/dev/null | head -c {int(max_bytes)}",
+            check=False,
+        )
+        cut = out.rfind("\n")
+        if cut < 0:
+            return "", offset
+        text = out[: cut + 1]
+        return text, offset + len(text.encode("utf-8"))
+
+
+class LocalNode(Node):
+    """This machine, through invoke's local `Context` (same `run` API as Fabric's Connection)."""
+
+    def __init__(self, *, label: str = "local", command_timeout: float = DEFAULT_COMMAND_TIMEOUT):
+        from invoke import Context
+
+        super().__init__(Context(), label=label, command_timeout=command_timeout)
+
+    def put(self, local_path: str | Path, remote_path: str) -> None:
+        try:
+            shutil.copyfile(local_path, remote_path)
+        except OSError as exc:
+            raise NodeError(f"{self.label}: copy of {local_path} failed: {exc}") from exc
+
+    def get(self, remote_path: str, local_path: str | Path) -> None:
+        try:
+            shutil.copyfile(remote_path, local_path)
+        except OSError as exc:
+            raise NodeError(f"{self.label}: copy of {remote_path} failed: {exc}") from exc
