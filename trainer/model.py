@@ -1,0 +1,269 @@
+"""GPT-2, as in Raschka's book (and nanoGPT), with attention through scaled_dot_product_attention.
+
+Pre-LayerNorm blocks (eps 1e-5), learned absolute positions, tanh-GELU, 4x MLP. The book's
+defaults are an untied output head and no QKV bias; both are options, so OpenAI's GPT-2 weights
+(tied head, QKV bias) load into the same class. Module names follow Hugging Face's GPT-2 so that a
+state dict maps across by name (only HF's Conv1D weights need a transpose).
+
+Shapes: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size (C // nh), V vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # context length
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.1
+    qkv_bias: bool = False
+    tie_weights: bool = False
+
+
+# The book's GPT-2 configurations: untied head, no QKV bias, dropout 0.1.
+PRESETS: dict[str, dict] = {
+    # a few M parameters outside the embeddings: for CPU demos and tests
+    "gpt2-tiny": dict(block_size=256, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    "gpt2-small": dict(block_size=1024, n_layer=12, n_head=12, n_embd=768),  # 163,009,536 params
+    "gpt2-medium": dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024),
+}
+
+
+def make_config(preset: str, overrides: dict | None = None) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name: f.type for f in fields(GPTConfig)}
+    merged = dict(PRESETS[preset])
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown key model_overrides.{key}; known: {', '.join(known)}")
+        want = {"int": int, "float": float, "bool": bool}[known[key]]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"model_overrides.{key} must be {known[key]}, got {value!r}")
+        merged[key] = value
+    cfg = GPTConfig(**merged)
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    return cfg
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.qkv_bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=1e-5),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx (B, T) token ids -> logits (B, T, V); with targets (B, T), also the mean CE loss."""
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def num_params(self) -> int:
+        """Parameter count; a tied head is counted once (parameters() deduplicates)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B style.
+
+        6 x the weights that take part in a matmul (everything but the embeddings, plus the output
+        head, which is a matmul even when tied) + the attention scores and values term 12·L·C·T.
+        """
+        cfg = self.config
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        if not cfg.tie_weights:
+            # the token lookup is not a matmul; a tied matrix is counted once, for the head
+            n -= self.transformer.wte.weight.numel()
+        return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * seq_len
+
+
+def count_params(cfg: GPTConfig) -> int:
+    """Parameters of a config without building it (the chinchilla budget needs it early)."""
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    block = (C * 3 * C + (3 * C if cfg.qkv_bias else 0)) + (C * C + C)  # attention
+    block += (C * 4 * C + 4 * C) + (4 * C * C + C) + 4 * C  # MLP + two LayerNorms
+    head = 0 if cfg.tie_weights else V * C
+    return V * C + cfg.block_size * C + L * block + 2 * C + head
+
+
+# ---- Hugging Face GPT-2 weights (model.safetensors + config.json, e.g. openai-community/gpt2) ----
+
+_HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older exports
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"not a GPT-2 config: model_type {hf.get('model_type')!r}")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"activation {act!r} is not GPT-2's tanh GELU")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        dropout=0.0,
+        qkv_bias=True,  # HF's Conv1D always has a bias
+        tie_weights=hf.get("tie_word_embeddings", True),
+    )
+
+
+def load_hf_state_dict(model: GPT, hf_sd: dict[str, torch.Tensor]) -> None:
+    """Copy a Hugging Face GPT-2 state dict into our model; every parameter must be covered."""
+    ours = model.state_dict()
+    seen = set()
+    for key, tensor in hf_sd.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(_HF_BUFFERS):
+            continue
+        if name != "lm_head.weight":
+            name = "transformer." + name
+        if name not in ours:
+            raise CheckpointError(f"Hugging Face weight {key!r} has no counterpart in our GPT-2")
+        if name.endswith(_HF_TRANSPOSED):
+            tensor = tensor.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
+        if tuple(tensor.shape) != tuple(ours[name].shape):
+            raise CheckpointError(
+                f"{key}: shape {tuple(tensor.shape)} does not fit ours {tuple(ours[name].shape)}"
+            )
+        with torch.no_grad():
+            ours[name].copy_(tensor)
+        seen.add(name)
+    if model.config.tie_weights:
+        seen.add("lm_head.weight")  # the same tensor as wte
+        if "transformer.wte.weight" in seen:
+            seen.add("transformer.wte.weight")
+    missing = sorted(set(ours) - seen)
+    if missing:
+        raise CheckpointError(f"Hugging Face weights lack {', '.join(missing[:5])}")
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face GPT2LMHeadModel names (Conv1D layout)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(_HF_TRANSPOSED):
+            tensor = tensor.t()
+        out[name] = tensor.contiguous()
+    return out
+
+
+def from_hf_pretrained(folder: str | Path) -> GPT:
+    """Build our GPT from a Hugging Face folder (config.json + model.safetensors)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for f in ("config.json", "model.safetensors"):
+        if not (folder / f).is_file():
+            raise CheckpointError(f"{folder} is not a Hugging Face GPT-2 folder: {f} is missing")
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = GPT(cfg)
+    load_hf_state_dict(model, load_file(str(folder / "model.safetensors")))
+    return model
+
+
+def config_dict(cfg: GPTConfig) -> dict:
+    return asdict(cfg)
