@@ -1,0 +1,1 @@
+"""orchestrator: the trainyard service (API, controller, database, CLI)."""

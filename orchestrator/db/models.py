@@ -1,0 +1,237 @@
+"""SQLAlchemy 2.0 models: what the service remembers about every run.
+
+Tables are created only by Alembic migrations (`alembic/`); these classes are the source the
+migrations were generated from, and a test checks that the two agree.
+
+Money is stored as integer cents (micro-cents where fractions matter) so sums are exact.
+Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Deterministic constraint names, so migrations are the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class RunStatus(str, enum.Enum):
+    pending = "pending"
+    provisioning = "provisioning"
+    bootstrapping = "bootstrapping"
+    training = "training"
+    evaluating = "evaluating"
+    recovering = "recovering"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    stopped = "stopped"  # a budget limit was reached
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.stopped}
+)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.pending.value, index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    #: the user asked to cancel; the controller acts on it (desired state, level-triggered)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    # the lease: one worker at a time acts on a run; every write is fenced by the token
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    # progress, kept up to date by the controller so reading a run never scans its metrics
+    target_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    world_size: Mapped[int | None] = mapped_column(Integer)
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+
+    # where the controller is in reading the node's files (byte offsets, so reads are incremental)
+    metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    events: Mapped[list[RunEvent]] = relationship(back_populates="run", order_by="RunEvent.id")
+    instances: Mapped[list[Instance]] = relationship(back_populates="run", order_by="Instance.rank")
+
+
+class RunEvent(Base):
+    """Every status change and why, plus notable happenings (recoveries, placement moves)."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))  # "status", "placement", "recovery", "info", ...
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str | None] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    run: Mapped[Run] = relationship(back_populates="events")
+
+
+class Instance(Base):
+    """One rented (or local) machine of a run. The price is frozen at launch."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100), index=True)  # ty-<run>-<rank>
+    provider: Mapped[str] = mapped_column(String(40))
+    provider_instance_id: Mapped[str | None] = mapped_column(String(100))
+    instance_type: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str | None] = mapped_column(String(100))
+    public_ip: Mapped[str | None] = mapped_column(String(100))
+    private_ip: Mapped[str | None] = mapped_column(String(100))
+    ssh_port: Mapped[int | None] = mapped_column(Integer)
+    price_cents_per_hour: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(20), default="booting")
+    #: the trainer's working directory on the node
+    workdir: Mapped[str | None] = mapped_column(Text)
+    #: pid of the detached trainer on the node (informational; the node's pid file is the truth)
+    trainer_pid: Mapped[int | None] = mapped_column(Integer)
+
+    launched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    active_at: Mapped[datetime | None]
+    terminate_requested_at: Mapped[datetime | None]
+    terminated_at: Mapped[datetime | None]
+
+    run: Mapped[Run] = relationship(back_populates="instances")
+
+
+class MetricPoint(Base):
+    """One metrics line from the trainer (train step or validation)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (Index("ix_metric_points_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # "train" | "val"
+    step: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[float] = mapped_column(Float)  # unix seconds, as the trainer wrote it
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    mfu: Mapped[float | None] = mapped_column(Float)
+    peak_mem_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    wall_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """A measured result of one checkpoint, e.g. test loss on the pinned test set."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(40))  # "test_loss"
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    bits_per_byte: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    test_set_sha256: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CostEntry(Base):
+    """Money a run spent: an instance's billed time, judge tokens, storage."""
+
+    __tablename__ = "cost_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(20))  # "instance" | "judge" | "storage"
+    #: exact amount in US cents (fractions allowed: judge tokens cost fractions of a cent)
+    cents: Mapped[float] = mapped_column(Float)
+    quantity: Mapped[float | None] = mapped_column(Float)  # billed minutes, tokens, GB-months
+    unit: Mapped[str | None] = mapped_column(String(20))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LogChunk(Base):
+    """The trainer's log, copied off the node as it is written, kept after the run ends."""
+
+    __tablename__ = "log_chunks"
+    __table_args__ = (Index("ix_log_chunks_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    text: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
