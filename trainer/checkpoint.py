@@ -1,0 +1,215 @@
+"""Checkpoints that are either complete and verified, or not checkpoints at all.
+
+    RUN_DIR/checkpoints/step_000100/   model.safetensors   the unwrapped model (never the DDP/compile wrapper)
+                                       optimizer.pt        AdamW state
+                                       state.pt            step, tokens, data offset, every rank's RNG states
+                                       config.json         {"model": GPTConfig, "train": resolved train config}
+                                       metrics.json        the latest train/val metrics
+                                       manifest.json       sizes + SHA-256 of the above, written LAST
+    RUN_DIR/checkpoints/latest         name of the newest committed folder
+
+Saving writes into `.tmp-step_000100`, fsyncs, writes the manifest, renames the folder into place,
+then moves `latest` (write + os.replace). A crash at any point leaves `latest` on the previous
+committed checkpoint. Loading verifies every file against the manifest before reading any of them.
+Only rank 0 calls save(); every rank may load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from trainer.errors import CheckpointError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+REQUIRED = ("model.safetensors", "optimizer.pt", "state.pt", "config.json", "metrics.json")
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, state: dict, config: dict, metrics: dict,
+         keep_last: int) -> tuple[Path, int]:
+    """Write and commit a checkpoint; returns (its folder, total bytes). Rank 0 only."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = step_dir_name(step)
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # dedupes a tied head/embedding
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files = {}
+    for f in REQUIRED:
+        _fsync_file(tmp / f)
+        files[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+    manifest = {"format": FORMAT, "step": step, "tokens": tokens, "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _fsync_write(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_file(ckpt_root)
+    pointer = ckpt_root / ".latest.tmp"
+    _fsync_write(pointer, (name + "\n").encode())
+    os.replace(pointer, ckpt_root / "latest")
+    prune(ckpt_root, keep_last)
+    return final, sum(v["bytes"] for v in files.values())
+
+
+def committed(ckpt_root: Path) -> list[Path]:
+    """Committed checkpoint folders (a manifest present), oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.iterdir()
+             if p.is_dir() and _STEP_DIR.match(p.name) and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def prune(ckpt_root: Path, keep_last: int) -> None:
+    """Delete all but the newest keep_last committed checkpoints (never the one `latest` names)."""
+    latest = read_latest_name(ckpt_root)
+    for p in committed(ckpt_root)[:-keep_last]:
+        if p.name != latest:
+            shutil.rmtree(p)
+
+
+def clean_stale(run_dir: str | Path) -> None:
+    """Remove half-written `.tmp-*` folders left by a crash during a save. Rank 0, at start."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-") and p.is_dir():
+                shutil.rmtree(p)
+
+
+def read_latest_name(ckpt_root: Path) -> str | None:
+    pointer = ckpt_root / "latest"
+    if not pointer.is_file():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The folder `latest` names, or None for a run that has not committed a checkpoint yet."""
+    root = Path(run_dir) / "checkpoints"
+    name = read_latest_name(root)
+    if name is None:
+        return None
+    if not _STEP_DIR.match(name):
+        raise CheckpointError(f"{root / 'latest'} holds {name!r}, not a checkpoint folder name")
+    if not (root / name).is_dir():
+        raise CheckpointError(f"{root / 'latest'} names {name}, which does not exist")
+    return root / name
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder, or the latest one of a checkpoints folder or a run folder."""
+    p = Path(path)
+    if (p / MANIFEST).is_file() or _STEP_DIR.match(p.name):
+        return p
+    for root in (p, p / "checkpoints"):
+        name = read_latest_name(root)
+        if name is not None:
+            return root / name
+    raise CheckpointError(f"{path} is neither a checkpoint folder nor a run with a latest checkpoint")
+
+
+def verify(ckpt: str | Path) -> dict:
+    """Check every file against the manifest; returns the manifest or raises CheckpointError."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    mpath = ckpt / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} is not committed: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} is unreadable") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {ckpt}: unknown manifest format {manifest.get('format')!r}")
+    for name in REQUIRED:
+        if name not in files:
+            raise CheckpointError(f"checkpoint {ckpt}: the manifest does not list {name}")
+    for name, meta in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing")
+        size = f.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is {size} bytes, the manifest says "
+                                  f"{meta['bytes']} (truncated or corrupt)")
+        if _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {name} does not match its sha256 (corrupt)")
+    return manifest
+
+
+def read_config(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / "config.json").read_text())
+
+
+def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
+    """Load verified weights into an unwrapped model."""
+    try:
+        missing, unexpected = load_model(model, str(Path(ckpt) / "model.safetensors"), strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt}: weights do not fit the model: "
+                              f"{str(e).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt}: weights do not fit the model "
+                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def load_training(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  device: torch.device) -> dict:
+    """Verify, then restore model and optimizer; returns the saved training state (state.pt)."""
+    verify(ckpt)
+    load_weights(ckpt, model)
+    try:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device,
+                                             weights_only=True))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: optimizer state does not fit: {e}") from None
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,163 @@
+"""Test loss and bits per byte of a checkpoint (or OpenAI's GPT-2) on a fixed test set.
+
+    python -m trainer.evaluate run/checkpoints/step_001000 --test-set data/fineweb
+    python -m trainer.evaluate run --test-set data/fineweb --expect-sha256 5ffe...   # run's latest
+    python -m trainer.evaluate hf:gpt2 --hf-dir models/gpt2 --test-set data/fineweb  # OpenAI weights
+
+The test set is the `test` split of a prepared folder (or one .bin shard of it), identified by the
+SHA-256 of its bytes and its token count; --expect-sha256 refuses any other. It is cut into
+consecutive windows of the model's context so every token but the first is predicted exactly once;
+test_loss is the mean cross-entropy (nats) over those predictions and bits_per_byte is
+sum(CE) / ln 2 / (UTF-8 bytes of the predicted text). Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer import checkpoint, tokenizer
+from trainer.data import DTYPE, SplitTokens, eval_windows, load_manifest
+from trainer.errors import CheckpointError, DataError, run_cli
+from trainer.model import GPT, GPTConfig, from_hf_pretrained
+
+HF_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+            "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
+
+
+@torch.no_grad()
+def cross_entropy_sum(model: GPT, tokens, windows: list[tuple[int, int]], batch_size: int,
+                      device: torch.device, amp) -> tuple[float, int, int]:
+    """(sum of CE in nats, number of predicted tokens, their UTF-8 bytes) over the windows."""
+    was_training = model.training
+    model.eval()
+    byte_len = tokenizer.token_byte_lengths()
+    nats, count, n_bytes = 0.0, 0, 0
+    i = 0
+    while i < len(windows):
+        length = windows[i][1]
+        group = [w for w in windows[i:i + batch_size] if w[1] == length]  # same-length batch
+        i += len(group)
+        buf = np.stack([tokens.read(s, length + 1) for s, _ in group])  # (B, T+1)
+        x = torch.from_numpy(buf[:, :-1]).to(device)  # (B, T)
+        y = torch.from_numpy(buf[:, 1:]).to(device)  # (B, T)
+        with amp:
+            logits, _ = model(x)  # (B, T, V)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+        n_bytes += int(byte_len[buf[:, 1:]].sum())
+    model.train(was_training)
+    return nats, count, n_bytes
+
+
+class _ShardTokens:
+    """A single .bin shard as a test set (when --test-set names a file)."""
+
+    def __init__(self, path: Path):
+        data = path.read_bytes()
+        if len(data) % DTYPE.itemsize:
+            raise DataError(f"{path} is not a uint16 token shard ({len(data)} bytes)")
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.array = np.frombuffer(data, dtype=DTYPE)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        return self.array[start:start + n].astype(np.int64)
+
+
+def open_test_set(path: str | Path):
+    p = Path(path)
+    if p.is_file():
+        return _ShardTokens(p)
+    load_manifest(p)  # a clear error when the folder is not prepared data
+    return SplitTokens(p, "test", verify_hash=True)
+
+
+def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
+    """Our GPT from a checkpoint folder / run folder, or OpenAI's weights for `hf:NAME`."""
+    if spec.startswith("hf:"):
+        name = spec[3:]
+        folder = hf_dir
+        if folder is None:
+            if name not in HF_REPOS:
+                raise CheckpointError(f"unknown Hugging Face model {name!r}; pass --hf-dir")
+            try:
+                from huggingface_hub import snapshot_download
+            except ImportError:
+                raise CheckpointError("hf: models need --hf-dir DIR (a folder with config.json and "
+                                      "model.safetensors) or huggingface_hub to fetch them") from None
+            folder = snapshot_download(HF_REPOS[name], allow_patterns=["config.json", "model.safetensors"])
+        return from_hf_pretrained(folder), {"checkpoint": spec, "step": None}
+    ckpt = checkpoint.resolve(spec)
+    manifest = checkpoint.verify(ckpt)  # before anything is read
+    cfg = GPTConfig(**checkpoint.read_config(ckpt)["model"])
+    cfg.dropout = 0.0
+    model = GPT(cfg)
+    checkpoint.load_weights(ckpt, model)
+    return model, {"checkpoint": str(ckpt), "step": manifest["step"]}
+
+
+def evaluate(spec: str, test_set: str, expect_sha256: str | None = None, max_tokens: int | None = None,
+             hf_dir: str | None = None, batch_size: int = 8, device: str = "auto",
+             seq_len: int | None = None) -> dict:
+    tokens = open_test_set(test_set)
+    if expect_sha256 and tokens.sha256 != expect_sha256.lower():
+        raise DataError(f"test set {test_set} has sha256 {tokens.sha256}, expected {expect_sha256}: "
+                        f"not the same test set")
+    if len(tokens) < 2:
+        raise DataError(f"test set {test_set} holds {len(tokens)} tokens; nothing to evaluate")
+    model, info = load_model(spec, hf_dir)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model.to(dev)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+           else contextlib.nullcontext())
+    windows = eval_windows(len(tokens), seq_len or model.config.block_size, max_tokens)
+    nats, count, n_bytes = cross_entropy_sum(model, tokens, windows, batch_size, dev, amp)
+    return {
+        **info,
+        "test_loss": nats / count,
+        "bits_per_byte": nats / math.log(2) / n_bytes,
+        "tokens": count,
+        "bytes": n_bytes,
+        "test_set": str(test_set),
+        "test_set_sha256": tokens.sha256,
+        "test_set_tokens": len(tokens),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="checkpoint folder, run folder (its latest), or hf:gpt2 / hf:gpt2-medium")
+    ap.add_argument("--test-set", required=True, help="prepared data folder (its test split) or a .bin shard")
+    ap.add_argument("--expect-sha256", default=None)
+    ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N predictions")
+    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--out", default=None, help="also write the JSON result here")
+    args = ap.parse_args(argv)
+    result = evaluate(args.checkpoint, args.test_set, args.expect_sha256, args.max_tokens,
+                      args.hf_dir, args.batch_size, args.device, args.seq_len)
+    text = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

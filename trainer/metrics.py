@@ -1,0 +1,122 @@
+"""What a run reports: metrics.jsonl, heartbeat.json, a progress line on stderr. Rank 0 only.
+
+metrics.jsonl gets one JSON object per line, appended and flushed line by line, so a reader that
+follows the file by byte offset sees whole lines (and ignores a trailing partial one). Every line
+has "kind" and "time" (unix seconds). heartbeat.json is rewritten atomically every few seconds by
+a background thread, so a reader can tell a live run from a hung or dead one even between log steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; TF32 is half of these
+PEAK_BF16_FLOPS = {
+    "B200": 2250e12,
+    "H200": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A6000": 155e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,  # fp16
+}
+
+
+def peak_flops(device: torch.device, dtype: str, override: float | None) -> float | None:
+    """Peak FLOP/s of one device for MFU, or None when unknown (CPU unless configured)."""
+    if override:
+        return float(override)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():  # ordered so "H100 PCIe" wins over "H100"
+        if key in name:
+            return flops if dtype == "bf16" else flops / 2
+    return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak GPU memory allocated on CUDA; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Metrics:
+    """Appends metric lines, keeps the heartbeat fresh, prints progress. Inactive off rank 0."""
+
+    def __init__(self, run_dir: Path, active: bool, heartbeat_every: float = 5.0):
+        self.active = active
+        self.run_dir = run_dir
+        self.step = 0
+        self._f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if active else None
+        self._stop = threading.Event()
+        self._thread = None
+        if active:
+            self._beat()
+            self._thread = threading.Thread(target=self._beat_loop, args=(heartbeat_every,),
+                                             daemon=True, name="heartbeat")
+            self._thread.start()
+
+    def log(self, kind: str, **fields) -> None:
+        if not self.active:
+            return
+        line = json.dumps({"kind": kind, "time": round(time.time(), 3), **fields})
+        self._f.write(line + "\n")
+        self._f.flush()
+
+    def progress(self, text: str) -> None:
+        if self.active:
+            print(text, file=sys.stderr, flush=True)
+
+    def _beat(self) -> None:
+        _atomic_write(self.run_dir / "heartbeat.json",
+                      json.dumps({"time": round(time.time(), 3), "step": self.step, "pid": os.getpid()}))
+
+    def _beat_loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._beat()
+            except OSError:
+                pass  # a full disk must not kill training from a side thread; the next beat retries
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._beat()
+        self._f.close()
+        self.active = False
+
+
+def format_progress(step: int, steps: int, loss: float, lr: float, tok_s: float,
+                    mfu: float | None, eta: float) -> str:
+    parts = [f"step {step}/{steps}", f"loss {loss:.4f}", f"lr {lr:.2e}", f"{tok_s:,.0f} tok/s"]
+    if mfu is not None:
+        parts.append(f"mfu {100 * mfu:.1f}%")
+    parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+    return " | ".join(parts)

@@ -1,0 +1,435 @@
+"""Train GPT-2 from scratch: one process, one node with N GPUs, or N nodes.
+
+    # 1 process (CPU or one GPU)
+    python -m trainer.train config.yaml --run-dir run
+
+    # 1 node, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 -m trainer.train config.yaml --run-dir run
+
+    # 2 nodes x 8 GPUs: run on EVERY node; HOST0 is the first node's address
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-id=run42 --rdzv-backend=c10d \
+        --rdzv-endpoint=HOST0:29500 -m trainer.train config.yaml --run-dir run
+
+Options: --set key=value overrides a config key (dotted keys reach into model_overrides);
+--stop-at-step N stops after step N with a checkpoint, as a preemption would (no DONE file).
+A run directory that holds checkpoints/latest is resumed from it, exactly: same batches, same
+RNG streams, same optimizer state, so the loss trajectory matches a run that never stopped.
+
+DDP runs on NCCL (CUDA) or gloo (CPU). Every rank reads its own windows of the prepared data;
+only rank 0 writes (run dir, metrics, checkpoints). See docs/trainer-contract.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer import checkpoint, config as config_mod
+from trainer.data import SplitTokens, TrainBatches, eval_windows
+from trainer.errors import ConfigError, DataError, TrainerError
+from trainer.evaluate import cross_entropy_sum
+from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes
+from trainer.model import GPT
+
+
+# ---------------------------------------------------------------- distributed + device
+
+def init_distributed(device_pref: str) -> tuple[int, int, int, torch.device]:
+    """(rank, local_rank, world, device); a process group only under torchrun."""
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if "RANK" in os.environ:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                device_id=device if use_cuda else None)
+    return rank, local_rank, world, device
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)  # (n,)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------- RNG state per rank
+
+def rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(s: dict, device: torch.device) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(s["cuda"], device)
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+
+
+def seed_rank(seed: int, rank: int, step: int = 0) -> None:
+    """Per-rank streams (dropout differs across ranks), derived from (seed, rank, step)."""
+    s = seed + 7919 * (rank + 1) + 104729 * step
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+# ---------------------------------------------------------------- schedule + micro-batch search
+
+def lr_at(tokens: int, tokens_per_step: int, warmup_tokens: int, end_tokens: int,
+          cfg: config_mod.TrainConfig) -> float:
+    """LR for the step that starts at `tokens` seen: linear warm-up, then cosine or constant.
+
+    Measured in tokens rather than steps so a run resumed with another world size or micro-batch
+    continues the same curve.
+    """
+    if tokens < warmup_tokens:
+        return cfg.lr * (tokens + tokens_per_step) / warmup_tokens
+    if cfg.schedule == "constant":
+        return cfg.lr
+    ratio = min(1.0, (tokens - warmup_tokens) / max(1, end_tokens - warmup_tokens))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def find_micro_batch(fits, limit: int = 512) -> int:
+    """Largest micro-batch b <= limit with fits(b) True, assuming fits is monotone.
+
+    Doubles until the first failure, then bisects between the last success and it.
+    """
+    if not fits(1):
+        raise ConfigError("micro_batch: auto found that not even a micro-batch of 1 fits in memory")
+    good, bad = 1, None
+    while bad is None and good < limit:
+        trial = min(good * 2, limit)
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def autotune_micro_batch(model: GPT, seq_len: int, device: torch.device, amp) -> int:
+    """Largest micro-batch whose forward + backward fits on this GPU (CUDA only).
+
+    While probing it holds 3 extra copies of the parameters: AdamW's two moments and DDP's gradient
+    buckets, which a real step allocates but a bare forward/backward does not.
+    """
+    reserve = [torch.empty_like(p) for p in model.parameters() for _ in range(3)]
+
+    def fits(b: int) -> bool:
+        x = torch.randint(0, model.config.vocab_size, (b, seq_len), device=device)  # (b, T)
+        try:
+            with amp:
+                _, loss = model(x, x)
+            loss.backward()
+            torch.cuda.synchronize(device)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            del x
+            torch.cuda.empty_cache()
+
+    best = find_micro_batch(fits)
+    del reserve
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return best
+
+
+# ---------------------------------------------------------------- the run
+
+def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device):
+    # decay matrices only; biases and LayerNorm gains stay undecayed (as in GPT-2 / nanoGPT)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None) -> int:
+    rank, local_rank, world, device = init_distributed(cfg.device)
+    master = rank == 0
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
+           else contextlib.nullcontext())
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data, checked before any model is built: a wrong budget fails in seconds
+    train_tokens = SplitTokens(cfg.data_dir, "train")
+    val_tokens = SplitTokens(cfg.data_dir, "val") if cfg.eval_every > 0 else None
+    target = cfg.target_tokens()
+    if target > len(train_tokens) - 1:
+        raise DataError(f"max_tokens={cfg.max_tokens} ({target:,} tokens) is more than the "
+                        f"{len(train_tokens) - 1:,} training tokens available in {cfg.data_dir} "
+                        f"(one epoch, no repeats); lower max_tokens or prepare more data")
+    val_windows = []
+    if val_tokens is not None:
+        val_windows = [w for w in eval_windows(len(val_tokens), cfg.seq_len, cfg.eval_tokens)
+                       if w[1] == cfg.seq_len]
+        if not val_windows:
+            raise DataError(f"the val split of {cfg.data_dir} has {len(val_tokens)} tokens, fewer than "
+                            f"one window of seq_len + 1 = {cfg.seq_len + 1}; set eval_every: 0 or "
+                            f"prepare more data")
+
+    # ---- model: identical init on every rank (DDP also broadcasts rank 0's weights)
+    torch.manual_seed(cfg.seed)
+    mcfg = cfg.model_config()
+    raw_model = GPT(mcfg).to(device)
+    n_params = raw_model.num_params()
+
+    micro_batch = cfg.micro_batch
+    if micro_batch == "auto":
+        if device.type != "cuda":
+            raise ConfigError("micro_batch: auto searches GPU memory and needs CUDA; give a number on CPU")
+        micro_batch = autotune_micro_batch(raw_model, cfg.seq_len, device, amp)
+        if dist.is_initialized():  # every rank runs the smallest value any rank found
+            t = torch.tensor([micro_batch], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            micro_batch = int(t.item())
+
+    batches = TrainBatches(train_tokens, cfg.seq_len, micro_batch, cfg.grad_accum, world, rank, device)
+    tps = batches.tokens_per_step
+    optimizer = make_optimizer(raw_model, cfg, device)
+
+    # ---- resume: every rank loads the checkpoint rank 0 picked
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_stale(run_dir)
+        (run_dir / "FAILED").unlink(missing_ok=True)
+    found = [None]
+    if master:
+        latest = checkpoint.latest(run_dir)
+        found = [latest.name if latest else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(found, src=0)
+    step, offset, warmup_tokens, resumed_from = 0, 0, cfg.warmup_steps * tps, None
+    last_val = None
+    if found[0] is not None:
+        ckpt = run_dir / "checkpoints" / found[0]
+        state = checkpoint.load_training(ckpt, raw_model, optimizer, device)
+        step, offset, resumed_from = state["step"], state["data_offset"], state["step"]
+        warmup_tokens, last_val = state["warmup_tokens"], state.get("val_loss")
+        if state["world_size"] == world and len(state["rng"]) == world:
+            set_rng_state(state["rng"][rank], device)
+        else:  # another world size: per-rank streams cannot carry over, derive fresh ones
+            seed_rank(cfg.seed, rank, step)
+    else:
+        seed_rank(cfg.seed, rank)
+    tokens_seen = offset  # one epoch from the start of the train split: offset = tokens consumed
+
+    remaining = max(0, (target - tokens_seen) // tps)
+    if tokens_seen == 0 and remaining == 0:
+        raise ConfigError(f"max_tokens={cfg.max_tokens} is smaller than one step of {tps:,} tokens "
+                          f"(seq_len x micro_batch x grad_accum x world size)")
+    if batches.steps_available(offset) < remaining:
+        raise DataError(f"the train split has {len(train_tokens):,} tokens: too few for "
+                        f"{remaining} more steps of {tps:,} tokens from offset {offset:,}")
+    total_steps = step + remaining
+    end_tokens = tokens_seen + remaining * tps
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if dist.is_initialized():
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    flops_tok = raw_model.flops_per_token(cfg.seq_len)
+    peak = peak_flops(device, dtype, cfg.peak_flops)
+    resolved = {**cfg.to_dict(), "micro_batch": micro_batch, "dtype": dtype, "device": device.type,
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "world_size": world, "tokens_per_step": tps, "target_tokens": target,
+                "total_steps": total_steps, "params": n_params, "model_config": vars(mcfg),
+                "flops_per_token": flops_tok, "peak_flops": peak, "eval_windows": len(val_windows),
+                "train_tokens_available": len(train_tokens), "train_sha256": train_tokens.sha256,
+                "resumed_from_step": resumed_from, "torch": torch.__version__}
+    metrics = Metrics(run_dir, active=master)
+    metrics.step = step
+    if master:
+        write_json_atomic(run_dir / "config.resolved.json", resolved)
+    metrics.log("start", world_size=world, params=n_params, target_tokens=target,
+                resumed_from_step=resumed_from, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
+                tokens_per_step=tps, total_steps=total_steps, device=device.type, dtype=dtype)
+    metrics.progress(f"training {cfg.model} ({n_params:,} params) on {world} x {device.type}, "
+                     f"{tps:,} tokens/step, steps {step}->{total_steps}"
+                     + (f", resumed from step {resumed_from}" if resumed_from is not None else ""))
+
+    def run_eval() -> float:
+        mine = val_windows[rank::world]
+        nats, count, _ = cross_entropy_sum(raw_model, val_tokens, mine, micro_batch, device, amp)
+        nats, count = all_sum([nats, count], device)
+        return nats / count
+
+    def save(val_loss, last_train) -> None:
+        rngs = [None] * world
+        if dist.is_initialized():
+            dist.all_gather_object(rngs, rng_state(device))
+        else:
+            rngs = [rng_state(device)]
+        if not master:
+            return
+        state = {"step": step, "tokens": tokens_seen, "data_offset": offset, "world_size": world,
+                 "tokens_per_step": tps, "warmup_tokens": warmup_tokens, "rng": rngs,
+                 "val_loss": val_loss}
+        cfg_json = {"model": vars(mcfg), "train": resolved}
+        path, size = checkpoint.save(run_dir, step, tokens_seen, raw_model, optimizer, state,
+                                     cfg_json, {"step": step, "tokens": tokens_seen,
+                                                "train_loss": last_train, "val_loss": val_loss},
+                                     cfg.keep_last)
+        metrics.log("checkpoint", step=step, tokens=tokens_seen,
+                    path=str(path.relative_to(run_dir)), bytes=size, val_loss=val_loss)
+
+    t_start = time.time()
+    if cfg.eval_every > 0 and resumed_from is None:
+        last_val = run_eval()
+        metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
+        metrics.progress(f"step {step}: val loss {last_val:.4f}")
+
+    last_train, saved_step = None, resumed_from
+    interval_t, interval_steps, loss_sum = time.time(), 0, torch.zeros((), device=device)
+    model.train()
+    while step < total_steps:
+        lr = lr_at(tokens_seen, tps, warmup_tokens, end_tokens, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            x, y = batches.get(offset, micro)  # (B, T), (B, T)
+            # gradients are all-reduced only on the last micro-step of the accumulation
+            sync = micro == cfg.grad_accum - 1 or not isinstance(model, DDP)
+            with (contextlib.nullcontext() if sync else model.no_sync()):
+                with amp:
+                    _, loss = model(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach() / cfg.grad_accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, offset, tokens_seen = step + 1, offset + tps, tokens_seen + tps
+        interval_steps += 1
+        metrics.step = step
+
+        if step % cfg.log_every == 0 or step == total_steps:
+            last_train = all_sum([loss_sum.item()], device)[0] / world / interval_steps
+            dt = time.time() - interval_t
+            tok_s = interval_steps * tps / dt
+            mfu = flops_tok * tok_s / (peak * world) if peak else None
+            metrics.log("train", step=step, tokens=tokens_seen, train_loss=last_train, lr=lr,
+                        tokens_per_s=tok_s, mfu=mfu, peak_mem_bytes=peak_memory_bytes(device),
+                        wall_s=time.time() - t_start)
+            metrics.progress(format_progress(step, total_steps, last_train, lr, tok_s, mfu,
+                                             (total_steps - step) * tps / tok_s))
+            interval_steps, loss_sum = 0, torch.zeros((), device=device)
+        paused = time.time()
+        stopping = stop_at_step is not None and step >= stop_at_step
+        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total_steps):
+            last_val = run_eval()
+            metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
+            metrics.progress(f"step {step}: val loss {last_val:.4f}")
+        if step % cfg.checkpoint_every == 0 or step == total_steps or stopping:
+            save(last_val, last_train)
+            saved_step = step
+        if interval_steps == 0:
+            interval_t = time.time()
+        else:  # eval and checkpoint time do not count against throughput
+            interval_t += time.time() - paused
+        if stopping:
+            metrics.progress(f"stopped at step {step} as asked (--stop-at-step); resume by re-running")
+            break
+
+    if step >= total_steps:
+        if saved_step != step:  # e.g. resumed from the final checkpoint: nothing new to save
+            save(last_val, last_train)
+        metrics.log("done", step=step, tokens=tokens_seen, wall_s=time.time() - t_start)
+        if master:
+            write_json_atomic(run_dir / "DONE", {"step": step, "tokens": tokens_seen})
+        metrics.progress(f"done: step {step}, {tokens_seen:,} tokens, val loss {last_val}")
+    metrics.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="YAML or JSON train config")
+    ap.add_argument("--run-dir", default="run")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--stop-at-step", type=int, default=None,
+                    help="stop after this step with a checkpoint (no DONE); re-run to resume")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        cfg = config_mod.load(args.config, args.overrides)
+        return train(cfg, run_dir, args.stop_at_step)
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        _record_failure(run_dir, rank, str(e), e.exit_code, type(e).__name__)
+        return e.exit_code
+    except Exception as e:
+        traceback.print_exc()
+        _record_failure(run_dir, rank, f"{type(e).__name__}: {e}", 1, type(e).__name__)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _record_failure(run_dir: Path, rank: int, message: str, code: int, kind: str) -> None:
+    """RUN_DIR/FAILED tells the service why, since torchrun turns every failure into exit 1."""
+    if rank != 0:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "FAILED", {"time": round(time.time(), 3), "error": message,
+                                               "exit_code": code, "kind": kind})
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
