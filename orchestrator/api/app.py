@@ -1,0 +1,46 @@
+"""The web app: `create_app(settings)` wires the API, the error edge and the dashboard.
+
+Settings are passed in (never read from globals here) so tests and `serve` choose the database.
+It does not check the schema: `trainyard serve` does that before it builds the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from orchestrator.api.errors import install_error_handlers
+from orchestrator.api.routes import api_router
+from orchestrator.api.version import VERSION
+from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.settings import Settings
+from orchestrator.ui.routes import router as ui_router
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = make_engine(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="trainyard",
+        version=VERSION,
+        summary="Train GPT-2-class models on rented GPUs; know what each run cost and how good it is.",
+        openapi_url="/openapi.json",
+        # the interactive docs pages load their scripts from a CDN, which this service must not need
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_sessionmaker(engine)
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(ui_router)
+    return app

@@ -1,0 +1,9 @@
+"""Routers of `/api/v1`; thin: parse the request, call runs.py / views.py, return a schema."""
+
+from fastapi import APIRouter
+
+from orchestrator.api.routes import health, runs
+
+api_router = APIRouter(prefix="/api/v1")
+api_router.include_router(health.router)
+api_router.include_router(runs.router)

@@ -1,0 +1,135 @@
+"""What the API accepts (`...Create`) and returns (`...Public`), kept apart from the db models
+so a column added for the controller never leaks into a response by accident."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from orchestrator.spec import RunSpec
+
+
+def _utc(t: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time is stored as UTC, so say so on the wire.
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class RunCreate(RunSpec):
+    """A run spec as JSON: the same strict schema as the YAML the CLI reads."""
+
+
+class RunProgress(BaseModel):
+    tokens_done: int
+    target_tokens: int | None
+    #: tokens_done / target_tokens, 0..1
+    fraction: float | None
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    test_loss: float | None
+    tokens_per_s: float | None
+    #: seconds left at the current throughput; null when unknown or not training
+    eta_s: float | None
+    world_size: int | None
+    recoveries: int
+
+
+class RunCost(BaseModel):
+    #: booked cost entries + live cost of instances still running, in US cents
+    cents: float
+    usd: float
+
+
+class RunPublic(BaseModel):
+    id: str
+    name: str
+    status: str
+    status_reason: str | None
+    cancel_requested: bool
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    #: seconds from submission until it ended (or until now)
+    wall_s: float
+    progress: RunProgress
+    cost: RunCost
+
+
+class RunDetail(RunPublic):
+    spec: dict[str, Any]
+
+
+class RunList(BaseModel):
+    runs: list[RunPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricPointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    step: int
+    tokens: int
+    time: float
+    train_loss: float | None
+    val_loss: float | None
+    lr: float | None
+    tokens_per_s: float | None
+
+
+class MetricsPage(BaseModel):
+    points: list[MetricPointPublic]
+    #: pass as `after_id` to get the points after these
+    next_after_id: int
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    time: UtcDatetime
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    message: str
+
+
+class EventsPage(BaseModel):
+    events: list[EventPublic]
+    next_after_id: int
+    has_more: bool
+
+
+class LogChunkPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    rank: int
+    time: UtcDatetime
+    text: str
+
+
+class LogsPage(BaseModel):
+    chunks: list[LogChunkPublic]
+    next_after_id: int
+    has_more: bool
+    #: the run's status when this page was read; a follower stops once it is terminal and drained
+    run_status: str
+    run_terminal: bool
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    #: "sqlite" or "postgresql" (never the URL: it may hold a password)
+    database: str

@@ -1,0 +1,137 @@
+"""Reading runs for the API: rows -> public schemas, with progress, ETA and cost.
+
+Progress comes straight from the Run's columns (the controller keeps them current), so reading a
+run costs a primary-key lookup plus two small indexed lookups for cost, never a metrics scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.costs import runs_cost_cents
+from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, utcnow
+from orchestrator.errors import NotFoundError
+from orchestrator.api import schemas
+
+_ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.bootstrapping.value}
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; they were stored as UTC.
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def progress_of(run: Run) -> schemas.RunProgress:
+    done, target, tps = run.tokens_done or 0, run.target_tokens, run.tokens_per_s
+    fraction = min(1.0, done / target) if target else None
+    eta = None
+    if run.status in _ACTIVE and target and tps and tps > 0:
+        eta = max(0.0, (target - done) / tps)
+    return schemas.RunProgress(
+        tokens_done=done, target_tokens=target, fraction=fraction, step=run.step or 0,
+        train_loss=run.train_loss, val_loss=run.val_loss, test_loss=run.test_loss,
+        tokens_per_s=tps, eta_s=eta, world_size=run.world_size, recoveries=run.recoveries or 0,
+    )
+
+
+def _public_fields(run: Run, cost_cents: float, now: datetime) -> dict:
+    created = _aware(run.created_at)
+    end = _aware(run.finished_at) or now
+    return dict(
+        id=run.id, name=run.name, status=run.status, status_reason=run.status_reason,
+        cancel_requested=bool(run.cancel_requested), created_at=run.created_at,
+        updated_at=run.updated_at, started_at=run.started_at,
+        finished_at=run.finished_at, wall_s=max(0.0, (end - created).total_seconds()),
+        progress=progress_of(run),
+        cost=schemas.RunCost(cents=round(cost_cents, 4), usd=round(cost_cents / 100.0, 6)),
+    )
+
+
+def run_detail(session: Session, run: Run, now: datetime | None = None) -> schemas.RunDetail:
+    now = now or utcnow()
+    cost = runs_cost_cents(session, [run.id], now)[run.id]
+    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
+
+
+def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    return run_detail(session, run)
+
+
+def list_runs(
+    session: Session, statuses: Sequence[str], limit: int, offset: int
+) -> schemas.RunList:
+    query = select(Run)
+    count = select(func.count()).select_from(Run)
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+        count = count.where(Run.status.in_(statuses))
+    rows = session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
+    now = utcnow()
+    costs = runs_cost_cents(session, [r.id for r in rows], now)
+    return schemas.RunList(
+        runs=[schemas.RunPublic(**_public_fields(r, costs[r.id], now)) for r in rows],
+        total=session.scalar(count) or 0, limit=limit, offset=offset,
+    )
+
+
+def run_status(session: Session, run_id: str) -> str:
+    """The run's status, or NotFoundError; a single-column read for the sub-resources."""
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    return status
+
+
+def metrics_page(
+    session: Session, run_id: str, after_id: int, limit: int, kind: str | None
+) -> schemas.MetricsPage:
+    run_status(session, run_id)
+    query = select(MetricPoint).where(MetricPoint.run_id == run_id, MetricPoint.id > after_id)
+    if kind:
+        query = query.where(MetricPoint.kind == kind)
+    # one extra row tells whether another page follows without a count(*)
+    rows = session.scalars(query.order_by(MetricPoint.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    return schemas.MetricsPage(
+        points=[schemas.MetricPointPublic.model_validate(p) for p in page],
+        next_after_id=page[-1].id if page else after_id, has_more=len(rows) > limit,
+    )
+
+
+def events_page(session: Session, run_id: str, after_id: int, limit: int) -> schemas.EventsPage:
+    run_status(session, run_id)
+    rows = session.scalars(
+        select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.id > after_id)
+        .order_by(RunEvent.id).limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    return schemas.EventsPage(
+        events=[schemas.EventPublic.model_validate(e) for e in page],
+        next_after_id=page[-1].id if page else after_id, has_more=len(rows) > limit,
+    )
+
+
+def logs_page(
+    session: Session, run_id: str, after_id: int, limit: int, tail: int | None
+) -> schemas.LogsPage:
+    status = run_status(session, run_id)
+    base = select(LogChunk).where(LogChunk.run_id == run_id, LogChunk.id > after_id)
+    if tail:
+        # the last `tail` chunks, oldest first; what follows them is read with the cursor
+        rows = list(reversed(session.scalars(base.order_by(LogChunk.id.desc()).limit(tail)).all()))
+        page, has_more = rows, False
+    else:
+        rows = session.scalars(base.order_by(LogChunk.id).limit(limit + 1)).all()
+        page, has_more = rows[:limit], len(rows) > limit
+    return schemas.LogsPage(
+        chunks=[schemas.LogChunkPublic.model_validate(c) for c in page],
+        next_after_id=page[-1].id if page else after_id, has_more=has_more,
+        run_status=status, run_terminal=RunStatus(status).is_terminal,
+    )
