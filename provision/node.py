@@ -23,6 +23,16 @@ from provision.errors import NodeError
 DEFAULT_COMMAND_TIMEOUT = 60
 
 
+def _alive(pid: str) -> str:
+    """Shell test: is process `pid` alive (exists and is not a zombie)?"""
+    return f"ps -o stat= -p {pid} 2>/dev/null | grep -qv '^Z'"
+
+
+def _group_alive(pgid: str) -> str:
+    """Shell test: does process group `pgid` have a live (non-zombie) member?"""
+    return f"ps -eo pgid=,stat= 2>/dev/null | awk -v g={pgid} '$1 == g && $2 !~ /^Z/ {{f=1}} END {{exit !f}}'"
+
+
 @dataclass(frozen=True)
 class ProcessStatus:
     running: bool
@@ -100,10 +110,14 @@ class Node:
     def status(self, *, workdir: str, name: str = "train") -> ProcessStatus:
         """Is the detached process still running, and if not, how did it end?"""
         wd = shlex.quote(workdir)
+        # The exit file is the wrapper's last act, so it is checked first. A process that ended
+        # is a zombie until someone reaps it, and where PID 1 does not reap orphans (containers
+        # without an init) it stays one forever; `kill -0` succeeds on zombies, so liveness is
+        # read from the process state instead.
         out = self.run(
             f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null); "
-            f"if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then echo running; "
-            f"elif [ -f {name}.exit ]; then echo exit $(cat {name}.exit); else echo gone; fi"
+            f"if [ -f {name}.exit ]; then echo exit $(cat {name}.exit); "
+            f"elif [ -n \"$pid\" ] && {_alive('$pid')}; then echo running; else echo gone; fi"
         ).split()
         if out and out[0] == "running":
             return ProcessStatus(running=True, exit_code=None)
@@ -117,7 +131,7 @@ class Node:
         self.run(
             f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null) && [ -n \"$pid\" ] || exit 0; "
             f"kill -TERM -- -$pid 2>/dev/null; "
-            f"for i in $(seq {grace_s * 5}); do kill -0 -- -$pid 2>/dev/null || exit 0; sleep 0.2; done; "
+            f"for i in $(seq {grace_s * 5}); do {_group_alive('$pid')} || exit 0; sleep 0.2; done; "
             f"kill -KILL -- -$pid 2>/dev/null; exit 0",
             timeout=grace_s + 30,
         )
