@@ -57,14 +57,19 @@ def _run_module(module: str, *args: str, nproc: int = 0, timeout: int = 300) -> 
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture()
-def tiny_config(corpus_dir, tmp_path):
-    """tiny_config(**overrides) -> path of a YAML config for a seconds-long run on the corpus."""
-    def make(name: str = "config.yaml", **overrides) -> Path:
-        path = tmp_path / name
+@pytest.fixture(scope="session")
+def write_tiny_config(corpus_dir):
+    """write_tiny_config(path, **overrides) writes a YAML config for a seconds-long run."""
+    def make(path: Path, **overrides) -> Path:
         path.write_text(yaml.safe_dump(_tiny_config(corpus_dir, **overrides)))
         return path
     return make
+
+
+@pytest.fixture()
+def tiny_config(write_tiny_config, tmp_path):
+    """tiny_config(**overrides) -> path of a YAML config in this test's tmp_path."""
+    return lambda name="config.yaml", **overrides: write_tiny_config(tmp_path / name, **overrides)
 
 
 @pytest.fixture(scope="session")
