@@ -76,3 +76,30 @@ def tiny_config(write_tiny_config, tmp_path):
 def run_module():
     """run_module(module, *args, nproc=0) runs `python -m module` (under torchrun if nproc)."""
     return _run_module
+
+
+@pytest.fixture()
+def make_checkpoint():
+    """make_checkpoint(run_dir, step, ...) saves a committed checkpoint of a 1-layer tiny model."""
+    def make(run_dir: Path, step: int = 1, keep_last: int = 3, seed: int = 0,
+             vocab_size: int = 50257) -> Path:
+        import torch
+
+        from trainer import checkpoint
+        from trainer.model import GPT, make_config
+
+        torch.manual_seed(seed)
+        # a small vocab_size makes a checkpoint of a few hundred KB, for tests that never run text
+        cfg = make_config("gpt2-tiny", {"n_layer": 1, "block_size": 64, "vocab_size": vocab_size})
+        model = GPT(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(0, vocab_size, (2, 64))
+        model(x, x)[1].backward()
+        opt.step()
+        state = {"step": step, "tokens": step * 128, "data_offset": step * 128, "world_size": 1,
+                 "tokens_per_step": 128, "warmup_tokens": 0, "rng": [], "val_loss": None}
+        path, _ = checkpoint.save(run_dir, step, step * 128, model, opt, state,
+                                  {"model": vars(cfg), "train": {}}, {"step": step}, keep_last)
+        make.last_model = model
+        return path
+    return make
