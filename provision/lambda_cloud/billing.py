@@ -1,0 +1,31 @@
+"""Lambda's billing rule, for estimating and checking what an instance costs.
+
+Lambda prices instances by the hour and bills in one-minute increments, from when the instance is
+up (passes health checks, i.e. becomes `active`) until it is terminated. A partial minute's
+treatment is undocumented; trainyard charges every started minute, the conservative reading (the
+simulator's ledger does the same, and the tests compare the two to the cent).
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+
+MINUTE_S = 60.0
+
+
+def billed_minutes(up_seconds: float, *, minute_s: float = MINUTE_S) -> int:
+    """Started billing minutes in `up_seconds` of uptime."""
+    if up_seconds <= 0:
+        return 0
+    return math.ceil(round(up_seconds / minute_s, 9))
+
+
+def cost_cents(price_cents_per_hour: int, up_seconds: float, *, minute_s: float = MINUTE_S) -> Decimal:
+    """What `up_seconds` of an instance at `price_cents_per_hour` costs, in (fractional) cents."""
+    return Decimal(price_cents_per_hour) * billed_minutes(up_seconds, minute_s=minute_s) / 60
+
+
+def to_usd(cents: Decimal) -> Decimal:
+    """Cents to dollars, rounded to the cent."""
+    return (cents / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
