@@ -1,0 +1,185 @@
+"""Lambda Cloud's public REST API, served from the simulated cloud.
+
+Same paths, envelope (`{"data": ...}` / `{"error": {code, message, suggestion}}`), error codes and
+HTTP statuses as Lambda documents (shared/reference/lambda-cloud-api.md). Request bodies are
+validated here, not by FastAPI, because Lambda answers bad input with 400
+`global/invalid-parameters`, not FastAPI's 422.
+
+Order of checks on every `/api/v1` request: the API key (401), injected faults (forced 429 or
+5xx), the general rate limit (429), then for launches the launch rate limit (429), then the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from provision.simulator.cloud import ApiError, Cloud, invalid
+from provision.simulator.limits import retry_after_header
+
+INVALID_KEY = ApiError(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
+                       "Check your API key or create a new one, then try again.")
+
+
+def rate_limited(wait_s: float) -> ApiError:
+    # Lambda's 429 body is undocumented; the usual envelope keeps clients' parsing uniform
+    return ApiError(429, "global/too-many-requests", "Too many requests.",
+                    "Slow down and try again later.", headers=retry_after_header(wait_s))
+
+
+def presented_key(header: str | None) -> str | None:
+    """The API key in `Authorization`: Bearer, Basic base64("key:"), or Basic with the raw key."""
+    if not header or " " not in header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+            return decoded.split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return value
+    return None
+
+
+def cloud(request: Request) -> Cloud:
+    return request.app.state.cloud
+
+
+def guard(request: Request, sim: Annotated[Cloud, Depends(cloud)]) -> Cloud:
+    """Auth, forced faults, and the general rate limit, for every /api/v1 route."""
+    key = presented_key(request.headers.get("authorization"))
+    expected = sim.config.api_key.get_secret_value()
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise INVALID_KEY
+    with sim.lock:
+        forced = sim.faults.take_forced_status()
+    if forced == 429:
+        raise rate_limited(1)
+    if forced is not None:
+        raise ApiError(forced, "global/internal-error", "An internal server error occurred.",
+                       "Try again later. Contact Support if the problem persists.")
+    wait = sim.requests.take()
+    if wait is not None:
+        raise rate_limited(wait)
+    return sim
+
+
+Sim = Annotated[Cloud, Depends(guard)]
+
+
+async def body_json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise invalid(suggestion="The request body is not valid JSON.") from None
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise invalid(suggestion=f"{field}: {first['msg']}") from None
+
+
+class LaunchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    region_name: str
+    instance_type_name: str
+    ssh_key_names: list[str] = Field(min_length=1, max_length=1)
+    file_system_names: list[str] = Field(default_factory=list)
+    name: str | None = Field(default=None, max_length=64)
+    hostname: str | None = Field(default=None, pattern=r"^[a-z0-9][0-9a-z-]{0,62}$")
+    quantity: int | None = Field(default=None, ge=1)
+    tags: list[dict[str, str]] = Field(default_factory=list)
+
+
+class TerminateRequest(BaseModel):
+    instance_ids: list[str] = Field(min_length=1)
+
+
+class AddKeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    public_key: str | None = Field(default=None, min_length=1, max_length=4096)
+
+
+def ok(data: Any) -> dict[str, Any]:
+    return {"data": data}
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/instance-types")
+def list_instance_types(sim: Sim) -> dict:
+    return ok(sim.instance_types())
+
+
+@router.get("/instances")
+def list_instances(sim: Sim) -> dict:
+    return ok(sim.list())
+
+
+@router.get("/instances/{instance_id}")
+def get_instance(instance_id: str, sim: Sim) -> dict:
+    return ok(sim.get(instance_id))
+
+
+@router.post("/instance-operations/launch")
+def launch(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
+    wait = sim.launches.take()
+    if wait is not None:
+        raise rate_limited(wait)
+    req: LaunchRequest = parse(LaunchRequest, data)
+    if req.quantity is not None and req.quantity > 1:
+        raise invalid("Requested too many instances.")
+    if req.file_system_names:
+        raise ApiError(404, "global/object-does-not-exist", "Filesystem was not found.",
+                       "The simulator has no filesystems; launch without file_system_names.")
+    instance_id = sim.launch(region=req.region_name, instance_type=req.instance_type_name,
+                             ssh_key_names=req.ssh_key_names, name=req.name, hostname=req.hostname,
+                             tags=req.tags)
+    return ok({"instance_ids": [instance_id]})
+
+
+@router.post("/instance-operations/terminate")
+def terminate(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
+    req: TerminateRequest = parse(TerminateRequest, data)
+    return ok({"terminated_instances": sim.terminate(req.instance_ids)})
+
+
+@router.get("/ssh-keys")
+def list_ssh_keys(sim: Sim) -> dict:
+    return ok(sim.list_keys())
+
+
+@router.post("/ssh-keys")
+def add_ssh_key(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
+    req: AddKeyRequest = parse(AddKeyRequest, data)
+    return ok(sim.add_key(req.name, req.public_key))
+
+
+@router.delete("/ssh-keys/{key_id}")
+def delete_ssh_key(key_id: str, sim: Sim) -> dict:
+    sim.delete_key(key_id)
+    return ok({})
+
+
+def error_response(exc: ApiError) -> JSONResponse | HTMLResponse:
+    if exc.status in (502, 503, 504):
+        # what a proxy in front of an API says: not JSON, which clients must survive too
+        return HTMLResponse(f"<html><body><h1>{exc.status}</h1>upstream unavailable</body></html>",
+                            status_code=exc.status, headers=exc.headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
