@@ -1,0 +1,146 @@
+"""The shell commands that drive the trainer on a node (docs/trainer-contract.md), and small file
+helpers over a `Node`. Nothing here imports torch: the trainer only ever runs as a subprocess.
+
+Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
+
+    RUN_DIR/data/            python -m trainer.prepare output (manifest.json written last)
+    RUN_DIR/config.json      the train config, from the run spec
+    RUN_DIR/prepare.*        log, pid and exit code of the data preparation
+    RUN_DIR/train.*          ... of torchrun + trainer.train (metrics.jsonl, checkpoints/, DONE)
+    RUN_DIR/eval.*           ... of trainer.evaluate; its result in eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+
+from provision.node import Node, ProcessStatus
+from orchestrator.spec import RunSpec
+
+DATA = "data"
+CONFIG = "config.json"
+EVAL_OUT = "eval.json"
+#: torchrun's rendezvous port on rank 0 for multi-node runs
+RDZV_PORT = 29500
+_RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
+
+
+def path(workdir: str, *parts: str) -> str:
+    return "/".join([workdir.rstrip("/"), *parts])
+
+
+def _env_prefix(env: dict[str, str]) -> str:
+    # PYTHONUNBUFFERED: the log a user follows should show progress as it happens
+    merged = {"PYTHONUNBUFFERED": "1", **env}
+    return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in merged.items()) + " "
+
+
+def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str) -> str:
+    d = spec.data
+    args = [python, "-m", "trainer.prepare", "--source", d.source, "--out", path(workdir, DATA),
+            "--format", d.format, "--val-fraction", str(d.val_fraction),
+            "--test-fraction", str(d.test_fraction)]
+    if d.max_tokens is not None:
+        args += ["--max-tokens", str(d.max_tokens)]
+    return _env_prefix(env) + shlex.join(args)
+
+
+def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
+                  node_rank: int, master_addr: str | None, run_id: str) -> str:
+    c = spec.compute
+    launcher = [python, "-m", "torch.distributed.run", f"--nproc_per_node={c.procs_per_node}"]
+    if c.nodes == 1:
+        launcher.append("--standalone")
+    else:
+        launcher += [f"--nnodes={c.nodes}", f"--node_rank={node_rank}", f"--rdzv-id={run_id}",
+                     "--rdzv-backend=c10d", f"--rdzv-endpoint={master_addr}:{RDZV_PORT}"]
+    args = launcher + ["-m", "trainer.train", path(workdir, CONFIG), "--run-dir", workdir]
+    return _env_prefix(env) + shlex.join(args)
+
+
+def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
+                 checkpoint: str, test_sha256: str | None) -> str:
+    args = [python, "-m", "trainer.evaluate", path(workdir, "checkpoints", checkpoint),
+            "--test-set", path(workdir, DATA), "--out", path(workdir, EVAL_OUT)]
+    if test_sha256:
+        args += ["--expect-sha256", test_sha256]
+    if spec.evaluation.test_max_tokens is not None:
+        args += ["--max-tokens", str(spec.evaluation.test_max_tokens)]
+    return _env_prefix(env) + shlex.join(args)
+
+
+def trainer_config(spec: RunSpec, workdir: str) -> dict:
+    return spec.trainer_config(data_dir=path(workdir, DATA))
+
+
+# -- node helpers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Proc:
+    """A detached process as the node shows it: never started, running, or ended (code or None)."""
+
+    started: bool
+    status: ProcessStatus | None = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self.status and self.status.running)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.status.exit_code if self.status else None
+
+    @property
+    def ended(self) -> bool:
+        return self.started and not self.running
+
+
+def proc_state(node: Node, workdir: str, name: str) -> Proc:
+    """The pid file is the record that a process was started: it is written by the same shell
+    command that starts it, so a restarted controller never starts a second one."""
+    if not node.exists(path(workdir, f"{name}.pid")):
+        return Proc(started=False)
+    return Proc(started=True, status=node.status(workdir=workdir, name=name))
+
+
+def read_json(node: Node, file: str) -> dict | None:
+    text = node.read_text(file)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(node: Node, file: str, value: dict) -> None:
+    """Write a JSON file on the node (through a local temp file, so it works over SSH too)."""
+    fd, tmp = tempfile.mkstemp(suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2)
+        node.put(tmp, file + ".tmp")
+        node.run(f"mv {shlex.quote(file + '.tmp')} {shlex.quote(file)}")
+    finally:
+        os.unlink(tmp)
+
+
+def failure_reason(node: Node, log_file: str, what: str, exit_code: int | None) -> str:
+    """One line a user can act on: the trainer's `error: ...` line if it printed one, else the
+    last line of its log, else the exit code."""
+    tail = node.run(f"tail -c 16384 {shlex.quote(log_file)} 2>/dev/null", check=False)
+    # torchrun prefixes a worker's lines with "[rankN]:"; the trainer's own line is "error: ..."
+    lines = [_RANK_PREFIX.sub("", ln).strip() for ln in tail.splitlines()]
+    lines = [ln for ln in lines if ln]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    how = f"exit code {exit_code}" if exit_code is not None else "killed (no exit code)"
+    if errors:
+        return f"{what} failed: {errors[-1].removeprefix('error:').strip()}"
+    if lines:
+        return f"{what} failed ({how}): {lines[-1][:500]}"
+    return f"{what} failed ({how}) with an empty log"

@@ -1,0 +1,169 @@
+"""Copy what the trainer wrote on a node into the database, incrementally and exactly once.
+
+The node's `metrics.jsonl` and `train.log` are read from the byte offsets stored on the run
+(`Node.read_from` returns whole lines only). The new rows and the advanced offsets are written in
+ONE fenced transaction, so a crash either keeps both or neither: a line is never stored twice or
+skipped, and a worker that lost its lease stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from orchestrator.controller.commands import path
+from orchestrator.controller.context import NodeHandle, RunContext, log
+from orchestrator.db.models import Checkpoint, LogChunk, MetricPoint, Run
+from orchestrator.runs import add_event
+from provision.node import Node
+
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train.log"
+#: the most read from one file in one pass, so a large backlog cannot hold a lease for long
+MAX_BYTES_PER_PASS = 8 << 20
+_CHUNK = 1 << 20
+
+
+@dataclass
+class NewOutput:
+    #: False when a pass's read limit was hit: there is more to read
+    complete: bool
+    metrics_from: int
+    metrics_offset: int
+    log_from: int
+    log_offset: int
+    log_text: str = ""
+    lines: list[dict] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.metrics_offset == self.metrics_from and self.log_offset == self.log_from
+
+
+def _read(node: Node, file: str, offset: int) -> tuple[str, int, bool]:
+    """(text, new offset, whether everything there was read)."""
+    parts: list[str] = []
+    start = offset
+    while offset - start < MAX_BYTES_PER_PASS:
+        text, new = node.read_from(file, offset, _CHUNK)
+        if new == offset:
+            return "".join(parts), offset, True
+        parts.append(text)
+        offset = new
+    return "".join(parts), offset, False
+
+
+def read_new(handle: NodeHandle, run: Run) -> NewOutput:
+    """What the trainer wrote since the run's stored offsets (no transaction open)."""
+    metrics_text, metrics_offset, m_all = _read(handle.node, path(handle.workdir, METRICS), run.metrics_offset)
+    log_text, log_offset, l_all = _read(handle.node, path(handle.workdir, TRAIN_LOG), run.log_offset)
+    return NewOutput(
+        complete=m_all and l_all,
+        metrics_from=run.metrics_offset, metrics_offset=metrics_offset,
+        log_from=run.log_offset, log_offset=log_offset,
+        # PostgreSQL text cannot hold NUL; a log is for people, so drop them
+        log_text=log_text.replace("\x00", ""), lines=parse_metrics(metrics_text),
+    )
+
+
+def parse_metrics(text: str) -> list[dict]:
+    lines = []
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            # a line we cannot read must not stop the run; skip it and say so
+            log.warning("skipping a metrics line that is not JSON: %.200s", raw)
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("kind"), str):
+            lines.append(obj)
+    return lines
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: object, default: int = 0) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def checkpoint_uri(handle: NodeHandle, rel: str, provider: str) -> str:
+    """Where a checkpoint is: a file URI on this machine, else node:// on the instance."""
+    full = rel if rel.startswith("/") else path(handle.workdir, rel)
+    if provider == "local":
+        return PurePosixPath(full).as_uri()
+    return f"node://{handle.instance.name}/{full.lstrip('/')}"
+
+
+def store(ctx: RunContext, handle: NodeHandle, new: NewOutput) -> bool:
+    """Write the new output and the offsets in one fenced transaction. False when nothing new."""
+    if new.empty:
+        return False
+    with ctx.write() as (session, run):
+        # Only the lease holder advances the offsets, so they cannot have moved since we read;
+        # check anyway, because storing from a stale offset would duplicate rows.
+        if (run.metrics_offset, run.log_offset) != (new.metrics_from, new.log_from):
+            log.warning("run %s: offsets moved since the read; reading again next pass", run.id)
+            return False
+        apply_lines(session, run, new.lines, lambda rel: checkpoint_uri(handle, rel, ctx.provider.name))
+        if new.log_text:
+            session.add(LogChunk(run_id=run.id, rank=0, text=new.log_text))
+        run.metrics_offset = new.metrics_offset
+        run.log_offset = new.log_offset
+    return True
+
+
+def apply_lines(session: Session, run: Run, lines: list[dict], uri_of) -> None:
+    """Turn metrics lines into rows and keep the run's progress columns current."""
+    points: list[dict] = []
+    for m in lines:
+        kind = m["kind"]
+        step, tokens, time = _int(m.get("step")), _int(m.get("tokens")), _num(m.get("time")) or 0.0
+        if kind == "start":
+            run.world_size = _int(m.get("world_size"), run.world_size or 1)
+            if m.get("target_tokens") is not None:
+                run.target_tokens = _int(m.get("target_tokens"))
+            resumed = m.get("resumed_from_step")
+            add_event(session, run.id, "info",
+                      f"trainer started: world size {run.world_size}, {_int(m.get('params')):,} "
+                      f"parameters, {run.target_tokens or 0:,} target tokens"
+                      + (f", resumed from step {resumed}" if resumed is not None else ""))
+        elif kind == "train":
+            points.append(dict(
+                run_id=run.id, kind="train", step=step, tokens=tokens, time=time,
+                train_loss=_num(m.get("train_loss")), val_loss=None, lr=_num(m.get("lr")),
+                tokens_per_s=_num(m.get("tokens_per_s")), mfu=_num(m.get("mfu")),
+                peak_mem_bytes=_int(m.get("peak_mem_bytes")) if m.get("peak_mem_bytes") is not None else None,
+                wall_s=_num(m.get("wall_s")),
+            ))
+            run.step, run.tokens_done = step, tokens
+            run.train_loss = _num(m.get("train_loss"))
+            run.tokens_per_s = _num(m.get("tokens_per_s"))
+        elif kind == "val":
+            points.append(dict(
+                run_id=run.id, kind="val", step=step, tokens=tokens, time=time, train_loss=None,
+                val_loss=_num(m.get("val_loss")), lr=None, tokens_per_s=None, mfu=None,
+                peak_mem_bytes=None, wall_s=None,
+            ))
+            run.val_loss = _num(m.get("val_loss"))
+        elif kind == "checkpoint" and isinstance(m.get("path"), str):
+            session.add(Checkpoint(
+                run_id=run.id, step=step, tokens=tokens, val_loss=_num(m.get("val_loss")),
+                bytes=_int(m.get("bytes")) if m.get("bytes") is not None else None,
+                uri=uri_of(m["path"]),
+            ))
+        elif kind == "done":
+            run.step, run.tokens_done = max(run.step, step), max(run.tokens_done, tokens)
+        # other kinds are the trainer's to add; the service ignores what it does not know
+    if points:
+        session.execute(insert(MetricPoint), points)

@@ -1,0 +1,136 @@
+"""Leases: at most one worker acts on a run at a time, and a worker that lost its lease cannot write.
+
+A lease is three columns on the run (owner, token, expiry). Taking one is a single compare-and-set
+UPDATE whose WHERE clause says "free, expired, or already mine"; the row count tells who won. That
+is atomic on PostgreSQL (row lock, the WHERE re-checked after a concurrent writer commits) and on
+SQLite (one writer at a time), so the same code is correct on both.
+
+Every write a worker makes about a run goes through `fenced`: its first statement is an UPDATE of
+the run's own lease row guarded by the token (which also extends the lease). If the token changed
+because another worker took over after our lease expired, the UPDATE matches nothing and
+LeaseLostError is raised before anything is written. Because that first statement is a write, it
+takes the row lock (PostgreSQL) or the database write lock (SQLite) for the rest of the
+transaction, so no takeover can slip in between the check and the commit.
+
+Times are the workers' clocks (UTC). Workers on one host, or hosts kept in sync by NTP, are fine;
+the lease length (seconds) is far above any sane clock skew.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db.models import TERMINAL_STATUSES, Instance, Run, utcnow
+from orchestrator.db.session import transaction
+from orchestrator.errors import LeaseLostError
+
+_TERMINAL = [s.value for s in TERMINAL_STATUSES]
+
+
+def _expiry(lease_s: float, now: datetime | None = None) -> datetime:
+    return (now or utcnow()) + timedelta(seconds=lease_s)
+
+
+def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: float) -> str | None:
+    """Take the run's lease if it is free, expired or already ours. Returns the new token or None."""
+    now = utcnow()
+    token = uuid.uuid4().hex
+    with transaction(factory) as session:
+        result = session.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                or_(
+                    Run.lease_expires_at.is_(None),
+                    Run.lease_expires_at < now,
+                    Run.lease_owner == owner,
+                ),
+            )
+            .values(lease_owner=owner, lease_token=token, lease_expires_at=_expiry(lease_s, now))
+            .execution_options(synchronize_session=False)
+        )
+        return token if result.rowcount == 1 else None
+
+
+def renew(factory: sessionmaker[Session], run_id: str, token: str, lease_s: float) -> bool:
+    """Extend a lease we hold. False means it was taken over: stop acting on the run."""
+    with transaction(factory) as session:
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.lease_token == token)
+            .values(lease_expires_at=_expiry(lease_s))
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def release(factory: sessionmaker[Session], run_id: str, token: str) -> None:
+    """Give the lease back so another worker may pick the run up at once. No-op if not ours."""
+    with transaction(factory) as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.lease_token == token)
+            .values(lease_owner=None, lease_token=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+@contextmanager
+def fenced(
+    factory: sessionmaker[Session], run_id: str, token: str, lease_s: float
+) -> Iterator[tuple[Session, Run]]:
+    """A transaction that may write about `run_id` only while `token` still holds its lease.
+
+    Yields (session, run). Raises LeaseLostError (and writes nothing) when the lease was lost.
+    """
+    with transaction(factory) as session:
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.lease_token == token)
+            .values(lease_expires_at=_expiry(lease_s))
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise LeaseLostError(f"run {run_id}: lease lost (another worker took it over)")
+        run = session.get(Run, run_id, populate_existing=True)
+        assert run is not None  # the UPDATE above just matched it
+        yield session, run
+
+
+def fenced_update(
+    factory: sessionmaker[Session], run_id: str, token: str, lease_s: float, **values: object
+) -> None:
+    """Set columns of the run, fenced by the lease token."""
+    with fenced(factory, run_id, token, lease_s) as (_session, run):
+        for key, value in values.items():
+            setattr(run, key, value)
+
+
+def claimable_run_ids(factory: sessionmaker[Session], limit: int) -> list[str]:
+    """Runs that need a worker and that no live lease covers, oldest first.
+
+    A run needs a worker while it is not terminal, and also after it ended while any of its
+    instances is not confirmed terminated (a crash between "failed" and "terminate" must still
+    converge to nothing left running).
+    """
+    if limit <= 0:
+        return []
+    now = utcnow()
+    live_instance = exists().where(Instance.run_id == Run.id, Instance.terminated_at.is_(None))
+    with factory() as session:
+        rows = session.execute(
+            select(Run.id)
+            .where(
+                or_(Run.status.not_in(_TERMINAL), and_(Run.status.in_(_TERMINAL), live_instance)),
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .order_by(Run.created_at, Run.id)
+            .limit(limit)
+        )
+        return [r[0] for r in rows]

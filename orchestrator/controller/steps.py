@@ -1,0 +1,357 @@
+"""The run lifecycle, one idempotent step per status (DESIGN.md, "A run's life").
+
+    pending -> provisioning -> bootstrapping -> training -> evaluating -> succeeded
+                                                   ^  |
+                                                   |  v  (trainer killed: restart, it resumes
+                                               recovering  from its last committed checkpoint)
+    any state -> failed(reason) | cancelled | stopped(budget); instances are always terminated
+
+Each step looks at what the database wants and what the provider and the node show, and does the
+next thing that is not done yet. Nothing is done twice because each action is found on the node
+first: an instance by its name, prepared data by its manifest, a started process by its pid file.
+So a worker killed at any point, or a second worker taking over, picks up where it stopped.
+
+Steps never hold a transaction during a provider or node call; every write is fenced (ctx.write).
+When a node's state cannot be read, the step raises and nothing destructive happens; the worker
+retries on the next pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from orchestrator.controller import commands as cmd
+from orchestrator.controller.context import (
+    NodeHandle, RunContext, aware, live_instances, load_run, log, set_status, spec_of,
+)
+from orchestrator.controller.ingest import read_new, store
+from orchestrator.controller.lifecycle import budget_exceeded, cleanup, end_run
+from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunStatus, utcnow
+from orchestrator.runs import add_event, instance_name
+from orchestrator.spec import ComputeSpec, RunSpec
+from provision.base import Instance as ProviderInstance
+from provision.base import InstanceStatus
+from provision.errors import InsufficientCapacity, ProvisionError
+
+#: how often a killed trainer is restarted (resuming from its checkpoint) before the run fails
+MAX_RECOVERIES = 2
+#: steps one pass may take in a row, so a run moves through quick states without waiting a pass
+MAX_STEPS_PER_PASS = 6
+_LOG_TAIL = 65536
+
+
+class NodeLost(Exception):
+    """An instance the run recorded is gone at the provider."""
+
+
+def reconcile(ctx: RunContext) -> bool:
+    """Move one run as far as it can go now. True when the run needs no worker any more."""
+    for _ in range(MAX_STEPS_PER_PASS):
+        run = load_run(ctx.factory, ctx.run_id)
+        if run is None:
+            return True
+        status = RunStatus(run.status)
+        if status.is_terminal:
+            return cleanup(ctx, run)
+        spec = spec_of(run)
+        if run.cancel_requested:
+            end_run(ctx, run, RunStatus.cancelled, "cancelled by the user")
+            continue
+        over = budget_exceeded(ctx, run, spec)
+        if over:
+            end_run(ctx, run, RunStatus.stopped, over)
+            continue
+        try:
+            STEPS[status](ctx, run, spec)
+        except NodeLost as exc:
+            end_run(ctx, run, RunStatus.failed, str(exc))
+            continue
+        after = load_run(ctx.factory, ctx.run_id)
+        if after is None or after.status == run.status:
+            return False  # waiting on the node or the provider: look again next pass
+    return False
+
+
+def _transition(ctx: RunContext, run: Run, to: RunStatus, message: str,
+                extra: Callable | None = None) -> None:
+    with ctx.write() as (session, fresh):
+        if fresh.status != run.status:
+            return  # an earlier pass of ours already moved it
+        if extra is not None:
+            extra(session, fresh)
+        set_status(session, fresh, to, message)
+
+
+def _fail(ctx: RunContext, run: Run, reason: str) -> None:
+    end_run(ctx, run, RunStatus.failed, reason)
+
+
+def _handles(ctx: RunContext, run: Run) -> list[tuple[Instance, NodeHandle]]:
+    pairs = []
+    for row in sorted(live_instances(run), key=lambda r: r.rank):
+        handle = ctx.handle(row)
+        if handle is None:
+            raise NodeLost(f"instance {row.name} is gone at the provider (terminated or preempted)")
+        pairs.append((row, handle))
+    if not pairs:
+        raise NodeLost("the run has no live instance")
+    return pairs
+
+
+def _log_tail(handle: NodeHandle, name: str) -> str:
+    return handle.node.run(
+        f"tail -c {_LOG_TAIL} {cmd.path(handle.workdir, name)} 2>/dev/null", check=False
+    ).replace("\x00", "")
+
+
+# -- pending / provisioning -----------------------------------------------------------------------
+def _pending(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    c = spec.compute
+    _transition(ctx, run, RunStatus.provisioning,
+                f"placing {c.nodes} node(s) on provider {c.provider}")
+
+
+def _place(ctx: RunContext, compute: ComputeSpec) -> tuple[str, str] | None:
+    """(instance type, region) with capacity now, in the spec's order of preference; None if none.
+    Raises ValueError naming a type the provider does not have."""
+    catalog = {t.name: t for t in ctx.provider.instance_types()}
+    wanted = ([compute.instance_type] if compute.instance_type else []) + compute.fallback_instance_types
+    if not wanted:
+        wanted = list(catalog)[:1]
+    for name in wanted:
+        offer = catalog.get(name)
+        if offer is None:
+            raise ValueError(f"instance type {name!r} does not exist at provider {ctx.provider.name} "
+                             f"(it has: {', '.join(sorted(catalog)) or 'none'})")
+        regions = compute.regions or list(offer.regions_with_capacity)
+        for region in regions:
+            if region in offer.regions_with_capacity:
+                return name, region
+    return None
+
+
+def _record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance) -> None:
+    now = utcnow()
+    with ctx.write() as (session, fresh):
+        exists = session.scalar(select(Instance.id).where(
+            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None)))
+        if exists is not None:
+            return
+        active = inst.status == InstanceStatus.active
+        session.add(Instance(
+            run_id=run.id, rank=rank, name=inst.name, provider=ctx.provider.name,
+            provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
+            public_ip=inst.public_ip, private_ip=inst.private_ip, ssh_port=inst.ssh_port,
+            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch
+            status=inst.status.value, workdir=inst.extra.get("workdir"),
+            launched_at=now, active_at=now if active else None,
+        ))
+        add_event(session, run.id, "placement",
+                  f"instance {inst.name} ({inst.instance_type} in {inst.region}, "
+                  f"{inst.price_cents_per_hour} c/h) is {inst.status.value}")
+
+
+def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    c = spec.compute
+    rows = {row.rank: row for row in live_instances(run)}
+    for rank in range(c.nodes):
+        if rank in rows:
+            continue
+        name = instance_name(run.id, rank)
+        inst = ctx.provider.find_by_name(name)  # a launch that went through before a crash
+        if inst is None:
+            try:
+                placement = _place(ctx, c)
+            except ValueError as exc:
+                return _fail(ctx, run, str(exc))
+            try:
+                if placement is None:
+                    raise InsufficientCapacity("no capacity")
+                inst = ctx.provider.launch(name=name, instance_type=placement[0], region=placement[1])
+            except InsufficientCapacity:
+                waited = (utcnow() - aware(run.started_at or run.created_at)).total_seconds()
+                if waited > c.placement_timeout_s:
+                    types = ", ".join(([c.instance_type] if c.instance_type else []) + c.fallback_instance_types)
+                    return _fail(ctx, run, f"no capacity for {types or 'any instance type'} in "
+                                           f"{', '.join(c.regions) or 'any region'} within "
+                                           f"compute.placement_timeout_s ({c.placement_timeout_s:g} s)")
+                return None  # try again next pass
+            except ProvisionError as exc:
+                if exc.retryable:
+                    raise
+                return _fail(ctx, run, f"launching {name} failed: {exc}")
+        _record_instance(ctx, run, rank, inst)
+
+    run = load_run(ctx.factory, run.id)
+    waiting = False
+    for row in live_instances(run):
+        if row.active_at is not None:
+            continue
+        inst = ctx.provider.get(row.provider_instance_id)
+        if inst is None or inst.status.is_gone:
+            return _fail(ctx, run, f"instance {row.name} disappeared while booting")
+        if inst.status != InstanceStatus.active:
+            waiting = True
+            continue
+        with ctx.write() as (session, _fresh):
+            fresh_row = session.get(Instance, row.id)
+            fresh_row.status, fresh_row.active_at = inst.status.value, utcnow()
+            fresh_row.public_ip, fresh_row.private_ip = inst.public_ip, inst.private_ip
+            add_event(session, run.id, "placement", f"instance {row.name} is active")
+    if not waiting:
+        _transition(ctx, run, RunStatus.bootstrapping, "all nodes are up")
+
+
+# -- bootstrapping: data and config on every node -------------------------------------------------
+def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    handles = _handles(ctx, run)
+    ready = True
+    for row, h in handles:
+        if h.node.exists(cmd.path(h.workdir, cmd.DATA, "manifest.json")):
+            continue
+        ready = False
+        prep = cmd.proc_state(h.node, h.workdir, "prepare")
+        if prep.running:
+            continue
+        if prep.ended and prep.exit_code is not None:
+            # ended with a code and no manifest: a failure (even exit 0 means nothing usable)
+            return _fail(ctx, run, cmd.failure_reason(
+                h.node, cmd.path(h.workdir, "prepare.log"), "data preparation", prep.exit_code))
+        # never started, or killed before finishing (prepare cleans up its own leftovers)
+        h.node.mkdir(h.workdir)
+        pid = h.node.start_detached(cmd.prepare_command(h.python, h.env, spec, h.workdir),
+                                    workdir=h.workdir, name="prepare")
+        with ctx.write() as (session, _fresh):
+            add_event(session, run.id, "info",
+                      f"preparing data from {spec.data.source} on {row.name} (pid {pid})")
+    if not ready:
+        return
+    for _row, h in handles:
+        cmd.write_json(h.node, cmd.path(h.workdir, cmd.CONFIG), cmd.trainer_config(spec, h.workdir))
+    prepare_log = _log_tail(handles[0][1], "prepare.log")
+
+    def keep_log(session, fresh):
+        if prepare_log.strip():
+            session.add(LogChunk(run_id=fresh.id, rank=0, text=prepare_log))
+
+    _transition(ctx, run, RunStatus.training, "data prepared; starting the trainer", keep_log)
+
+
+# -- training -------------------------------------------------------------------------------------
+def _start_trainers(ctx: RunContext, run: Run, spec: RunSpec, handles, *, only_killed: bool) -> None:
+    master = handles[0][1].instance.private_ip or handles[0][1].instance.public_ip
+    for row, h in handles:
+        proc = cmd.proc_state(h.node, h.workdir, "train")
+        if proc.running or (proc.started and not only_killed):
+            continue
+        if only_killed and proc.exit_code is not None:
+            continue  # it was restarted already and has ended since: the training step reads it
+        command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
+                                    master_addr=master, run_id=run.id)
+        pid = h.node.start_detached(command, workdir=h.workdir, name="train")
+        with ctx.write() as (session, _fresh):
+            session.get(Instance, row.id).trainer_pid = pid
+            add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})")
+
+
+def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    handles = _handles(ctx, run)
+    _start_trainers(ctx, run, spec, handles, only_killed=False)
+    # Read the processes' states BEFORE their output: once a process is seen ended, everything
+    # it wrote is on disk, so this pass's read is complete.
+    procs = [(row, h, cmd.proc_state(h.node, h.workdir, "train")) for row, h in handles]
+    head = handles[0][1]
+    new = read_new(head, run)
+    store(ctx, head, new)
+    if not new.complete or any(p.running for _r, _h, p in procs):
+        return
+    for row, h, p in procs:
+        if p.exit_code not in (0, None):
+            return _fail(ctx, run, cmd.failure_reason(
+                h.node, cmd.path(h.workdir, "train.log"), f"training on {row.name}", p.exit_code))
+    killed = [row.name for row, _h, p in procs if p.exit_code is None]
+    if killed:
+        return _trainer_killed(ctx, run, handles, killed)
+    if not head.node.exists(cmd.path(head.workdir, "DONE")):
+        return _fail(ctx, run, "the trainer exited 0 without writing DONE (training did not finish)")
+    if spec.evaluation.test_loss:
+        _transition(ctx, run, RunStatus.evaluating, "training done; measuring the test loss")
+    else:
+        end_run(ctx, run, RunStatus.succeeded, "training done (evaluation is off)")
+
+
+def _trainer_killed(ctx: RunContext, run: Run, handles, killed: list[str]) -> None:
+    what = f"the trainer on {', '.join(killed)} ended without an exit code (killed)"
+    if run.recoveries >= MAX_RECOVERIES:
+        return _fail(ctx, run, f"{what}, after {run.recoveries} restarts already")
+    for _row, h in handles:  # the other ranks cannot go on without it
+        h.node.stop(workdir=h.workdir, name="train")
+
+    def count(session, fresh):
+        fresh.recoveries += 1
+        add_event(session, fresh.id, "recovery", f"{what}; restarting from the last checkpoint "
+                                                  f"(restart {fresh.recoveries} of {MAX_RECOVERIES})")
+
+    _transition(ctx, run, RunStatus.recovering, what, count)
+
+
+def _recovering(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    handles = _handles(ctx, run)
+    _start_trainers(ctx, run, spec, handles, only_killed=True)
+    _transition(ctx, run, RunStatus.training, "trainer restarted; it resumes from its last checkpoint")
+
+
+# -- evaluating -----------------------------------------------------------------------------------
+def _evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    _row, h = _handles(ctx, run)[0]
+    proc = cmd.proc_state(h.node, h.workdir, "eval")
+    if proc.running:
+        return
+    if not proc.started or proc.exit_code is None:  # never started, or killed: (re)start it
+        latest = (h.node.read_text(cmd.path(h.workdir, "checkpoints", "latest")) or "").strip()
+        if not latest:
+            return _fail(ctx, run, "training finished but left no committed checkpoint to evaluate")
+        manifest = cmd.read_json(h.node, cmd.path(h.workdir, cmd.DATA, "manifest.json")) or {}
+        sha = manifest.get("splits", {}).get("test", {}).get("sha256")
+        command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=latest, test_sha256=sha)
+        pid = h.node.start_detached(command, workdir=h.workdir, name="eval")
+        with ctx.write() as (session, _fresh):
+            add_event(session, run.id, "info", f"evaluating {latest} on the test split (pid {pid})")
+        return
+    eval_log = _log_tail(h, "eval.log")
+    if proc.exit_code != 0:
+        return _fail(ctx, run, cmd.failure_reason(
+            h.node, cmd.path(h.workdir, "eval.log"), "evaluation", proc.exit_code))
+    result = cmd.read_json(h.node, cmd.path(h.workdir, cmd.EVAL_OUT))
+    if not result or not isinstance(result.get("test_loss"), (int, float)):
+        return _fail(ctx, run, f"evaluation exited 0 but {cmd.EVAL_OUT} holds no test_loss")
+
+    def record(session, fresh):
+        step = result.get("step")
+        ckpt_id = session.scalar(
+            select(Checkpoint.id).where(Checkpoint.run_id == fresh.id, Checkpoint.step == step)
+            .order_by(Checkpoint.id.desc()).limit(1)) if step is not None else None
+        session.add(Evaluation(
+            run_id=fresh.id, checkpoint_id=ckpt_id, kind="test_loss",
+            test_loss=float(result["test_loss"]), bits_per_byte=result.get("bits_per_byte"),
+            tokens=result.get("tokens"), test_set_sha256=result.get("test_set_sha256"),
+            details=result,
+        ))
+        fresh.test_loss = float(result["test_loss"])
+        if eval_log.strip():
+            session.add(LogChunk(run_id=fresh.id, rank=0, text=eval_log))
+
+    end_run(ctx, run, RunStatus.succeeded,
+            f"test loss {float(result['test_loss']):.4f} on the test split", record)
+
+
+STEPS: dict[RunStatus, Callable[[RunContext, Run, RunSpec], None]] = {
+    RunStatus.pending: _pending,
+    RunStatus.provisioning: _provisioning,
+    RunStatus.bootstrapping: _bootstrapping,
+    RunStatus.training: _training,
+    RunStatus.recovering: _recovering,
+    RunStatus.evaluating: _evaluating,
+}

@@ -1,0 +1,172 @@
+"""The controller's worker: claims runs under leases and reconciles each one, pass after pass.
+
+`trainyard serve` runs one Worker in a thread next to the API; `trainyard worker` runs one alone;
+any number may run against one PostgreSQL database (or one SQLite file). Each pass:
+
+1. renew the leases it holds (a lease it lost is dropped: another worker owns that run now);
+2. claim more runs, oldest first, up to `max_concurrent_runs`, each by an atomic compare-and-set;
+3. reconcile each held run (steps.reconcile), and release the lease of a run that needs nothing
+   more (ended, and every instance confirmed terminated).
+
+Stopping a worker releases its leases but leaves trainers running: they are detached on their
+nodes, and the next worker to claim the run carries on from what the node shows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.controller import lease
+from orchestrator.controller.context import NodeHandle, RunContext, load_run, log, set_status, spec_of
+from orchestrator.controller.lifecycle import end_run
+from orchestrator.controller.steps import reconcile
+from orchestrator.db.models import RunStatus
+from orchestrator.errors import LeaseLostError
+from orchestrator.settings import Settings
+from provision.base import Provider
+from provision.errors import NodeUnreachable, ProvisionError
+from provision.registry import get_provider
+
+#: consecutive unexpected errors on one run before the worker gives up on it and fails it
+MAX_CONSECUTIVE_ERRORS = 5
+
+
+@dataclass
+class _Held:
+    token: str
+    errors: int = 0
+    handles: dict[str, tuple[float, NodeHandle]] = field(default_factory=dict)
+
+
+class Worker:
+    """Drives runs through their lifecycle. Not thread-safe: one thread calls it."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+                 providers: dict[str, Provider] | None = None):
+        self.settings = settings
+        self.factory = session_factory
+        self.owner = settings.worker_id
+        #: providers by name; given ones are used as they are, others built from the settings
+        self.providers: dict[str, Provider] = dict(providers or {})
+        self._held: dict[str, _Held] = {}
+
+    @property
+    def held_runs(self) -> list[str]:
+        return list(self._held)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event) -> None:
+        """Reconcile every `reconcile_interval_s` until `stop` is set; then release the leases."""
+        log.info("worker %s started", self.owner)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.reconcile_once()
+                except Exception:  # the database may be briefly away; the next pass retries
+                    log.exception("worker %s: reconcile pass failed", self.owner)
+                stop.wait(max(0.0, self.settings.reconcile_interval_s - (time.monotonic() - started)))
+        finally:
+            self.close()
+            log.info("worker %s stopped", self.owner)
+
+    def close(self) -> None:
+        """Release every lease (so others can take the runs at once) and the provider clients."""
+        for run_id, held in list(self._held.items()):
+            try:
+                lease.release(self.factory, run_id, held.token)
+            except Exception:
+                log.warning("worker %s: could not release the lease on %s", self.owner, run_id)
+        self._held.clear()
+        for provider in self.providers.values():
+            provider.close()
+
+    def reconcile_once(self) -> None:
+        """One pass: renew, claim, reconcile each held run."""
+        self._renew()
+        self._claim()
+        for run_id in list(self._held):
+            self._reconcile(run_id)
+
+    # -- leases -----------------------------------------------------------------------------------
+    def _renew(self) -> None:
+        for run_id, held in list(self._held.items()):
+            if not lease.renew(self.factory, run_id, held.token, self.settings.lease_s):
+                log.warning("worker %s: lost the lease on run %s", self.owner, run_id)
+                del self._held[run_id]
+
+    def _claim(self) -> None:
+        room = self.settings.max_concurrent_runs - len(self._held)
+        if room <= 0:
+            return
+        # ask for more than there is room for: others may win some of them
+        for run_id in lease.claimable_run_ids(self.factory, room * 2 + len(self._held)):
+            if len(self._held) >= self.settings.max_concurrent_runs:
+                break
+            if run_id in self._held:
+                continue
+            token = lease.acquire(self.factory, run_id, self.owner, self.settings.lease_s)
+            if token is not None:
+                log.info("worker %s: claimed run %s", self.owner, run_id)
+                self._held[run_id] = _Held(token)
+
+    # -- one run ----------------------------------------------------------------------------------
+    def _reconcile(self, run_id: str) -> None:
+        held = self._held[run_id]
+        try:
+            ctx = self._context(run_id, held)
+            if ctx is None:
+                done = True
+            else:
+                done = reconcile(ctx)
+            held.errors = 0
+        except LeaseLostError:
+            log.warning("worker %s: lost the lease on run %s mid-step", self.owner, run_id)
+            del self._held[run_id]
+            return
+        except (NodeUnreachable, ProvisionError) as exc:
+            # state unknown (node or provider not answering): do nothing destructive, retry
+            log.warning("run %s: %s; retrying next pass", run_id, exc)
+            return
+        except Exception as exc:
+            held.errors += 1
+            log.exception("run %s: step failed (%d in a row)", run_id, held.errors)
+            if held.errors >= MAX_CONSECUTIVE_ERRORS:
+                self._give_up(run_id, held, exc)
+            return
+        if done:
+            lease.release(self.factory, run_id, held.token)
+            del self._held[run_id]
+
+    def _context(self, run_id: str, held: _Held) -> RunContext | None:
+        """The run's context, or None when the run is gone. Fails the run if its provider is not
+        available (a spec naming a provider this service was not built with)."""
+        run = load_run(self.factory, run_id)
+        if run is None:
+            return None
+        name = spec_of(run).compute.provider
+        provider = self.providers.get(name)
+        if provider is None:
+            try:
+                provider = get_provider(name, self.settings)
+            except ProvisionError as exc:
+                if not RunStatus(run.status).is_terminal:
+                    with lease.fenced(self.factory, run_id, held.token, self.settings.lease_s) as (s, r):
+                        set_status(s, r, RunStatus.failed, reason=str(exc))
+                return None
+            self.providers[name] = provider
+        return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles)
+
+    def _give_up(self, run_id: str, held: _Held, exc: Exception) -> None:
+        reason = f"controller error after {held.errors} attempts: {type(exc).__name__}: {exc}"
+        try:
+            ctx = self._context(run_id, held)
+            run = load_run(self.factory, run_id)
+            if ctx is not None and run is not None and not RunStatus(run.status).is_terminal:
+                end_run(ctx, run, RunStatus.failed, reason.splitlines()[0][:500])
+        except Exception:
+            log.exception("run %s: could not record the failure", run_id)
