@@ -23,12 +23,12 @@ def corpus_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _tiny_config(data_dir: Path, **overrides) -> dict:
+def _tiny_config(corpus: Path, **overrides) -> dict:
     """A 2-layer gpt2-tiny run that takes seconds on a CPU."""
     cfg = {
         "model": "gpt2-tiny",
         "model_overrides": {"n_layer": 2, "dropout": 0.1},
-        "data_dir": str(data_dir),
+        "data_dir": str(corpus),
         "seq_len": 64,
         "micro_batch": 4,
         "grad_accum": 1,
