@@ -26,6 +26,7 @@ from orchestrator.controller.lifecycle import end_run
 from orchestrator.controller.steps import reconcile
 from orchestrator.db.models import RunStatus
 from orchestrator.errors import LeaseLostError
+from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from provision.base import Provider
 from provision.errors import NodeUnreachable, ProvisionError
@@ -110,9 +111,16 @@ class Worker:
             if run_id in self._held:
                 continue
             token = lease.acquire(self.factory, run_id, self.owner, self.settings.lease_s)
-            if token is not None:
-                log.info("worker %s: claimed run %s", self.owner, run_id)
-                self._held[run_id] = _Held(token)
+            if token is None:
+                continue
+            log.info("worker %s: claimed run %s", self.owner, run_id)
+            self._held[run_id] = _Held(token)
+            try:
+                # who drove a run, and when it changed hands, is what an operator asks first
+                with lease.fenced(self.factory, run_id, token, self.settings.lease_s) as (s, _r):
+                    add_event(s, run_id, "worker", f"worker {self.owner} took the run")
+            except LeaseLostError:
+                del self._held[run_id]
 
     # -- one run ----------------------------------------------------------------------------------
     def _reconcile(self, run_id: str) -> None:
