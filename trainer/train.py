@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, config as config_mod
 from trainer.data import SplitTokens, TrainBatches, eval_windows
-from trainer.errors import ConfigError, DataError, TrainerError
+from trainer.errors import CheckpointError, ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
 from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes
 from trainer.model import GPT
@@ -185,6 +185,39 @@ def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device
                              fused=device.type == "cuda")
 
 
+def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool) -> dict | None:
+    """Rank 0 reads the latest checkpoint; the other ranks receive it over the process group.
+
+    Only rank 0 touches the run directory, so nodes need no shared disk and N ranks never read
+    the same files at once. The weights reach the other ranks through DDP, which broadcasts rank
+    0's parameters when it wraps the model; the optimizer and training state go through
+    broadcast_object_list here. A checkpoint that fails to verify fails every rank the same way.
+    """
+    payload: list = [None]
+    if master:
+        try:
+            latest = checkpoint.latest(run_dir)
+            if latest is not None:
+                opt_sd, state = checkpoint.load_training(latest, raw_model)
+                payload = [{"checkpoint": latest.name, "optimizer": opt_sd, "state": state}]
+        except TrainerError as e:
+            payload = [{"error": str(e), "kind": type(e).__name__}]
+    if dist.is_initialized():
+        dist.broadcast_object_list(payload, src=0)
+    resume = payload[0]
+    if resume is None:
+        return None
+    if "error" in resume:
+        raise {"ConfigError": ConfigError, "DataError": DataError}.get(
+            resume["kind"], CheckpointError)(resume["error"])
+    try:
+        optimizer.load_state_dict(resume["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {resume['checkpoint']}: optimizer state does not fit "
+                              f"this model: {e}") from None
+    return resume
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -238,22 +271,16 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
     tps = batches.tokens_per_step
     optimizer = make_optimizer(raw_model, cfg, device)
 
-    # ---- resume: every rank loads the checkpoint rank 0 picked
+    # ---- resume from RUN_DIR/checkpoints/latest, if there is one
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.clean_stale(run_dir)
         (run_dir / "FAILED").unlink(missing_ok=True)
-    found = [None]
-    if master:
-        latest = checkpoint.latest(run_dir)
-        found = [latest.name if latest else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(found, src=0)
     step, offset, warmup_tokens, resumed_from = 0, 0, cfg.warmup_steps * tps, None
     last_val = None
-    if found[0] is not None:
-        ckpt = run_dir / "checkpoints" / found[0]
-        state = checkpoint.load_training(ckpt, raw_model, optimizer, device)
+    resume = load_resume(run_dir, raw_model, optimizer, master)
+    if resume is not None:
+        state = resume["state"]
         step, offset, resumed_from = state["step"], state["data_offset"], state["step"]
         warmup_tokens, last_val = state["warmup_tokens"], state.get("val_loss")
         if state["world_size"] == world and len(state["rng"]) == world:
@@ -332,7 +359,7 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
     last_train, saved_step = None, resumed_from
     interval_t, interval_steps, loss_sum = time.time(), 0, torch.zeros((), device=device)
     model.train()
-    while step < total_steps:
+    while step < total_steps and (stop_at_step is None or step < stop_at_step):
         lr = lr_at(tokens_seen, tps, warmup_tokens, end_tokens, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -377,11 +404,10 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
             interval_t = time.time()
         else:  # eval and checkpoint time do not count against throughput
             interval_t += time.time() - paused
-        if stopping:
-            metrics.progress(f"stopped at step {step} as asked (--stop-at-step); resume by re-running")
-            break
 
-    if step >= total_steps:
+    if step < total_steps:
+        metrics.progress(f"stopped at step {step} as asked (--stop-at-step); re-run to resume")
+    else:
         if saved_step != step:  # e.g. resumed from the final checkpoint: nothing new to save
             save(last_val, last_train)
         metrics.log("done", step=step, tokens=tokens_seen, wall_s=time.time() - t_start)
