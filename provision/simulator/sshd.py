@@ -42,8 +42,10 @@ class SshdError(RuntimeError):
 
 
 def find_sshd() -> str | None:
-    """The sshd binary: `$TRAINYARD_SSHD`, /usr/sbin/sshd, or `sshd` on PATH."""
-    for candidate in (os.environ.get("TRAINYARD_SSHD"), "/usr/sbin/sshd", shutil.which("sshd")):
+    """The sshd binary: `$TRAINYARD_SSHD` when set (and only it), else /usr/sbin/sshd or PATH's."""
+    explicit = os.environ.get("TRAINYARD_SSHD")
+    candidates = [explicit] if explicit else ["/usr/sbin/sshd", shutil.which("sshd")]
+    for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
