@@ -140,10 +140,19 @@ def parse_spec_yaml(text: str) -> RunSpec:
     return validate_spec(data)
 
 
+_FIELD_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def field_path(loc: tuple | list) -> str:
+    """`budget.max_usd` from a pydantic error location, leaving out the union-member tags
+    pydantic adds (`training.max_tokens.constrained-int` names the field `training.max_tokens`)."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or _FIELD_PART.fullmatch(str(p)))
+
+
 def validate_spec(data: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
+        field = field_path(first["loc"]) or None
         raise InvalidSpecError(f"{field}: {first['msg']}" if field else first["msg"], field=field) from exc
