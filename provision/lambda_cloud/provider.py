@@ -14,7 +14,7 @@ from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InsufficientCapacity, InvalidRequest, NodeUnreachable, NotFound
 from provision.lambda_cloud.client import LambdaClient
 from provision.lambda_cloud.models import LambdaInstance
-from provision.ssh.connection import SshNode, SshTarget, SshTimeouts
+from provision.ssh.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
 from provision.ssh.known_hosts import PinnedHostKeys
 
 log = logging.getLogger("provision.lambda_cloud")
@@ -62,7 +62,7 @@ class LambdaProvider(Provider):
 
     def __init__(self, client: LambdaClient, *, ssh_key_name: str, private_key_file: str | Path,
                  known_hosts: PinnedHostKeys, ssh_user: str = "ubuntu", ssh_port: int = 22,
-                 ssh_timeouts: SshTimeouts = SshTimeouts(), check_capacity: bool = True):
+                 ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS, check_capacity: bool = True):
         self.client = client
         self.ssh_key_name = ssh_key_name
         self.private_key_file = Path(private_key_file)

@@ -8,6 +8,7 @@ machine (its sshd and all its processes) is destroyed on the way out.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import secrets
@@ -58,6 +59,10 @@ def api_key(state_dir: Path) -> SecretStr:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not ipaddress.ip_address(args.host).is_loopback:
+        # the admin API has no auth and the machines accept root logins: keep it on this machine
+        print(f"simulator: --host must be a loopback address, not {args.host}", file=sys.stderr)
+        return 2
     sshd = find_sshd()
     if sshd is None:
         print("simulator: OpenSSH's sshd was not found; run scripts/install-sshd.sh", file=sys.stderr)

@@ -29,7 +29,13 @@ from provision.simulator.catalog import Catalog
 from provision.simulator.ledger import Ledger
 from provision.simulator.limits import Faults, LaunchLimiter, TokenBucket
 from provision.simulator.sshd import (
-    SIM_ENV, Machine, SshdError, address_free, generate_key_pair, kill_marked, valid_public_key,
+    SIM_ENV,
+    Machine,
+    SshdError,
+    address_free,
+    generate_key_pair,
+    kill_marked,
+    valid_public_key,
 )
 
 log = logging.getLogger("provision.simulator")
@@ -248,7 +254,8 @@ class Cloud:
                 raise ApiError(404, "global/object-does-not-exist", f"SSH key {ssh_key_names[0]!r} does not exist.",
                                "Add the key with POST /api/v1/ssh-keys, then try again.")
             if sum(1 for i in self.instances.values() if i.status in LIVE) >= self.config.quota:
-                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.", "Contact Support to increase your quota.")
+                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.",
+                               "Contact Support to increase your quota.")
             if not self.has_capacity(instance_type, region):
                 raise ApiError(400, "instance-operations/launch/insufficient-capacity",
                                "Not enough capacity to fulfill launch request.",
@@ -334,7 +341,8 @@ class Cloud:
             if any(k["name"] == name for k in self.ssh_keys.values()):
                 raise invalid("SSH key name already in use.", "Choose another name or delete the existing key.")
             if len(self.ssh_keys) >= 1024:
-                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.", "An account holds at most 1024 SSH keys.")
+                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.",
+                               "An account holds at most 1024 SSH keys.")
             key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key.strip()}
             self.ssh_keys[key["id"]] = key
             out = dict(key)

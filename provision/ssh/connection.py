@@ -43,6 +43,9 @@ class SshTimeouts:
     keepalive_s: int = 15  # keepalive packets, so a dead peer is noticed on long commands
 
 
+DEFAULT_SSH_TIMEOUTS = SshTimeouts()
+
+
 @dataclass(frozen=True)
 class SshTarget:
     host: str
@@ -56,7 +59,7 @@ class SshTarget:
 
 
 def make_connection(target: SshTarget, known_hosts: PinnedHostKeys,
-                    timeouts: SshTimeouts = SshTimeouts()) -> Connection:
+                    timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS) -> Connection:
     """A fabric `Connection` to `target` with timeouts and pinned host keys. Does not connect yet."""
     config = Config(
         ssh_config=SSHConfig(),  # an explicit empty ssh_config: ~/.ssh/config is not read
@@ -159,7 +162,7 @@ class SshNode(Node):
     """
 
     def __init__(self, connection: Connection, known_hosts: PinnedHostKeys, *,
-                 label: str | None = None, timeouts: SshTimeouts = SshTimeouts()):
+                 label: str | None = None, timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS):
         super().__init__(connection, label=label or f"{connection.user}@{connection.host}",
                          command_timeout=timeouts.command_s)
         self.known_hosts = known_hosts
@@ -167,7 +170,7 @@ class SshNode(Node):
 
     @classmethod
     def to(cls, target: SshTarget, known_hosts: PinnedHostKeys, *, label: str | None = None,
-           timeouts: SshTimeouts = SshTimeouts()) -> "SshNode":
+           timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS) -> "SshNode":
         return cls(make_connection(target, known_hosts, timeouts), known_hosts,
                    label=label or target.label, timeouts=timeouts)
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InsufficientCapacity, InvalidRequest
-from provision.ssh.connection import SshNode, SshTarget, SshTimeouts
+from provision.ssh.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
 from provision.ssh.files import locked, read_json, write_json
 from provision.ssh.known_hosts import PinnedHostKeys
 
@@ -96,7 +96,7 @@ class SshProvider(Provider):
     name = "ssh"
 
     def __init__(self, hosts: SshHostsConfig | list[SshHost], *, state_file: str | Path,
-                 known_hosts: PinnedHostKeys, ssh_timeouts: SshTimeouts = SshTimeouts()):
+                 known_hosts: PinnedHostKeys, ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS):
         self.hosts = hosts.hosts if isinstance(hosts, SshHostsConfig) else list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
         self.state_file = Path(state_file)

@@ -99,7 +99,8 @@ def test_429_and_500_are_survived_by_retries(admin, client):
 
 
 def test_retries_give_up_with_the_right_error(admin, sim):
-    with LambdaClient(API_KEY, base_url=sim.url, retry=RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.05)) as c:
+    impatient = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.05)
+    with LambdaClient(API_KEY, base_url=sim.url, retry=impatient) as c:
         admin.post("/sim/v1/faults", json={"kind": "rate_limit", "count": 2})
         with pytest.raises(RateLimited):
             c.list_instances()

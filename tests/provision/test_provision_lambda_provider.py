@@ -103,7 +103,8 @@ def test_our_cost_matches_the_simulator_ledger_to_the_cent(provider, admin):
     # and the ledger agrees with what we observed from outside
     shortest = before_terminate - seen_active
     longest = after_terminate - launched
-    assert billed_minutes(shortest, minute_s=MINUTE_S) <= entry["billed_minutes"] <= billed_minutes(longest, minute_s=MINUTE_S)
+    low, high = billed_minutes(shortest, minute_s=MINUTE_S), billed_minutes(longest, minute_s=MINUTE_S)
+    assert low <= entry["billed_minutes"] <= high
     assert entry["price_cents_per_hour"] == 2392 and entry["running"] is False
     exact = Decimal(2392) * entry["billed_minutes"] / 60  # the ledger shows six decimals
     assert Decimal(entry["cost_cents"]) == exact.quantize(Decimal("0.000001"))

@@ -76,7 +76,8 @@ def test_general_rate_limit(tmp_path, sshd_path, ssh_port):
 
 
 def test_ledger_counts_started_minutes(sim, client, registered_key, admin):
-    iid = client.launch(region="us-east-1", instance_type="gpu_1x_a100_sxm4", ssh_key_name=registered_key, name="ty-led")
+    iid = client.launch(region="us-east-1", instance_type="gpu_1x_a100_sxm4", ssh_key_name=registered_key,
+                        name="ty-led")
     wait_status(client, iid, "active")
     time.sleep(1.5 * MINUTE_S)
     running = next(e for e in admin.get("/sim/v1/billing").json()["entries"] if e["instance_id"] == iid)
@@ -145,7 +146,8 @@ def test_cli_serves_and_cleans_up_on_sigterm(tmp_path, sshd_path, ssh_port, key_
                        json={"region_name": "us-east-1", "instance_type_name": "gpu_1x_a100", "ssh_key_names": ["k"]})
         iid = r.json()["data"]["instance_ids"][0]
         deadline = time.monotonic() + 10
-        while httpx.get(f"{base}/api/v1/instances/{iid}", headers=headers, trust_env=False).json()["data"]["status"] != "active":
+        url = f"{base}/api/v1/instances/{iid}"
+        while httpx.get(url, headers=headers, trust_env=False).json()["data"]["status"] != "active":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         sshd_pid = httpx.get(f"{base}/sim/v1/machines", trust_env=False).json()[0]["sshd_pid"]
