@@ -63,7 +63,9 @@ class SimulatorServer:
                  log_level: str = "warning"):
         self.cloud = Cloud(config)
         self.app = create_app(self.cloud)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only
+        # then, and without it every response waits ~40 ms for a delayed ACK
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()

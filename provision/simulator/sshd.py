@@ -81,6 +81,8 @@ def valid_public_key(text: str) -> bool:
 def address_free(address: str, port: int) -> bool:
     """Can something listen on address:port right now (nobody else, e.g. another simulator, does)?"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as sshd binds: connections of a machine just destroyed (TIME_WAIT) do not block it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError as exc:
