@@ -11,6 +11,7 @@ CI must run them (scripts/install-sshd.sh installs it).
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import httpx
@@ -34,11 +35,14 @@ def sshd_path() -> str:
 
 @pytest.fixture(scope="session")
 def ssh_port() -> int:
-    """A port free on the first instance addresses, so parallel simulators do not collide."""
-    for port in range(22022, 23022, 7):
-        if all(address_free(f"127.0.0.{n}", port) for n in range(11, 15)):
+    """A random port free on the first instance addresses: test sessions running side by side
+    (other checkouts, other suites) then use different ports and never reach each other's sshd."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 40000)
+        if all(address_free(f"127.0.0.{n}", port) for n in (11, 12, 13, 14, 200, 201)):
             return port
-    pytest.fail("no free port for the simulated machines' sshd on 127.0.0.11-14")
+    pytest.fail("no free port for the simulated machines' sshd on 127.0.0.x")
 
 
 @pytest.fixture(scope="session")
