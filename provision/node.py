@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision.errors import NodeError
+from provision.errors import NodeError, ProvisionError
 
 #: seconds any single command may take unless the caller says otherwise
 DEFAULT_COMMAND_TIMEOUT = 60
@@ -55,6 +55,8 @@ class Node:
                 command, hide=True, warn=True, in_stream=False,
                 timeout=timeout or self.command_timeout,
             )
+        except ProvisionError:  # already typed (HostKeyMismatch, NodeUnreachable): keep it
+            raise
         except Exception as exc:  # invoke's CommandTimedOut, paramiko's socket errors, ...
             raise NodeError(f"{self.label}: {type(exc).__name__}: {exc}".strip()) from exc
         if check and result.exited != 0:
@@ -65,12 +67,16 @@ class Node:
     def put(self, local_path: str | Path, remote_path: str) -> None:
         try:
             self.runner.put(str(local_path), remote=remote_path)
+        except ProvisionError:
+            raise
         except Exception as exc:
             raise NodeError(f"{self.label}: upload of {local_path} failed: {exc}") from exc
 
     def get(self, remote_path: str, local_path: str | Path) -> None:
         try:
             self.runner.get(remote_path, local=str(local_path))
+        except ProvisionError:
+            raise
         except Exception as exc:
             raise NodeError(f"{self.label}: download of {remote_path} failed: {exc}") from exc
 
