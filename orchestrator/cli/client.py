@@ -1,0 +1,87 @@
+"""The REST API client the CLI uses; HTTP failures become CliErrors with the right exit code."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from orchestrator.cli.errors import BAD_INPUT, CONFLICT, FAILURE, NOT_FOUND, UNREACHABLE, CliError
+from orchestrator.spec import field_path
+
+_EXIT_BY_STATUS = {400: BAD_INPUT, 422: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT}
+
+
+def error_message(response: httpx.Response) -> str:
+    """One line from an error response: our `{detail: {message}}` or FastAPI's 422 list."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, dict) and detail.get("message"):
+        return str(detail["message"])
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        loc = list(first.get("loc", []))
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        field = field_path(loc)
+        return f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid"))
+    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}"
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout_s: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url + "/api/v1", timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise CliError(
+                f"cannot reach the trainyard service at {self.base_url} ({exc}); start it with "
+                f"`trainyard serve`, or point --api-url / TRAINYARD_API_URL at a running one",
+                UNREACHABLE,
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"the trainyard service at {self.base_url} did not answer in time", UNREACHABLE) from exc
+        except httpx.HTTPError as exc:
+            raise CliError(f"talking to {self.base_url} failed: {exc}", UNREACHABLE) from exc
+        if response.is_error:
+            raise CliError(error_message(response), _EXIT_BY_STATUS.get(response.status_code, FAILURE))
+        return response.json()
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def submit(self, spec: dict) -> dict:
+        return self._call("POST", "/runs", json=spec)
+
+    def list_runs(self, statuses: list[str], limit: int, offset: int) -> dict:
+        return self._call("GET", "/runs", params={"status": statuses, "limit": limit, "offset": offset})
+
+    def get_run(self, run_id: str) -> dict:
+        return self._call("GET", f"/runs/{quote(run_id, safe='')}")
+
+    def cancel(self, run_id: str) -> dict:
+        return self._call("POST", f"/runs/{quote(run_id, safe='')}/cancel")
+
+    def events(self, run_id: str, after_id: int = 0) -> dict:
+        return self._call("GET", f"/runs/{quote(run_id, safe='')}/events", params={"after_id": after_id})
+
+    def logs(self, run_id: str, after_id: int = 0, tail: int | None = None) -> dict:
+        params: dict[str, Any] = {"after_id": after_id}
+        if tail:
+            params["tail"] = tail
+        return self._call("GET", f"/runs/{quote(run_id, safe='')}/logs", params=params)

@@ -1,0 +1,91 @@
+"""The CLI edge of the exception tree: every failure ends as one line `error: ...` on stderr and
+an exit code a script can act on. Tracebacks only with `--debug` (or TRAINYARD_DEBUG=1)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from orchestrator.errors import (
+    ConflictError,
+    InvalidSpecError,
+    NotFoundError,
+    SchemaOutOfDateError,
+    TrainyardError,
+)
+
+# exit codes (also in the README and `trainyard --help`)
+OK = 0
+FAILURE = 1  # anything else: a server error, an unexpected exception
+BAD_INPUT = 2  # invalid spec / arguments (HTTP 422); click's usage errors use 2 as well
+NOT_FOUND = 3  # HTTP 404: unknown run id
+CONFLICT = 4  # HTTP 409: e.g. cancelling a run that already ended
+UNREACHABLE = 5  # no service at the API URL, or it did not answer in time
+SCHEMA_OUT_OF_DATE = 6  # `serve`/`worker` on a database that needs `trainyard db upgrade`
+RUN_NOT_SUCCEEDED = 7  # `--watch`/quickstart: the run ended failed, cancelled or stopped
+INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 failure, 2 bad input, 3 not found, 4 conflict, 5 service unreachable, "
+    "6 database schema out of date, 7 watched run did not succeed."
+)
+
+_BY_ERROR: list[tuple[type[TrainyardError], int]] = [
+    (InvalidSpecError, BAD_INPUT),
+    (NotFoundError, NOT_FOUND),
+    (ConflictError, CONFLICT),
+    (SchemaOutOfDateError, SCHEMA_OUT_OF_DATE),
+]
+
+
+class CliError(Exception):
+    """A failure with its exit code and a one-line message."""
+
+    def __init__(self, message: str, exit_code: int = FAILURE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("TRAINYARD_DEBUG", "") not in ("", "0", "false")
+
+
+def fail(message: str, exit_code: int) -> None:
+    first_line = " ".join(str(message).split("\n")[0].split()) or "failed"
+    print(f"error: {first_line}", file=sys.stderr)
+    raise typer.Exit(exit_code)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def cli_errors(func: F) -> F:
+    """Wrap a command so that known errors become `error: ...` plus the matching exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            raise typer.Exit(INTERRUPTED) from None
+        except Exception as exc:  # the edge: everything becomes one line and an exit code
+            if debug_enabled():
+                traceback.print_exc()
+            if isinstance(exc, CliError):
+                fail(str(exc), exc.exit_code)
+            for kind, code in _BY_ERROR:
+                if isinstance(exc, kind):
+                    fail(str(exc), code)
+            hint = "" if debug_enabled() else " (run with --debug for the traceback)"
+            fail(f"{type(exc).__name__}: {exc}{hint}", FAILURE)
+
+    return wrapper  # type: ignore[return-value]

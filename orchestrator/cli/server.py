@@ -1,0 +1,153 @@
+"""The commands that run the service itself: `serve`, `worker`, `db upgrade`.
+
+`serve` is the API, the dashboard and (unless --no-controller) the controller, in one process:
+uvicorn in the main thread, the controller's Worker in a background thread. Both refuse to
+start on a database whose schema is not at the migrations' head.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.errors import FAILURE, CliError, cli_errors
+from orchestrator.cli.output import Format, FormatOpt, message, print_json
+from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.settings import Settings, get_settings
+
+log = logging.getLogger("trainyard.serve")
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # alembic narrates its plugin setup at INFO on every schema check; only its problems matter here
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def checked_engine(settings: Settings):
+    """An engine on the configured database, after checking its schema is current."""
+    from orchestrator.db.migrations import ensure_current
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        ensure_current(engine)
+    except Exception:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _describe_db(engine) -> str:  # noqa: ANN001
+    # hide_password: the URL may carry PostgreSQL credentials, which must never be logged
+    return engine.url.render_as_string(hide_password=True)
+
+
+def make_worker(settings: Settings, engine):  # noqa: ANN001, ANN201
+    try:
+        from orchestrator.controller.worker import Worker
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("orchestrator.controller"):
+            raise
+        raise CliError(
+            "the controller is not part of this install (orchestrator.controller.worker is missing); "
+            "use `trainyard serve --no-controller` to serve the API only", FAILURE,
+        ) from exc
+    return Worker(settings, make_sessionmaker(engine))
+
+
+@cli_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on [default: TRAINYARD_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [default: TRAINYARD_PORT or 8000]")] = None,
+    controller: Annotated[bool, typer.Option("--controller/--no-controller", help="also run the controller in this process")] = True,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run the REST API, the dashboard and the controller."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+
+    _setup_logging(log_level)
+    settings = get_settings().model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    engine = checked_engine(settings)
+    worker = make_worker(settings, engine) if controller else None
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
+        access_log=access_log, server_header=False,
+    ))
+    stop = threading.Event()
+    thread = None
+    if worker is not None:
+        def run_controller() -> None:
+            try:
+                worker.run_forever(stop)
+            except Exception:
+                # a service whose controller died must not look healthy: stop, let a supervisor restart it
+                log.exception("the controller stopped with an error; shutting the service down")
+                server.should_exit = True
+
+        thread = threading.Thread(target=run_controller, name="trainyard-controller", daemon=True)
+        thread.start()
+    url = f"http://{settings.host}:{settings.port}"
+    if fmt is Format.json:
+        print_json({"url": url, "dashboard": url + "/", "controller": worker is not None}, one_line=True)
+    message(f"trainyard serving on {url} (database {_describe_db(engine)}; controller "
+            f"{'on' if worker else 'off'}); dashboard at {url}/")
+    try:
+        server.run()
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=30)
+        engine.dispose()
+
+
+@cli_errors
+def worker(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run only the controller (several workers may share one PostgreSQL database)."""
+    _setup_logging(log_level)
+    settings = get_settings()
+    engine = checked_engine(settings)
+    w = make_worker(settings, engine)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if fmt is Format.json:
+        print_json({"worker_id": settings.worker_id, "database": engine.dialect.name}, one_line=True)
+    message(f"trainyard worker {settings.worker_id} on {_describe_db(engine)}")
+    try:
+        w.run_forever(stop)
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+@cli_errors
+def db_upgrade(fmt: FormatOpt = Format.table) -> None:
+    """Create or migrate the database schema to the latest revision."""
+    from orchestrator.db.migrations import current_revision, upgrade
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        revision, where = current_revision(engine), _describe_db(engine)
+    finally:
+        engine.dispose()
+    if fmt is Format.json:
+        print_json({"revision": revision, "database": engine.dialect.name})
+    message(f"database {where} is at revision {revision}")
