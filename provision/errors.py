@@ -55,3 +55,10 @@ class NodeUnreachable(NodeError):
 
 class HostKeyMismatch(NodeError):
     """The node presented a different SSH host key than the one pinned for its address."""
+
+
+class PlacementFailed(ProvisionError):
+    """No instance type in the spec had capacity in any allowed region before placement's deadline.
+
+    The message names the types and regions tried. Nothing was launched.
+    """
