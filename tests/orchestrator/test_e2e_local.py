@@ -323,3 +323,68 @@ def test_a_run_whose_data_is_missing_fails_with_a_clear_reason(service, sqlite_u
         (inst,) = s.scalars(select(Instance).where(Instance.run_id == run_id)).all()
         assert inst.terminated_at is not None
     assert processes_mentioning(str(svc.runs_dir / f"ty-{run_id}-0")) == []
+
+
+WORKER = """
+import logging, signal, sys, threading
+from orchestrator.controller import Worker
+from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.settings import Settings
+logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+settings = Settings()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url))).run_forever(stop)
+"""
+
+
+def test_two_workers_on_postgresql_execute_each_of_ten_runs_exactly_once(pg_server_url, tmp_path):
+    from orchestrator.db.models import RunEvent, Run
+    from orchestrator.runs import create_run
+    from orchestrator.spec import validate_spec
+
+    url = pg_server_url()
+    upgrade(url)
+    factory = _db(url)
+    spec = tiny_spec("e2e-many", train_tokens=2048, test_loss=False)
+    spec["data"]["max_tokens"] = 20000
+    spec["training"].update(log_every=1, eval_every=1000, checkpoint_every=1000)
+    with factory.begin() as s:
+        run_ids = [create_run(s, validate_spec({**spec, "name": f"many-{i}"})).id for i in range(10)]
+
+    data_dir = tmp_path / "data"
+    workers = [Service(url, data_dir, tmp_path, script=WORKER, TRAINYARD_WORKER_ID=f"worker-{n}",
+                       TRAINYARD_MAX_CONCURRENT_RUNS="2", TRAINYARD_LEASE_S="15")
+               for n in ("a", "b")]
+    try:
+        for w in workers:
+            w.start(wait_http=False)
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            with factory() as s:
+                runs = s.scalars(select(Run).where(Run.id.in_(run_ids))).all()
+                if all(r.status in TERMINAL and r.lease_token is None for r in runs):
+                    break
+            assert all(w.proc.poll() is None for w in workers), workers[0].log_tail()
+            time.sleep(1)
+        else:
+            raise AssertionError(f"runs not done: {[(r.id, r.status) for r in runs]}\n{workers[0].log_tail()}")
+    finally:
+        for w in workers:
+            w.stop()
+        kill_processes_mentioning(str(data_dir / "runs"))
+
+    assert {r.status for r in runs} == {"succeeded"}, [(r.status, r.status_reason) for r in runs]
+    took: set[str] = set()
+    with factory() as s:
+        for run_id in run_ids:
+            events = s.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)).all()
+            launches = [e for e in events if e.message.startswith("trainer launched")]
+            assert len(launches) == 1, f"run {run_id} was started {len(launches)} times"
+            path = [e.to_status for e in events if e.kind == "status"]
+            assert path == ["pending", "provisioning", "bootstrapping", "training", "succeeded"]
+            took |= {e.message.split()[1] for e in events if e.kind == "worker"}
+            assert len(s.scalars(select(Instance).where(Instance.run_id == run_id)).all()) == 1
+            metrics = (data_dir / "runs" / f"ty-{run_id}-0" / "metrics.jsonl").read_text().splitlines()
+            assert sum(json.loads(line)["kind"] == "start" for line in metrics) == 1
+    assert took == {"worker-a", "worker-b"}  # both did work; each run was launched once (above)
