@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.metrics import peak_flops, peak_memory_bytes  # noqa: E402
 from trainer.model import GPT, make_config  # noqa: E402
-from trainer.train import autotune_micro_batch, make_optimizer  # noqa: E402
+from trainer.runtime import autotune_micro_batch  # noqa: E402
+from trainer.train import make_optimizer  # noqa: E402
 
 
 def measure(args, compiled: bool, device: torch.device) -> dict:

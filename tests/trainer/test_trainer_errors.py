@@ -8,7 +8,8 @@ import pytest
 
 from trainer import config
 from trainer.errors import ConfigError
-from trainer.train import find_micro_batch, main
+from trainer.runtime import find_micro_batch
+from trainer.train import main
 
 
 def run_train(argv, capsys):
