@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from orchestrator.controller import commands as cmd
 from orchestrator.controller.context import (
-    NodeHandle, RunContext, aware, live_instances, load_run, log, set_status, spec_of,
+    NodeHandle, RunContext, aware, live_instances, load_run, set_status, spec_of,
 )
 from orchestrator.controller.ingest import read_new, store
 from orchestrator.controller.lifecycle import budget_exceeded, cleanup, end_run
@@ -34,6 +34,7 @@ from orchestrator.spec import ComputeSpec, RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
 from provision.errors import InsufficientCapacity, ProvisionError
+from provision.node import ProcessStatus
 
 #: how often a killed trainer is restarted (resuming from its checkpoint) before the run fails
 MAX_RECOVERIES = 2
@@ -240,28 +241,30 @@ def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
 
 
 # -- training -------------------------------------------------------------------------------------
-def _start_trainers(ctx: RunContext, run: Run, spec: RunSpec, handles, *, only_killed: bool) -> None:
-    master = handles[0][1].instance.private_ip or handles[0][1].instance.public_ip
-    for row, h in handles:
-        proc = cmd.proc_state(h.node, h.workdir, "train")
-        if proc.running or (proc.started and not only_killed):
-            continue
-        if only_killed and proc.exit_code is not None:
-            continue  # it was restarted already and has ended since: the training step reads it
-        command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
-                                    master_addr=master, run_id=run.id)
-        pid = h.node.start_detached(command, workdir=h.workdir, name="train")
-        with ctx.write() as (session, _fresh):
-            session.get(Instance, row.id).trainer_pid = pid
-            add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})")
+def _start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles, row: Instance,
+                   h: NodeHandle) -> cmd.Proc:
+    """Start the trainer on one node (the caller checked its pid file: not started, or killed)."""
+    head = handles[0][1].instance
+    command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
+                                master_addr=head.private_ip or head.public_ip, run_id=run.id)
+    pid = h.node.start_detached(command, workdir=h.workdir, name="train")
+    with ctx.write() as (session, _fresh):
+        session.get(Instance, row.id).trainer_pid = pid
+        add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})")
+    return cmd.Proc(started=True, status=None)
 
 
 def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     handles = _handles(ctx, run)
-    _start_trainers(ctx, run, spec, handles, only_killed=False)
     # Read the processes' states BEFORE their output: once a process is seen ended, everything
     # it wrote is on disk, so this pass's read is complete.
-    procs = [(row, h, cmd.proc_state(h.node, h.workdir, "train")) for row, h in handles]
+    procs = []
+    for row, h in handles:
+        proc = cmd.proc_state(h.node, h.workdir, "train")
+        if not proc.started:
+            _start_trainer(ctx, run, spec, handles, row, h)
+            proc = cmd.Proc(started=True, status=ProcessStatus(running=True, exit_code=None))
+        procs.append((row, h, proc))
     head = handles[0][1]
     new = read_new(head, run)
     store(ctx, head, new)
@@ -299,7 +302,11 @@ def _trainer_killed(ctx: RunContext, run: Run, handles, killed: list[str]) -> No
 
 def _recovering(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     handles = _handles(ctx, run)
-    _start_trainers(ctx, run, spec, handles, only_killed=True)
+    for row, h in handles:
+        proc = cmd.proc_state(h.node, h.workdir, "train")
+        # restart only what is still dead: a restart before a crash may be running, or even done
+        if proc.started and proc.ended and proc.exit_code is None:
+            _start_trainer(ctx, run, spec, handles, row, h)
     _transition(ctx, run, RunStatus.training, "trainer restarted; it resumes from its last checkpoint")
 
 

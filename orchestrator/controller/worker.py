@@ -29,11 +29,12 @@ from orchestrator.errors import LeaseLostError
 from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from provision.base import Provider
-from provision.errors import NodeUnreachable, ProvisionError
+from provision.errors import ProvisionError
 from provision.registry import get_provider
 
-#: consecutive unexpected errors on one run before the worker gives up on it and fails it
-MAX_CONSECUTIVE_ERRORS = 5
+#: consecutive failed steps on one run (not counting retryable provider/node errors, which mean
+#: "state unknown" and are retried forever) before the worker fails the run
+MAX_CONSECUTIVE_ERRORS = 10
 
 
 @dataclass
@@ -136,19 +137,27 @@ class Worker:
             log.warning("worker %s: lost the lease on run %s mid-step", self.owner, run_id)
             del self._held[run_id]
             return
-        except (NodeUnreachable, ProvisionError) as exc:
-            # state unknown (node or provider not answering): do nothing destructive, retry
-            log.warning("run %s: %s; retrying next pass", run_id, exc)
+        except ProvisionError as exc:
+            if exc.retryable:
+                # state unknown (node or provider not answering): do nothing destructive, retry
+                log.warning("run %s: %s; retrying next pass", run_id, exc)
+                return
+            self._count_error(run_id, held, exc)
             return
         except Exception as exc:
-            held.errors += 1
-            log.exception("run %s: step failed (%d in a row)", run_id, held.errors)
-            if held.errors >= MAX_CONSECUTIVE_ERRORS:
-                self._give_up(run_id, held, exc)
+            self._count_error(run_id, held, exc)
             return
         if done:
             lease.release(self.factory, run_id, held.token)
             del self._held[run_id]
+
+    def _count_error(self, run_id: str, held: _Held, exc: Exception) -> None:
+        """A step failed in a way retrying may not fix; fail the run if it keeps happening."""
+        held.errors += 1
+        log.warning("run %s: step failed (%d in a row): %s", run_id, held.errors, exc,
+                    exc_info=not isinstance(exc, ProvisionError))
+        if held.errors >= MAX_CONSECUTIVE_ERRORS:
+            self._give_up(run_id, held, exc)
 
     def _context(self, run_id: str, held: _Held) -> RunContext | None:
         """The run's context, or None when the run is gone. Fails the run if its provider is not
