@@ -19,14 +19,13 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 
+from provision.launch import torchrun_command
 from provision.node import Node, ProcessStatus
 from orchestrator.spec import RunSpec
 
 DATA = "data"
 CONFIG = "config.json"
 EVAL_OUT = "eval.json"
-#: torchrun's rendezvous port on rank 0 for multi-node runs
-RDZV_PORT = 29500
 _RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
 
 
@@ -51,15 +50,20 @@ def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: st
 
 
 def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                  node_rank: int, master_addr: str | None, run_id: str) -> str:
+                  node_rank: int, master_addr: str | None, socket_ifname: str | None = None) -> str:
     c = spec.compute
-    launcher = [python, "-m", "torch.distributed.run", f"--nproc_per_node={c.procs_per_node}"]
-    if c.nodes == 1:
-        launcher.append("--standalone")
-    else:
-        launcher += [f"--nnodes={c.nodes}", f"--node_rank={node_rank}", f"--rdzv-id={run_id}",
-                     "--rdzv-backend=c10d", f"--rdzv-endpoint={master_addr}:{RDZV_PORT}"]
-    args = launcher + ["-m", "trainer.train", path(workdir, CONFIG), "--run-dir", workdir]
+    if c.nodes > 1:
+        # Static rendezvous on node 0 (provision.launch explains why: node rank 0 must hold
+        # global rank 0, the one that writes metrics and checkpoints).
+        return torchrun_command(
+            python=python, nnodes=c.nodes, nproc_per_node=c.procs_per_node, node_rank=node_rank,
+            master_addr=master_addr or "127.0.0.1", config=path(workdir, CONFIG), run_dir=workdir,
+            socket_ifname=socket_ifname, env={"PYTHONUNBUFFERED": "1", **env},
+        )
+    # One node: --standalone picks a free port, so several local runs can train side by side.
+    args = [python, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={c.procs_per_node}", "-m", "trainer.train", path(workdir, CONFIG),
+            "--run-dir", workdir]
     return _env_prefix(env) + shlex.join(args)
 
 

@@ -246,7 +246,8 @@ def _start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles, row: Insta
     """Start the trainer on one node (the caller checked its pid file: not started, or killed)."""
     head = handles[0][1].instance
     command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
-                                master_addr=head.private_ip or head.public_ip, run_id=run.id)
+                                master_addr=head.private_ip or head.public_ip,
+                                socket_ifname=h.instance.extra.get("socket_ifname"))
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
         session.get(Instance, row.id).trainer_pid = pid

@@ -1,0 +1,165 @@
+"""Orchestration overhead of a local run: what the service adds beyond the trainer's own time.
+
+    .venv/bin/python benchmarks/orchestration/bench_overhead.py [--reps 3] [--interval 1.0]
+
+For the same small run it measures two things, alternating, `--reps` times each:
+
+- direct: the exact command lines the controller would run (`trainer.prepare`, torchrun
+  `trainer.train`, `trainer.evaluate`), started one after the other by this script, no service;
+- service: the same run submitted to a real service (REST API + controller in one process,
+  SQLite, `local` provider), polled over HTTP until it ends.
+
+and reports, per path, the two intervals that matter to a user:
+
+- submit -> first training step (direct: start of prepare -> first step): everything before
+  the model trains (placement, data, config, process start, torch import);
+- last step -> succeeded (direct: last step -> evaluation exit): evaluation plus bookkeeping.
+
+The overhead is the service's interval minus the direct one (medians). Step times are the
+trainer's own (`time` in metrics.jsonl); submit and succeeded are the service's timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from orchestrator.controller import commands  # noqa: E402
+from orchestrator.db.migrations import upgrade  # noqa: E402
+from orchestrator.spec import validate_spec  # noqa: E402
+
+SPEC = {
+    "name": "bench-overhead",
+    "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 2, "n_embd": 64, "n_head": 2}},
+    "data": {"source": "builtin:corpus", "max_tokens": 60000},
+    "training": {"seq_len": 64, "micro_batch": 8, "max_tokens": 8192, "warmup_steps": 2,
+                 "log_every": 1, "eval_every": 1000, "eval_tokens": 2048, "checkpoint_every": 1000},
+    "evaluation": {"test_loss": True, "test_max_tokens": 2048},
+}
+
+SERVE = """
+import logging, sys, threading, uvicorn
+from orchestrator.api.app import create_app
+from orchestrator.controller import Worker
+from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.settings import Settings
+logging.basicConfig(level="WARNING", stream=sys.stderr)
+settings = Settings()
+worker = Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url)))
+threading.Thread(target=worker.run_forever, args=(threading.Event(),), daemon=True).start()
+uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+"""
+
+
+def _metric_times(run_dir: Path) -> tuple[float, float]:
+    """(time of the first train step, time of the `done` line) from metrics.jsonl."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = min(m["time"] for m in lines if m["kind"] == "train")
+    done = max(m["time"] for m in lines if m["kind"] == "done")
+    return first, done
+
+
+def direct(work: Path, env: dict[str, str]) -> tuple[float, float]:
+    spec = validate_spec(SPEC)
+    run_dir = work / f"direct-{time.time_ns()}"
+    run_dir.mkdir(parents=True)
+    wd = str(run_dir)
+    extra_env = {"PYTHONPATH": str(REPO)}
+    t0 = time.time()
+    subprocess.run(commands.prepare_command(sys.executable, extra_env, spec, wd), shell=True, check=True,
+                   cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (run_dir / commands.CONFIG).write_text(json.dumps(commands.trainer_config(spec, wd)))
+    subprocess.run(commands.train_command(sys.executable, extra_env, spec, wd, node_rank=0,
+                                          master_addr=None),
+                   shell=True, check=True, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    manifest = json.loads((run_dir / commands.DATA / "manifest.json").read_text())
+    subprocess.run(commands.eval_command(sys.executable, extra_env, spec, wd, checkpoint=latest,
+                                         test_sha256=manifest["splits"]["test"]["sha256"]),
+                   shell=True, check=True, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t_end = time.time()
+    first, done = _metric_times(run_dir)
+    return first - t0, t_end - done
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def via_service(client: httpx.Client, data_dir: Path) -> tuple[float, float]:
+    r = client.post("/runs", json=SPEC)
+    r.raise_for_status()
+    run = r.json()
+    while run["status"] not in ("succeeded", "failed", "cancelled", "stopped"):
+        time.sleep(0.05)
+        run = client.get(f"/runs/{run['id']}").json()
+    if run["status"] != "succeeded":
+        raise SystemExit(f"benchmark run {run['id']} ended {run['status']}: {run['status_reason']}")
+    first, done = _metric_times(data_dir / "runs" / f"ty-{run['id']}-0")
+    return first - _ts(run["created_at"]), _ts(run["finished_at"]) - done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--interval", type=float, default=1.0, help="the controller's reconcile_interval_s")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
+    db = f"sqlite:///{work / 'trainyard.db'}"
+    upgrade(db)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINYARD_DATA_DIR": str(work / "data"),
+           "TRAINYARD_DATABASE_URL": db, "TRAINYARD_PORT": str(port),
+           "TRAINYARD_TRAINER_PYTHON": sys.executable,
+           "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval)}
+    service = subprocess.Popen([sys.executable, "-c", SERVE], env=env, cwd=REPO)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
+    try:
+        for _ in range(100):
+            try:
+                client.get("/health").raise_for_status()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        results: dict[str, list[tuple[float, float]]] = {"direct": [], "service": []}
+        for rep in range(args.reps):
+            results["direct"].append(direct(work / "direct", env))
+            results["service"].append(via_service(client, work / "data"))
+            print(f"rep {rep + 1}: direct {results['direct'][-1]}, service {results['service'][-1]}",
+                  file=sys.stderr)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in results.items()}
+    print(f"reconcile_interval_s={args.interval}, {args.reps} reps, medians in seconds")
+    print(f"{'':<32}{'direct':>10}{'service':>10}{'overhead':>10}")
+    for i, label in enumerate(("submit -> first training step", "last step -> succeeded")):
+        d, s = med["direct"][i], med["service"][i]
+        print(f"{label:<32}{d:>10.2f}{s:>10.2f}{s - d:>10.2f}")
+    print(json.dumps({"interval_s": args.interval, "reps": args.reps, "raw": results}))
+
+
+if __name__ == "__main__":
+    main()
