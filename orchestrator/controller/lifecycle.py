@@ -5,6 +5,8 @@ writes the terminal status, the confirmed terminations and their cost entries in
 transaction. A crash before that write leaves the run in its old state and the next pass ends it
 again; a terminal run with any instance not confirmed terminated stays claimable, and `cleanup`
 keeps terminating until the provider confirms (so "failed, but a node still bills" converges).
+An instance launched but never recorded (a crash between the two) is found by its name and
+adopted before the run ends, so it is terminated and billed like the others.
 """
 
 from __future__ import annotations
@@ -14,13 +16,55 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.controller.context import RunContext, aware, live_instances, log, set_status
+from orchestrator.controller.context import (
+    RunContext, aware, live_instances, load_run, log, set_status, spec_of,
+)
 from orchestrator.costs import billed_minutes, instance_cost_cents, run_cost_cents
 from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, utcnow
-from orchestrator.runs import add_event
+from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import RunSpec
+from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
 from provision.errors import ProvisionError
+
+
+def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance) -> None:
+    """Remember an instance the provider has for this run (its price frozen now)."""
+    now = utcnow()
+    with ctx.write() as (session, fresh):
+        exists = session.scalar(select(Instance.id).where(
+            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None)))
+        if exists is not None:
+            return
+        active = inst.status == InstanceStatus.active
+        session.add(Instance(
+            run_id=run.id, rank=rank, name=inst.name, provider=ctx.provider.name,
+            provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
+            public_ip=inst.public_ip, private_ip=inst.private_ip, ssh_port=inst.ssh_port,
+            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch
+            status=inst.status.value, workdir=inst.extra.get("workdir"),
+            launched_at=now, active_at=now if active else None,
+        ))
+        add_event(session, run.id, "placement",
+                  f"instance {inst.name} ({inst.instance_type} in {inst.region}, "
+                  f"{inst.price_cents_per_hour} c/h) is {inst.status.value}")
+
+
+def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
+    """Record instances launched for the run but never written down (a crash between a launch
+    and its record), so ending the run terminates and bills them too. Names make them findable."""
+    if run.status == RunStatus.pending.value:
+        return run  # nothing is launched before provisioning
+    recorded = {row.rank for row in run.instances}
+    adopted = False
+    for rank in range(spec_of(run).compute.nodes):
+        if rank in recorded:
+            continue
+        inst = ctx.provider.find_by_name(instance_name(run.id, rank))
+        if inst is not None:
+            record_instance(ctx, run, rank, inst)
+            adopted = True
+    return (load_run(ctx.factory, run.id) or run) if adopted else run
 
 
 def terminate_instances(ctx: RunContext, run: Run) -> tuple[set[int], str | None]:
@@ -84,6 +128,7 @@ def book_terminations(session: Session, run: Run, confirmed: set[int], requested
 def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str,
             extra: Callable[[Session, Run], None] | None = None) -> None:
     """Terminate everything the run holds, then record how it ended (and `extra` rows with it)."""
+    run = adopt_unrecorded(ctx, run)
     confirmed, error = terminate_instances(ctx, run)
     with ctx.write() as (session, fresh):
         if RunStatus(fresh.status).is_terminal:

@@ -27,11 +27,10 @@ from orchestrator.controller.context import (
     NodeHandle, RunContext, aware, live_instances, load_run, set_status, spec_of,
 )
 from orchestrator.controller.ingest import read_new, store
-from orchestrator.controller.lifecycle import budget_exceeded, cleanup, end_run
+from orchestrator.controller.lifecycle import budget_exceeded, cleanup, end_run, record_instance
 from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunStatus, utcnow
 from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import ComputeSpec, RunSpec
-from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
 from provision.errors import InsufficientCapacity, ProvisionError
 from provision.node import ProcessStatus
@@ -133,27 +132,6 @@ def _place(ctx: RunContext, compute: ComputeSpec) -> tuple[str, str] | None:
     return None
 
 
-def _record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance) -> None:
-    now = utcnow()
-    with ctx.write() as (session, fresh):
-        exists = session.scalar(select(Instance.id).where(
-            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None)))
-        if exists is not None:
-            return
-        active = inst.status == InstanceStatus.active
-        session.add(Instance(
-            run_id=run.id, rank=rank, name=inst.name, provider=ctx.provider.name,
-            provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
-            public_ip=inst.public_ip, private_ip=inst.private_ip, ssh_port=inst.ssh_port,
-            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch
-            status=inst.status.value, workdir=inst.extra.get("workdir"),
-            launched_at=now, active_at=now if active else None,
-        ))
-        add_event(session, run.id, "placement",
-                  f"instance {inst.name} ({inst.instance_type} in {inst.region}, "
-                  f"{inst.price_cents_per_hour} c/h) is {inst.status.value}")
-
-
 def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     c = spec.compute
     rows = {row.rank: row for row in live_instances(run)}
@@ -183,7 +161,7 @@ def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
                 if exc.retryable:
                     raise
                 return _fail(ctx, run, f"launching {name} failed: {exc}")
-        _record_instance(ctx, run, rank, inst)
+        record_instance(ctx, run, rank, inst)
 
     run = load_run(ctx.factory, run.id)
     waiting = False

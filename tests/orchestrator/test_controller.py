@@ -277,3 +277,52 @@ def test_the_registry_names_what_it_has():
     assert get_provider("local", settings).name == "local"
     with pytest.raises(InvalidRequest, match="provider 'nope' is not available"):
         get_provider("nope", settings)
+
+
+class CountingLocal(LocalProvider):
+    """The real local provider, counting launches."""
+
+    launches = 0
+
+    def launch(self, **kw):
+        CountingLocal.launches += 1
+        return super().launch(**kw)
+
+
+def _crashed_after_launch(factory, settings) -> tuple[str, LocalProvider, object]:
+    """A run whose worker launched its instance and died before recording it."""
+    run_id = _submit(factory)
+    provider = CountingLocal(settings.runs_dir, python=settings.trainer_python, stop_grace_s=2)
+    inst = provider.launch(name=instance_name(run_id, 0), instance_type="local", region="local")
+    provider.node(inst).start_detached("sleep 300", workdir=inst.extra["workdir"], name="prepare")
+    with transaction(factory) as s:
+        run = s.get(Run, run_id)
+        run.status, run.started_at = RunStatus.provisioning.value, utcnow()
+    CountingLocal.launches = 0
+    return run_id, provider, inst
+
+
+def test_a_launch_that_was_not_recorded_is_found_by_name_not_repeated(factory, settings):
+    run_id, provider, inst = _crashed_after_launch(factory, settings)
+    worker = Worker(settings, factory, providers={"local": provider})
+    _drive(worker, factory, run_id, lambda r: r.status == "bootstrapping")
+    assert CountingLocal.launches == 0
+    with factory() as s:
+        (row,) = s.scalars(select(Instance).where(Instance.run_id == run_id)).all()
+        assert row.provider_instance_id == inst.id
+    worker.close()
+    provider.terminate([inst.id])
+
+
+def test_cancel_after_an_unrecorded_launch_terminates_that_instance(factory, settings):
+    run_id, provider, inst = _crashed_after_launch(factory, settings)
+    with transaction(factory) as s:
+        request_cancel(s, run_id)
+    worker = Worker(settings, factory, providers={"local": provider})
+    run = _drive(worker, factory, run_id, _ended)
+    assert run.status == "cancelled" and CountingLocal.launches == 0
+    assert provider.get(inst.id).status.is_gone
+    assert not LocalNode().status(workdir=inst.extra["workdir"], name="prepare").running
+    with factory() as s:
+        (row,) = s.scalars(select(Instance).where(Instance.run_id == run_id)).all()
+        assert row.terminated_at is not None
