@@ -130,7 +130,9 @@ def start_torchrun(
     directories differ can share one name.
     Node 0 starts first since its agent hosts the rendezvous store. A node whose trainer is
     already running is not started again (its recorded pid is returned), so a retried start
-    never runs two trainers in one run directory.
+    never runs two trainers in one run directory. A static group cannot take back one lost
+    node: after a node fails, `stop_torchrun` every node and start them all again (the trainer
+    resumes from its last committed checkpoint).
     """
     if not targets:
         raise ValueError("start_torchrun needs at least one node")
