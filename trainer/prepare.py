@@ -76,7 +76,10 @@ def _hf_docs(spec: str, field: str) -> Iterator[str]:
     name, _, config = spec.partition(":")
     ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
     for row in ds:
-        text = row.get(field)
+        if field not in row:
+            raise DataError(f"dataset {name} has no field {field!r} (fields: {', '.join(row)}); "
+                            f"pass --field")
+        text = row[field]
         if text:
             yield text
 

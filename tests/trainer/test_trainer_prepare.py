@@ -69,6 +69,20 @@ def test_text_jsonl_and_parquet_sources(tmp_path):
     assert np.array_equal(split.read(250, 200), whole[250:450])
 
 
+def test_hf_source_streams_through_datasets(tmp_path):
+    """The hf: path for real, offline: `datasets` streaming a local dataset folder of parquet."""
+    pytest.importorskip("datasets")
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    docs = [f"Streamed document {i} about trains and yards." for i in range(40)]
+    pq.write_table(pa.table({"text": docs, "id": list(range(40))}),
+                   tmp_path / "ds" / "data" / "train-00000.parquet")
+    m = prepare(f"hf:{tmp_path / 'ds'}", tmp_path / "out", val_fraction=0.1, test_fraction=0.1)
+    assert m["documents"] == 40
+    assert m["tokens"] == sum(len(tokenizer.encode(d)) + 1 for d in docs)
+    with pytest.raises(DataError, match=r"has no field 'body' \(fields: text, id\)"):
+        prepare(f"hf:{tmp_path / 'ds'}", tmp_path / "out2", field="body")
+
+
 def test_max_tokens_caps_the_prepared_data(tmp_path):
     m = prepare("builtin:corpus", tmp_path / "capped", max_tokens=20_000)
     assert 15_000 < m["tokens"] <= 20_000
