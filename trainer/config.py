@@ -167,6 +167,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"micro_batch must be positive, got {cfg.micro_batch}")
     if cfg.max_tokens != "chinchilla" and cfg.max_tokens <= 0:
         raise ConfigError(f"max_tokens must be positive, got {cfg.max_tokens}")
+    if cfg.eval_every > 0 and cfg.eval_tokens < cfg.seq_len:
+        raise ConfigError(f"eval_tokens ({cfg.eval_tokens}) must be at least seq_len ({cfg.seq_len}) "
+                          f"when eval_every > 0")
     if cfg.min_lr > cfg.lr:
         raise ConfigError(f"min_lr ({cfg.min_lr}) must not exceed lr ({cfg.lr})")
     mcfg = cfg.model_config()  # checks model_overrides keys and types
