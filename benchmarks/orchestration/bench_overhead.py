@@ -17,6 +17,17 @@ and reports, per path, the two intervals that matter to a user:
 
 The overhead is the service's interval minus the direct one (medians). Step times are the
 trainer's own (`time` in metrics.jsonl); submit and succeeded are the service's timestamps.
+
+On a shared or busy machine the trainer's own time varies by seconds from run to run, which
+swamps that difference. So the script also measures the controller's own latency directly, as
+the gaps between what the node shows and what the controller did next:
+
+- submit -> data preparation launched (claim, placement, run directory);
+- prepared data committed (manifest.json written) -> trainer launched (config, torchrun start);
+- trainer exited (train.exit written) -> evaluation launched (final metrics read, transition);
+- evaluation exited (eval.exit written) -> succeeded (result stored, instance terminated, cost).
+
+Their sum is the time the service adds to a run, independent of how fast the trainer ran.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -106,17 +118,35 @@ def _ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def via_service(client: httpx.Client, data_dir: Path) -> tuple[float, float]:
+def _event_time(events: list[dict], prefix: str) -> float:
+    return next(_ts(e["time"]) for e in events if e["message"].startswith(prefix))
+
+
+def via_service(client: httpx.Client, data_dir: Path) -> tuple[tuple[float, float], list[float]]:
     r = client.post("/runs", json=SPEC)
     r.raise_for_status()
     run = r.json()
     while run["status"] not in ("succeeded", "failed", "cancelled", "stopped"):
-        time.sleep(0.05)
+        time.sleep(0.2)  # the service's times are its own timestamps; polling only waits
         run = client.get(f"/runs/{run['id']}").json()
     if run["status"] != "succeeded":
         raise SystemExit(f"benchmark run {run['id']} ended {run['status']}: {run['status_reason']}")
-    first, done = _metric_times(data_dir / "runs" / f"ty-{run['id']}-0")
-    return first - _ts(run["created_at"]), _ts(run["finished_at"]) - done
+    run_dir = data_dir / "runs" / f"ty-{run['id']}-0"
+    first, done = _metric_times(run_dir)
+    submitted, finished = _ts(run["created_at"]), _ts(run["finished_at"])
+    events = client.get(f"/runs/{run['id']}/events", params={"limit": 1000}).json()["events"]
+    mtime = lambda name: (run_dir / name).stat().st_mtime  # noqa: E731
+    gaps = [
+        _event_time(events, "preparing data") - submitted,
+        _event_time(events, "trainer launched") - mtime("data/manifest.json"),
+        _event_time(events, "evaluating") - mtime("train.exit"),
+        finished - mtime("eval.exit"),
+    ]
+    return (first - submitted, finished - done), gaps
+
+
+GAPS = ("submit -> prepare launched", "data ready -> trainer launched",
+        "trainer exited -> eval launched", "eval exited -> succeeded")
 
 
 def main() -> None:
@@ -124,6 +154,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--interval", type=float, default=1.0, help="the controller's reconcile_interval_s")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the service below is stopped too
 
     work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
     db = f"sqlite:///{work / 'trainyard.db'}"
@@ -143,22 +174,29 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.2)
         results: dict[str, list[tuple[float, float]]] = {"direct": [], "service": []}
+        gaps: list[list[float]] = []
         for rep in range(args.reps):
             results["direct"].append(direct(work / "direct", env))
-            results["service"].append(via_service(client, work / "data"))
-            print(f"rep {rep + 1}: direct {results['direct'][-1]}, service {results['service'][-1]}",
-                  file=sys.stderr)
+            service_times, run_gaps = via_service(client, work / "data")
+            results["service"].append(service_times)
+            gaps.append(run_gaps)
+            print(f"rep {rep + 1}: direct {results['direct'][-1]}, service {service_times}, "
+                  f"controller gaps {run_gaps}", file=sys.stderr)
     finally:
         service.terminate()
         service.wait(timeout=30)
 
     med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in results.items()}
     print(f"reconcile_interval_s={args.interval}, {args.reps} reps, medians in seconds")
-    print(f"{'':<32}{'direct':>10}{'service':>10}{'overhead':>10}")
+    print(f"{'':<34}{'direct':>9}{'service':>9}{'diff':>9}")
     for i, label in enumerate(("submit -> first training step", "last step -> succeeded")):
         d, s = med["direct"][i], med["service"][i]
-        print(f"{label:<32}{d:>10.2f}{s:>10.2f}{s - d:>10.2f}")
-    print(json.dumps({"interval_s": args.interval, "reps": args.reps, "raw": results}))
+        print(f"{label:<34}{d:>9.2f}{s:>9.2f}{s - d:>9.2f}")
+    print("the controller's own latency (median per gap):")
+    for i, label in enumerate(GAPS):
+        print(f"  {label:<32}{statistics.median(g[i] for g in gaps):>9.2f}")
+    print(f"  {'total':<32}{statistics.median(sum(g) for g in gaps):>9.2f}")
+    print(json.dumps({"interval_s": args.interval, "reps": args.reps, "raw": results, "gaps": gaps}))
 
 
 if __name__ == "__main__":
