@@ -14,7 +14,6 @@ so they stay cheap on every `GET /runs/{id}`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -22,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestrator.db.models import CostEntry, Instance
+from provision.lambda_cloud import billing
 
 
 def _aware(t: datetime) -> datetime:
@@ -29,12 +29,13 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
-def billed_minutes(active_at: datetime | None, end: datetime) -> int:
-    """Whole minutes billed from `active_at` to `end`, any started minute counting in full."""
+def billed_minutes(active_at: datetime | None, end: datetime, minute_s: float = billing.MINUTE_S) -> int:
+    """Whole minutes billed from `active_at` to `end`, any started minute counting in full.
+    The rule lives in provision.lambda_cloud.billing; this only turns two times into seconds.
+    `minute_s` is 60 except under a simulator whose clock is compressed."""
     if active_at is None:
         return 0
-    seconds = (_aware(end) - _aware(active_at)).total_seconds()
-    return max(0, math.ceil(seconds / 60.0))
+    return billing.billed_minutes((_aware(end) - _aware(active_at)).total_seconds(), minute_s=minute_s)
 
 
 def instance_cost_cents(instance: Instance, now: datetime) -> float:
