@@ -51,6 +51,54 @@ class Settings(BaseSettings):
     # providers and outside services (secrets)
     lambda_api_key: SecretStr | None = None
     lambda_api_url: str = "https://cloud.lambda.ai"
+    #: the name under which the public half of `ssh_private_key_file` is registered with Lambda
+    lambda_ssh_key_name: str | None = None
+    #: the port of the instances' sshd (22 on Lambda; the simulator's machines use another)
+    lambda_ssh_port: int = 22
+    #: Lambda allows one launch request per 12 s
+    lambda_launch_interval_s: float = 12.0
+    #: tries per API call (the first included) on 429, 5xx and network errors, with backoff
+    lambda_retry_attempts: int = 5
+    lambda_retry_base_delay_s: float = 1.0
+    lambda_retry_max_delay_s: float = 30.0
+    #: length of one billing increment: Lambda bills by the started minute. Only a simulator
+    #: with a compressed clock sets another value.
+    billing_minute_s: float = 60.0
+    #: how often placement reads capacity again while no type and region has any
+    placement_poll_s: float = 15.0
+
+    # SSH to rented nodes (providers lambda and ssh)
+    ssh_private_key_file: Path | None = None
+    ssh_user: str = "ubuntu"
+    ssh_connect_timeout_s: float = 10.0
+    #: pinned host keys (trust on first use, a changed key refused); default: in the data dir
+    known_hosts_file: Path | None = None
+    #: the `ssh` provider's machines (YAML; see provision/ssh/provider.py)
+    ssh_hosts_file: Path | None = None
+
+    # what runs on a rented node
+    #: the node's interpreter whose environment has torch (Lambda's image: /usr/bin/python3)
+    node_python: str = "/usr/bin/python3"
+    #: a folder holding the node's torch when it is outside `node_python`'s site-packages
+    node_torch_site_packages: str | None = None
+    #: network interface for gloo/NCCL (GLOO_SOCKET_IFNAME); unset: their own choice.
+    #: The simulator's machines are this one, so it needs `lo`.
+    node_socket_ifname: str | None = None
+    #: extra environment for the trainer on every node, e.g. {"OMP_NUM_THREADS": "1"}
+    node_env: dict[str, str] = Field(default_factory=dict)
+    #: folder under the node user's home holding the venv, data and run directories
+    node_root: str = "trainyard"
+    #: torchrun's rendezvous port on node 0 (each run adds an offset from its id, so runs
+    #: sharing machines never meet in one rendezvous)
+    node_master_port: int = 29500
+    #: give up on an instance that is not active this long after its launch
+    node_boot_timeout_s: float = 1800.0
+    #: how often a booting instance is asked whether it is active (its billing starts then)
+    node_active_poll_s: float = 5.0
+    #: how long one bootstrap attempt waits for a node's SSH to answer
+    node_ssh_timeout_s: float = 300.0
+    #: where the trainer wheel is built and kept; default: ~/.cache/trainyard/wheels
+    wheel_cache_dir: Path | None = None
     openai_api_key: SecretStr | None = None
     judge_base_url: str | None = None
     judge_model: str = "gpt-4o-mini"
@@ -62,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_uri(self) -> str:
         return self.artifact_uri or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def resolved_known_hosts_file(self) -> Path:
+        return self.known_hosts_file or self.data_dir / "known_hosts"
 
     @property
     def runs_dir(self) -> Path:

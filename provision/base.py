@@ -67,6 +67,12 @@ class Provider(abc.ABC):
 
     #: the name used in run specs (`compute.provider`)
     name: str
+    #: False where the nodes already run this checkout's trainer (`local`); True where a node
+    #: must be bootstrapped (provision.bootstrap) before the trainer can run on it
+    needs_bootstrap: bool = True
+    #: True where `terminate` only gives the machine back and leaves its processes running
+    #: (`ssh`: the user's own machines), so the caller stops what it started first
+    keeps_machines: bool = False
 
     @abc.abstractmethod
     def instance_types(self) -> list[InstanceType]:

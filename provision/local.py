@@ -39,6 +39,7 @@ class LocalProvider(Provider):
     """Runs nodes as directories on this machine. Every call is a few file operations."""
 
     name = "local"
+    needs_bootstrap = False  # the trainer runs from this checkout, with `python`
 
     def __init__(self, runs_dir: str | Path, *, python: str, stop_grace_s: int = 10):
         self.runs_dir = Path(runs_dir).resolve()

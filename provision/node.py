@@ -64,6 +64,10 @@ class Node:
             raise NodeError(f"{self.label}: command failed ({result.exited}): {' | '.join(tail)}")
         return result.stdout
 
+    def close(self) -> None:
+        """Release the connection, if the runner holds one. Safe to call more than once; the
+        next operation reconnects."""
+
     def put(self, local_path: str | Path, remote_path: str) -> None:
         try:
             self.runner.put(str(local_path), remote=remote_path)

@@ -145,6 +145,9 @@ class Instance(Base):
     status: Mapped[str] = mapped_column(String(20), default="booting")
     #: the trainer's working directory on the node
     workdir: Mapped[str | None] = mapped_column(Text)
+    #: the interpreter that runs the trainer there (a bootstrapped node's venv); set when the
+    #: node is ready, so it also records that bootstrap finished on this node
+    python: Mapped[str | None] = mapped_column(Text)
     #: pid of the detached trainer on the node (informational; the node's pid file is the truth)
     trainer_pid: Mapped[int | None] = mapped_column(Integer)
 

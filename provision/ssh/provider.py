@@ -94,6 +94,7 @@ class SshProvider(Provider):
     """
 
     name = "ssh"
+    keeps_machines = True  # releasing a host leaves it running: the caller stops its processes
 
     def __init__(self, hosts: SshHostsConfig | list[SshHost], *, state_file: str | Path,
                  known_hosts: PinnedHostKeys, ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS):
