@@ -11,21 +11,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from orchestrator.api.database import open_database
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.routes import api_router
 from orchestrator.api.version import VERSION
-from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings
 from orchestrator.ui.routes import router as ui_router
 
 
 def create_app(settings: Settings) -> FastAPI:
-    engine = make_engine(settings.resolved_database_url)
+    database = open_database(settings.resolved_database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        engine.dispose()
+        await database.dispose()
 
     app = FastAPI(
         title="trainyard",
@@ -38,8 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = engine
-    app.state.session_factory = make_sessionmaker(engine)
+    app.state.database = database
+    app.state.engine = database.engine
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(ui_router)

@@ -1,28 +1,24 @@
-"""Dependencies the routes declare with `Annotated`: the settings and a database session.
-
-Both come from `app.state`, set by `create_app(settings)`, so a test can build an app on any
-database without touching globals.
-"""
+"""Dependencies the routes declare with `Annotated`: the settings and the database
+(see database.py for why routes get a `Database` rather than a session)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
+from orchestrator.api.database import Database
 from orchestrator.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+# `async def`: FastAPI would run a plain `def` dependency in the thread pool, a hop for nothing.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
-        yield session
+async def _database(request: Request) -> Database:
+    return request.app.state.database
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-SessionDep = Annotated[Session, Depends(_session)]
+DbDep = Annotated[Database, Depends(_database)]

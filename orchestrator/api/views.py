@@ -9,15 +9,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.costs import runs_cost_cents
+from orchestrator import runs
+from orchestrator.costs import booked_cents_of_run, live_instances_cents, runs_cost_cents
 from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, utcnow
 from orchestrator.errors import NotFoundError
 from orchestrator.api import schemas
+from orchestrator.spec import RunSpec
 
 _ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.bootstrapping.value}
+
+# Reading a run is the hottest path of the service. Its statement is built once (building one
+# costs SQLAlchemy more than running it) and returns plain rows of only the columns a response
+# shows: ORM objects, with identity map and change tracking, would cost more than the query.
+_runs = Run.__table__
+_PUBLIC_COLUMNS = tuple(_runs.c[name] for name in (
+    "id", "name", "status", "status_reason", "cancel_requested", "created_at", "updated_at", "started_at",
+    "finished_at", "target_tokens", "tokens_done", "step", "train_loss", "val_loss", "tokens_per_s",
+    "test_loss", "world_size", "recoveries",
+))
+_GET_RUN = select(*_PUBLIC_COLUMNS, _runs.c.spec, booked_cents_of_run().label("booked_cents")).where(
+    _runs.c.id == bindparam("run_id")
+)
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -25,7 +40,7 @@ def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
-def progress_of(run: Run) -> schemas.RunProgress:
+def progress_of(run) -> schemas.RunProgress:  # noqa: ANN001 - a Run or a row of its columns
     done, target, tps = run.tokens_done or 0, run.target_tokens, run.tokens_per_s
     fraction = min(1.0, done / target) if target else None
     eta = None
@@ -38,7 +53,7 @@ def progress_of(run: Run) -> schemas.RunProgress:
     )
 
 
-def _public_fields(run: Run, cost_cents: float, now: datetime) -> dict:
+def _public_fields(run, cost_cents: float, now: datetime) -> dict:  # noqa: ANN001 - Run or row
     created = _aware(run.created_at)
     end = _aware(run.finished_at) or now
     return dict(
@@ -51,28 +66,38 @@ def _public_fields(run: Run, cost_cents: float, now: datetime) -> dict:
     )
 
 
-def run_detail(session: Session, run: Run, now: datetime | None = None) -> schemas.RunDetail:
+def run_detail(session: Session, run, now: datetime | None = None) -> schemas.RunDetail:  # noqa: ANN001
     now = now or utcnow()
     cost = runs_cost_cents(session, [run.id], now)[run.id]
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
 
 
+def submit_run(session: Session, spec: RunSpec) -> schemas.RunDetail:
+    return run_detail(session, runs.create_run(session, spec))
+
+
+def cancel_run(session: Session, run_id: str) -> schemas.RunDetail:
+    return run_detail(session, runs.request_cancel(session, run_id))
+
+
 def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
-    run = session.get(Run, run_id)
+    run = session.connection().execute(_GET_RUN, {"run_id": run_id}).one_or_none()
     if run is None:
         raise NotFoundError(f"no run with id {run_id!r}")
-    return run_detail(session, run)
+    now = utcnow()
+    cost = float(run.booked_cents) + live_instances_cents(session, [run_id], now)[run_id]
+    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
 
 
 def list_runs(
     session: Session, statuses: Sequence[str], limit: int, offset: int
 ) -> schemas.RunList:
-    query = select(Run)
+    query = select(*_PUBLIC_COLUMNS)
     count = select(func.count()).select_from(Run)
     if statuses:
         query = query.where(Run.status.in_(statuses))
         count = count.where(Run.status.in_(statuses))
-    rows = session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
+    rows = session.execute(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
     now = utcnow()
     costs = runs_cost_cents(session, [r.id for r in rows], now)
     return schemas.RunList(
