@@ -10,8 +10,6 @@ CI must run them (scripts/install-sshd.sh installs it).
 
 from __future__ import annotations
 
-import os
-import random
 from pathlib import Path
 
 import httpx
@@ -19,40 +17,30 @@ import pytest
 
 from provision.lambda_cloud.client import LambdaClient
 from provision.simulator import SimulatorServer
-from provision.simulator.sshd import address_free, find_sshd, generate_key_pair
-from provision_helpers import API_KEY, FAST_RETRY, LAUNCH_INTERVAL_S, sim_config
+from provision_helpers import (
+    API_KEY, FAST_RETRY, LAUNCH_INTERVAL_S, free_ssh_port, require_sshd, sim_config, write_key_pair,
+)
 
 
 @pytest.fixture(scope="session")
 def sshd_path() -> str:
-    path = find_sshd()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("OpenSSH's sshd is missing; CI must run the SSH tests (run scripts/install-sshd.sh)")
-        pytest.skip("OpenSSH's sshd is not installed (run scripts/install-sshd.sh to run these tests)")
-    return path
+    return require_sshd()
 
 
 @pytest.fixture(scope="session")
 def ssh_port() -> int:
     """A random port free on the first instance addresses: test sessions running side by side
     (other checkouts, other suites) then use different ports and never reach each other's sshd."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 40000)
-        if all(address_free(f"127.0.0.{n}", port) for n in (11, 12, 13, 14, 200, 201)):
-            return port
-    pytest.fail("no free port for the simulated machines' sshd on 127.0.0.x")
+    port = free_ssh_port()
+    if port is None:
+        pytest.fail("no free port for the simulated machines' sshd on 127.0.0.x")
+    return port
 
 
 @pytest.fixture(scope="session")
 def key_pair(tmp_path_factory) -> tuple[Path, str]:
     """(private key file, public key line) used to log in to simulated machines."""
-    private, public = generate_key_pair("trainyard-test")
-    path = tmp_path_factory.mktemp("keys") / "id_ed25519"
-    path.write_text(private)
-    path.chmod(0o600)
-    return path, public
+    return write_key_pair(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="session")
