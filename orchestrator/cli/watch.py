@@ -17,6 +17,7 @@ from orchestrator.cli.errors import FAILURE, CliError
 from orchestrator.cli.output import TERMINAL, duration, err, integer, message, num, usd
 
 PLAIN_EVERY_S = 5.0
+QUIET_REPEAT_S = 60.0
 
 
 def _fields(run: dict) -> dict:
@@ -85,13 +86,18 @@ def _watch_bar(client: ApiClient, run_id: str, interval_s: float, guard: _Pendin
 
 
 def _watch_plain(client: ApiClient, run_id: str, interval_s: float, guard: _PendingGuard) -> dict:
-    last_status, last_print = None, 0.0
+    last_line, last_print = "", 0.0
     while True:
         run = client.get_run(run_id)
-        now = time.monotonic()
-        if run["status"] != last_status or now - last_print >= PLAIN_EVERY_S or run["status"] in TERMINAL:
-            message(_plain_line(run))
-            last_status, last_print = run["status"], now
+        line, now = _plain_line(run), time.monotonic()
+        # a new line when something changed, at most every few seconds (status changes at once);
+        # an unchanged line again only after a long quiet spell, to show the watch is alive
+        changed = line != last_line
+        status_changed = line.split(":", 1)[0] != last_line.split(":", 1)[0]
+        if status_changed or run["status"] in TERMINAL or (changed and now - last_print >= PLAIN_EVERY_S) \
+                or now - last_print >= QUIET_REPEAT_S:
+            message(line)
+            last_line, last_print = line, now
         if run["status"] in TERMINAL:
             return run
         guard.check(run)

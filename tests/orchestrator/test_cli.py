@@ -263,3 +263,9 @@ def test_importing_the_service_and_the_cli_does_not_import_torch(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_quickstart_against_an_unreachable_service_says_so(tmp_path):
+    proc = trainyard("--api-url", f"http://127.0.0.1:{free_port()}", "quickstart", env=cli_env(tmp_path))
+    assert proc.returncode == 5
+    assert "cannot reach the trainyard service" in one_error_line(proc)
