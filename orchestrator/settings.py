@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     judge_base_url: str | None = None
     judge_model: str = "gpt-4o-mini"
+    #: the judge's price in US cents per million input / output tokens (default: gpt-4o-mini's)
+    judge_input_cents_per_mtok: float = 15.0
+    judge_output_cents_per_mtok: float = 60.0
+    #: seconds one judge call may take; the openai client's own retries on timeouts, 429 and 5xx
+    judge_timeout_s: float = 120.0
+    judge_max_retries: int = 2
+    #: tries per judgement (the first included) when the answer is malformed; then it is missing
+    judge_attempts: int = 3
+    #: judge calls in flight at once
+    judge_concurrency: int = 4
 
     @property
     def resolved_database_url(self) -> str:
