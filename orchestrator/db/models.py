@@ -238,3 +238,46 @@ class LogChunk(Base):
     rank: Mapped[int] = mapped_column(Integer, default=0)
     text: Mapped[str] = mapped_column(Text)
     time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Judgement(Base):
+    """One answer of the LLM judge, kept so that asking the same thing again never pays twice.
+
+    `key` is the SHA-256 of what was asked (judge model, prompt template hash, the exact rendered
+    messages, the repeat and the attempt number; see orchestrator/judge/cache.py). The request is
+    stored without any credential. `cost_booked` is set once the call's tokens were booked as
+    cost, so a judgement paid for but not booked (a crash mid-comparison) is booked the next time
+    it is used, and never twice.
+    """
+
+    __tablename__ = "judgements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    mode: Mapped[str] = mapped_column(String(20))  # "comparative" | "pointwise"
+    judge_model: Mapped[str] = mapped_column(String(200))
+    template_hash: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict] = mapped_column(JSON)
+    response_text: Mapped[str | None] = mapped_column(Text)
+    #: the validated answer, or null when it was malformed (then `error` says why)
+    parsed: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_booked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Comparison(Base):
+    """A finished judge comparison: the whole report (scores, CIs, per-item judgements and
+    comments, consistency, usage) as JSON, with its judge version, for later inspection."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(20))
+    judge_model: Mapped[str] = mapped_column(String(200))
+    judge_version: Mapped[dict] = mapped_column(JSON)
+    models: Mapped[list] = mapped_column(JSON)
+    report: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
