@@ -1,5 +1,5 @@
-"""Dependencies the routes declare with `Annotated`: the settings and the database
-(see database.py for why routes get a `Database` rather than a session)."""
+"""Dependencies the routes declare with `Annotated`: the database (see database.py for why routes
+get a `Database` rather than a session)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from orchestrator.api.database import Database
-from orchestrator.settings import Settings
 
 
 # `async def`: FastAPI would run a plain `def` dependency in the thread pool, a hop for nothing.
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 async def _database(request: Request) -> Database:
     return request.app.state.database
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
 DbDep = Annotated[Database, Depends(_database)]
