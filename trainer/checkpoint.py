@@ -16,7 +16,6 @@ Only rank 0 calls save(); every rank may load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,39 +26,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+# The manifest helpers live in a torch-free module so the artifact store (and the service) can
+# check checkpoints with exactly the same rules without importing torch.
+from trainer.artifacts.manifest import FORMAT, MANIFEST, REQUIRED, verify  # noqa: F401 (re-exported)
+from trainer.artifacts.manifest import fsync_file as _fsync_file
+from trainer.artifacts.manifest import fsync_write as _fsync_write
+from trainer.artifacts.manifest import sha256_file as _sha256
 from trainer.errors import CheckpointError
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-REQUIRED = ("model.safetensors", "optimizer.pt", "state.pt", "config.json", "metrics.json")
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
@@ -153,37 +132,6 @@ def resolve(path: str | Path) -> Path:
         if name is not None:
             return root / name
     raise CheckpointError(f"{path} is neither a checkpoint folder nor a run with a latest checkpoint")
-
-
-def verify(ckpt: str | Path) -> dict:
-    """Check every file against the manifest; returns the manifest or raises CheckpointError."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_dir():
-        raise CheckpointError(f"checkpoint {ckpt} does not exist")
-    mpath = ckpt / MANIFEST
-    if not mpath.is_file():
-        raise CheckpointError(f"checkpoint {ckpt} is not committed: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} is unreadable") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {ckpt}: unknown manifest format {manifest.get('format')!r}")
-    for name in REQUIRED:
-        if name not in files:
-            raise CheckpointError(f"checkpoint {ckpt}: the manifest does not list {name}")
-    for name, meta in files.items():
-        f = ckpt / name
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing")
-        size = f.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is {size} bytes, the manifest says "
-                                  f"{meta['bytes']} (truncated or corrupt)")
-        if _sha256(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} does not match its sha256 (corrupt)")
-    return manifest
 
 
 def read_config(ckpt: Path) -> dict:
