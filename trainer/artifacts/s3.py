@@ -1,0 +1,385 @@
+"""s3:// store through boto3: any S3-compatible endpoint (AWS, MinIO, moto, ...).
+
+Uploads. A file up to one part is a single PutObject; larger files are multipart uploads whose
+parts are read in order (so the whole file's SHA-256 is computed in the same pass) and sent by
+`concurrency` threads, at most `concurrency` + 1 parts held in memory.
+
+How a stored object's SHA-256 is checked without downloading it again. An S3 ETag is not usable:
+a multipart object's ETag is the MD5 of its parts' MD5s (and under SSE-KMS not even that). So:
+- every part (and every single PutObject) carries its own SHA-256 (`ChecksumSHA256`); S3 and the
+  S3-compatible servers that implement additional checksums recompute it on arrival and refuse a
+  part whose bytes differ. The object then has a "checksum of checksums" (SHA-256 over the parts'
+  digests, "-N"), which we recompute locally and compare with HeadObject's after completing.
+- the whole file's SHA-256 (the manifest's value) is recomputed from the bytes actually sent, and a
+  mismatch (the local file is not what its manifest says) aborts the upload before it completes.
+- that SHA-256 is stored as object metadata (`x-amz-meta-sha256`), which later uploads use to skip
+  files already stored, and which downloads are checked against (every pull re-hashes each file).
+A full re-read after upload would also prove it, at the cost of moving every byte twice; the pull
+side re-hashes everything anyway, so a corruption at rest is still caught before use.
+
+Resuming. A multipart upload's id is kept in a small journal file (`state_dir`) until it completes.
+A later attempt at the same file (same destination, size and SHA-256) lists the parts already
+uploaded (ListParts, allowed on the object's own key, so a node's scoped credentials suffice) and
+re-sends only those missing or not matching the local bytes (by SHA-256 checksum when the server
+reports it, else by the part's ETag, which for a single part is its MD5). Without a journal (a
+new machine) the file is restarted; a bucket lifecycle rule for incomplete multipart uploads
+(AbortIncompleteMultipartUpload) cleans up what such restarts leave.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from trainer.artifacts import manifest as mf
+from trainer.artifacts.errors import ArtifactError, IntegrityError, TransferError
+from trainer.artifacts.retry import with_retries
+from trainer.artifacts.store import ArtifactStore, ObjectInfo, TransferStats, join_key
+
+MiB = 1 << 20
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_CONCURRENCY = 8
+_TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable",
+                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed", "503", "500"}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _code(e: BaseException) -> str:
+    return e.response.get("Error", {}).get("Code", "") if isinstance(e, ClientError) else ""
+
+
+def _status(e: BaseException) -> int:
+    return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if isinstance(e, ClientError) else 0
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: the connection (refused, dropped, timed out) or the server (5xx, throttled)."""
+    if isinstance(e, ClientError):
+        return _code(e) in _TRANSIENT_CODES or _status(e) >= 500
+    if isinstance(e, BotoCoreError):  # EndpointConnectionError, ConnectionClosedError, timeouts...
+        return True
+    if type(e).__module__.startswith(("s3transfer", "urllib3")):  # RetriesExceededError, ProtocolError
+        return True
+    return isinstance(e, (ConnectionError, TimeoutError))
+
+
+def _same_checksum(server: str, ours: str) -> bool:
+    """Compare a server's SHA-256 checksum with ours; a composite one ends in "-<parts>", which
+    some servers leave off (moto does), so the part count is compared only when both give it."""
+    (s_val, _, s_n), (o_val, _, o_n) = server.partition("-"), ours.partition("-")
+    return s_val == o_val and (not s_n or not o_n or s_n == o_n)
+
+
+def client_config(concurrency: int, path_style: bool) -> Config:
+    """Timeouts on every call; botocore retries each request (standard mode) before ours."""
+    return Config(
+        connect_timeout=10, read_timeout=120,
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=max(10, 2 * concurrency + 2),
+        s3={"addressing_style": "path" if path_style else "auto"},
+        # We send our own SHA-256 per part; without this botocore would add a CRC32 of its own.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+class S3Store(ArtifactStore):
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 credentials: dict | None = None, region: str | None = None,
+                 part_size: int = DEFAULT_PART_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
+                 state_dir: str | Path | None = None, attempts: int = 5):
+        if part_size < MIN_PART_SIZE:
+            raise ArtifactError(f"part size {part_size} is below S3's minimum of {MIN_PART_SIZE} bytes")
+        if concurrency < 1:
+            raise ArtifactError("concurrency must be at least 1")
+        self.bucket, self.prefix = bucket, join_key(prefix)
+        self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.part_size, self.concurrency, self.attempts = part_size, concurrency, attempts
+        self.endpoint_url = endpoint_url
+        self.state_dir = Path(state_dir or os.environ.get("TRAINYARD_ARTIFACT_STATE_DIR")
+                              or Path.home() / ".cache" / "trainyard" / "uploads")
+        creds = credentials or {}
+        session = boto3.session.Session(
+            aws_access_key_id=creds.get("access_key_id"),
+            aws_secret_access_key=creds.get("secret_access_key"),
+            aws_session_token=creds.get("session_token"),
+            region_name=region or creds.get("region") or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+        # Path-style addressing for custom endpoints: a loopback or in-cluster server has no
+        # wildcard DNS for bucket.host names.
+        self.client = session.client("s3", endpoint_url=endpoint_url,
+                                     config=client_config(concurrency, endpoint_url is not None))
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        """One API call with our retries on top of botocore's; access errors become one line."""
+        try:
+            return with_retries(lambda: fn(*args, **kwargs), what=what, is_transient=is_transient,
+                                attempts=self.attempts)
+        except ClientError as e:
+            if _code(e) in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                            "InvalidToken", "ExpiredToken"):
+                raise ArtifactError(f"{what}: access denied ({_code(e)})") from None
+            if _code(e) == "NoSuchBucket":
+                raise ArtifactError(f"{what}: bucket {self.bucket} does not exist") from None
+            raise
+
+    # --- primitives --------------------------------------------------------------------------------
+    def _stat(self, key: str) -> ObjectInfo | None:
+        try:
+            r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object,
+                           Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(size=r["ContentLength"], sha256=r.get("Metadata", {}).get("sha256"))
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        digest = hashlib.sha256(data).digest()
+        self._call(f"PUT {self.uri_of(key)}", self.client.put_object, Bucket=self.bucket,
+                   Key=self._key(key), Body=data, ChecksumSHA256=_b64(digest),
+                   Metadata={"sha256": digest.hex()})
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        def fetch() -> bytes:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return r["Body"].read()  # inside the retry: a body cut off mid-read is fetched again
+        try:
+            return self._call(f"GET {self.uri_of(key)}", fetch)
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404") or _status(e) == 404:
+                return None
+            raise
+
+    def _list_keys(self, prefix: str) -> Iterator[str]:
+        root = self._key(prefix)
+        full = root + "/" if root else ""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        token = None
+        while True:
+            kw = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self._call(f"LIST {self.uri_of(prefix)}", self.client.list_objects_v2, **kw)
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def _delete_key(self, key: str) -> None:
+        self._call(f"DELETE {self.uri_of(key)}", self.client.delete_object,
+                   Bucket=self.bucket, Key=self._key(key))
+
+    def _delete_prefix(self, prefix: str) -> None:
+        keys = [self._key(k) for k in self._list_keys(prefix)]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            self._call(f"DELETE {self.uri_of(prefix)}/*", self.client.delete_objects,
+                       Bucket=self.bucket,
+                       Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+        ups = self._call("LIST uploads", self.client.list_multipart_uploads, Bucket=self.bucket,
+                         Prefix=self._key(prefix) + "/")
+        for up in ups.get("Uploads", []):
+            self._call("ABORT upload", self.client.abort_multipart_upload, Bucket=self.bucket,
+                       Key=up["Key"], UploadId=up["UploadId"])
+
+    def _download(self, key: str, dest: Path) -> None:
+        # s3transfer: parallel ranged GETs, each retried; the caller re-hashes the whole file.
+        cfg = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+                             max_concurrency=self.concurrency, num_download_attempts=self.attempts)
+        try:
+            self._call(f"GET {self.uri_of(key)}", self.client.download_file, self.bucket,
+                       self._key(key), str(dest), Config=cfg)
+        except ClientError as e:
+            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
+                raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
+            raise
+
+    def _upload(self, local: Path, key: str, size: int, sha256: str | None,
+                stats: TransferStats) -> str:
+        if size <= self.part_size:
+            got = self._upload_single(local, key, size, sha256)
+        else:
+            got = _MultipartUpload(self, local, key, size, sha256, stats).run()
+        self._check_stored(key, size, got[0], got[1])
+        stats.bytes_sent += size
+        return got[0]
+
+    def _upload_single(self, local: Path, key: str, size: int,
+                       sha256: str | None) -> tuple[str, str]:
+        data = local.read_bytes()
+        digest = hashlib.sha256(data).digest()
+        if len(data) != size or (sha256 is not None and digest.hex() != sha256):
+            raise IntegrityError(f"{local} has sha256 {digest.hex()} ({len(data)} bytes), its manifest "
+                                 f"says {sha256} ({size} bytes): nothing was stored")
+        self._call(f"PUT {self.uri_of(key)}", self.client.put_object, Bucket=self.bucket,
+                   Key=self._key(key), Body=data, ChecksumSHA256=_b64(digest),
+                   Metadata={"sha256": digest.hex()})
+        return digest.hex(), _b64(digest)
+
+    def _check_stored(self, key: str, size: int, sha256: str, checksum: str) -> None:
+        """HeadObject after an upload: the size, our recorded SHA-256, and the server's checksum."""
+        r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object, Bucket=self.bucket,
+                       Key=self._key(key), ChecksumMode="ENABLED")
+        server = r.get("ChecksumSHA256")
+        if (r["ContentLength"] != size or r.get("Metadata", {}).get("sha256") != sha256
+                or (server is not None and not _same_checksum(server, checksum))):
+            self._delete_key(key)  # so a retry uploads it again instead of skipping it
+            raise IntegrityError(f"{self.uri_of(key)} does not match what was sent "
+                                 f"({r['ContentLength']} bytes, checksum {server}; sent {size} bytes, "
+                                 f"checksum {checksum})")
+
+    def journal_path(self, local: Path, key: str, size: int, sha256: str | None) -> Path:
+        ident = "|".join([self.endpoint_url or "", self.bucket, self._key(key), str(local.resolve()),
+                          str(size), sha256 or "", str(self.part_size)])
+        return self.state_dir / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
+
+
+class _MultipartUpload:
+    """One file as a multipart upload: parallel parts, resumable through a journal file."""
+
+    def __init__(self, store: S3Store, local: Path, key: str, size: int, sha256: str | None,
+                 stats: TransferStats):
+        self.s, self.local, self.key, self.size, self.sha256, self.stats = (
+            store, local, key, size, sha256, stats)
+        self.bucket, self.obj = store.bucket, store._key(key)
+        self.journal = store.journal_path(local, key, size, sha256)
+        self.lock = threading.Lock()
+
+    def run(self) -> tuple[str, str]:
+        upload_id, done = self._resume() or (self._create(), {})
+        n_parts = -(-self.size // self.s.part_size)
+        whole = hashlib.sha256()
+        read = 0
+        parts: dict[int, dict] = {}
+        pool = ThreadPoolExecutor(self.s.concurrency, thread_name_prefix="s3-part")
+        pending: set[Future] = set()
+        try:
+            with open(self.local, "rb") as f:
+                for number in range(1, n_parts + 1):
+                    data = f.read(self.s.part_size)
+                    whole.update(data)
+                    read += len(data)
+                    reused = self._reusable(done.get(number), data)
+                    if reused is not None:
+                        parts[number] = reused
+                        self.stats.parts_reused += 1
+                        continue
+                    if len(pending) >= self.s.concurrency:  # bound the parts held in memory
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            fut.result()
+                    pending.add(pool.submit(self._send, upload_id, number, data, parts))
+            for fut in pending:
+                fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+        got = whole.hexdigest()
+        if len(parts) != n_parts or read != self.size or (self.sha256 and got != self.sha256):
+            self._abort(upload_id)
+            raise IntegrityError(f"{self.local} has sha256 {got}, its manifest says {self.sha256}: the "
+                                 f"local file changed or is corrupt; nothing was stored")
+        ordered = [parts[i] for i in range(1, n_parts + 1)]
+        self._complete(upload_id, ordered)
+        self.journal.unlink(missing_ok=True)
+        composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in ordered))
+        return got, f"{_b64(composite.digest())}-{n_parts}"
+
+    def _create(self) -> str:
+        r = self.s._call(f"CREATE upload {self.s.uri_of(self.key)}", self.s.client.create_multipart_upload,
+                         Bucket=self.bucket, Key=self.obj, ChecksumAlgorithm="SHA256",
+                         Metadata={"sha256": self.sha256} if self.sha256 else {})
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.journal.with_suffix(".tmp")
+        mf.fsync_write(tmp, json.dumps({"bucket": self.bucket, "key": self.obj, "upload_id": r["UploadId"],
+                                        "part_size": self.s.part_size, "local": str(self.local)}).encode())
+        os.replace(tmp, self.journal)
+        return r["UploadId"]
+
+    def _resume(self) -> tuple[str, dict[int, dict]] | None:
+        """(upload id, parts already uploaded) from an interrupted attempt, or None."""
+        if self.sha256 is None or not self.journal.is_file():
+            return None  # without a known SHA-256 the old parts could belong to other bytes
+        try:
+            upload_id = json.loads(self.journal.read_text())["upload_id"]
+        except (ValueError, KeyError):
+            return None
+        done: dict[int, dict] = {}
+        marker = 0
+        try:
+            while True:
+                page = self.s._call(f"LIST parts {self.s.uri_of(self.key)}", self.s.client.list_parts,
+                                    Bucket=self.bucket, Key=self.obj, UploadId=upload_id,
+                                    PartNumberMarker=marker)
+                for p in page.get("Parts", []):
+                    done[p["PartNumber"]] = p
+                if not page.get("IsTruncated"):
+                    break
+                marker = page["NextPartNumberMarker"]
+        except ClientError as e:
+            if _code(e) == "NoSuchUpload":  # completed or aborted since: start again
+                self.journal.unlink(missing_ok=True)
+                return None
+            raise
+        return upload_id, done
+
+    @staticmethod
+    def _reusable(part: dict | None, data: bytes) -> dict | None:
+        """The part's entry for CompleteMultipartUpload if the stored part holds exactly `data`."""
+        if part is None or part.get("Size") != len(data):
+            return None
+        mine = _b64(hashlib.sha256(data).digest())
+        theirs = part.get("ChecksumSHA256")
+        same = theirs == mine if theirs else part["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+        return {"PartNumber": part["PartNumber"], "ETag": part["ETag"], "ChecksumSHA256": mine} if same else None
+
+    def _send(self, upload_id: str, number: int, data: bytes, parts: dict[int, dict]) -> None:
+        checksum = _b64(hashlib.sha256(data).digest())
+        r = self.s._call(f"PUT part {number} of {self.s.uri_of(self.key)}", self.s.client.upload_part,
+                         Bucket=self.bucket, Key=self.obj, UploadId=upload_id, PartNumber=number,
+                         Body=data, ChecksumSHA256=checksum)
+        with self.lock:
+            parts[number] = {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum}
+
+    def _complete(self, upload_id: str, ordered: list[dict]) -> None:
+        try:
+            self.s._call(f"COMPLETE upload {self.s.uri_of(self.key)}",
+                         self.s.client.complete_multipart_upload, Bucket=self.bucket, Key=self.obj,
+                         UploadId=upload_id, MultipartUpload={"Parts": ordered})
+        except ClientError as e:
+            # A retried Complete whose first try did land answers NoSuchUpload; the HeadObject
+            # check that follows tells whether the object is really there and whole.
+            if _code(e) != "NoSuchUpload":
+                raise
+
+    def _abort(self, upload_id: str) -> None:
+        self.journal.unlink(missing_ok=True)
+        try:
+            self.s.client.abort_multipart_upload(Bucket=self.bucket, Key=self.obj, UploadId=upload_id)
+        except (ClientError, BotoCoreError):
+            pass  # best effort: the lifecycle rule collects what is left
+
+
+__all__ = ["S3Store", "TransferError", "is_transient", "client_config", "MIN_PART_SIZE"]
