@@ -19,7 +19,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 
-from provision.launch import torchrun_command
+from provision.launch import DEFAULT_MASTER_PORT, torchrun_command
 from provision.node import Node, ProcessStatus
 from orchestrator.spec import RunSpec
 
@@ -50,14 +50,16 @@ def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: st
 
 
 def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                  node_rank: int, master_addr: str | None, socket_ifname: str | None = None) -> str:
+                  node_rank: int, master_addr: str | None, master_port: int = DEFAULT_MASTER_PORT,
+                  socket_ifname: str | None = None) -> str:
     c = spec.compute
     if c.nodes > 1:
         # Static rendezvous on node 0 (provision.launch explains why: node rank 0 must hold
         # global rank 0, the one that writes metrics and checkpoints).
         return torchrun_command(
             python=python, nnodes=c.nodes, nproc_per_node=c.procs_per_node, node_rank=node_rank,
-            master_addr=master_addr or "127.0.0.1", config=path(workdir, CONFIG), run_dir=workdir,
+            master_addr=master_addr or "127.0.0.1", master_port=master_port,
+            config=path(workdir, CONFIG), run_dir=workdir,
             socket_ifname=socket_ifname, env={"PYTHONUNBUFFERED": "1", **env},
         )
     # One node: --standalone picks a free port, so several local runs can train side by side.
@@ -132,6 +134,21 @@ def write_json(node: Node, file: str, value: dict) -> None:
         node.run(f"mv {shlex.quote(file + '.tmp')} {shlex.quote(file)}")
     finally:
         os.unlink(tmp)
+
+
+def trainer_failure(node: Node, workdir: str) -> str | None:
+    """The trainer's own account of why it failed (RUN_DIR/FAILED, written by rank 0), if any.
+
+    Under torchrun the exit code is 1 whatever went wrong, so this file is the only way to tell
+    a bad config (ConfigError, exit 2) from a crash."""
+    failed = read_json(node, path(workdir, "FAILED"))
+    if not failed or not str(failed.get("error") or "").strip():
+        return None
+    error = str(failed["error"]).strip().splitlines()[0]
+    kind = str(failed.get("kind") or "")
+    if kind in ("ConfigError", "DataError", "CheckpointError") or not kind:
+        return f"training failed: {error}"
+    return f"training failed ({kind}): {error}"
 
 
 def failure_reason(node: Node, log_file: str, what: str, exit_code: int | None) -> str:

@@ -17,12 +17,14 @@ from datetime import datetime, timezone
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.controller import lease
+from orchestrator.controller.tasks import Outcome, TaskPool
 from orchestrator.db.models import Instance, Run, RunStatus, utcnow
 from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
-from provision.base import Provider
+from provision.base import InstanceStatus, Provider
+from provision.bootstrap import WheelCache
 from provision.node import Node
 
 log = logging.getLogger("trainyard.controller")
@@ -37,6 +39,10 @@ def aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc)
 
 
+class NodeLost(Exception):
+    """An instance the run needs is gone or broken at the provider; the run cannot go on."""
+
+
 def load_run(factory: sessionmaker[Session], run_id: str) -> Run | None:
     """A detached snapshot of the run with its instances (one short read transaction)."""
     with factory() as session:
@@ -45,23 +51,29 @@ def load_run(factory: sessionmaker[Session], run_id: str) -> Run | None:
 
 @dataclass
 class NodeHandle:
-    """An instance as the provider describes it, and a session on it."""
+    """An instance as the provider describes it, a session on it, and what bootstrap recorded."""
 
     instance: ProviderInstance
     node: Node
+    #: the run directory and interpreter recorded on the instance row (set by bootstrap)
+    row_workdir: str | None = None
+    row_python: str | None = None
+    #: the service's extra trainer environment (settings.node_env)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def workdir(self) -> str:
-        # Providers say where a run lives on their nodes; a relative path is under the login's home.
-        return str(self.instance.extra.get("workdir") or f"trainyard/{self.instance.name}")
+        # Bootstrap records where a run lives on a rented node; the local provider says it itself.
+        return str(self.row_workdir or self.instance.extra.get("workdir") or f"trainyard/{self.instance.name}")
 
     @property
     def python(self) -> str:
-        return str(self.instance.extra.get("python") or "python3")
+        return str(self.row_python or self.instance.extra.get("python") or "python3")
 
     @property
     def env(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (self.instance.extra.get("env") or {}).items()}
+        env = {str(k): str(v) for k, v in (self.instance.extra.get("env") or {}).items()}
+        return {**env, **self.extra_env}
 
 
 @dataclass
@@ -71,8 +83,15 @@ class RunContext:
     settings: Settings
     factory: sessionmaker[Session]
     provider: Provider
-    #: node sessions by provider instance id, kept by the worker across passes: (time, handle)
-    handles: dict[str, tuple[float, NodeHandle]] = field(default_factory=dict)
+    #: node sessions by provider instance id, kept by the worker across passes:
+    #: (when the provider was last asked, its view of the instance, the session)
+    handles: dict[str, tuple[float, ProviderInstance, Node]] = field(default_factory=dict)
+    #: the worker's threads for blocking work (placement, bootstrap)
+    tasks: TaskPool | None = None
+    #: the trainer wheel, built once per source version for every node
+    wheels: WheelCache | None = None
+    #: failed attempts per node of a step that is retried a few times (kept across passes)
+    attempts: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def write(self) -> Iterator[tuple[Session, Run]]:
@@ -80,28 +99,53 @@ class RunContext:
         with lease.fenced(self.factory, self.run_id, self.token, self.settings.lease_s) as pair:
             yield pair
 
-    def handle(self, row: Instance) -> NodeHandle | None:
-        """A node session on an instance row, or None when the provider no longer has it."""
+    def handle(self, row: Instance) -> NodeHandle:
+        """A node session on an instance row. Raises NodeLost, naming the node and what the
+        provider shows, when the instance is gone or unhealthy there."""
         pid = row.provider_instance_id
         if pid is None:
-            return None
+            raise NodeLost(f"node {row.rank} ({row.name}) was never launched")
         cached = self.handles.get(pid)
         # Re-asking the provider now and then notices an instance that went away (and keeps a
         # cloud API from being asked every second); the session itself is reused meanwhile.
+        # The worker drops the cache after any node error, so a dead node is noticed at once.
         if cached is not None and time.monotonic() - cached[0] < HANDLE_TTL_S:
-            return cached[1]
-        inst = self.provider.get(pid)
-        if inst is None or inst.status.is_gone:
-            self.handles.pop(pid, None)
-            return None
-        node = cached[1].node if cached is not None else self.provider.node(inst)
-        handle = NodeHandle(inst, node)
-        self.handles[pid] = (time.monotonic(), handle)
-        return handle
+            inst, node = cached[1], cached[2]
+        else:
+            inst = self.provider.get(pid)
+            lost = lost_reason(row, inst, self.provider.name)
+            if lost:
+                self.forget(pid)
+                raise NodeLost(lost)
+            node = cached[2] if cached is not None else self.provider.node(inst)
+            self.handles[pid] = (time.monotonic(), inst, node)
+        return NodeHandle(inst, node, row.workdir, row.python, dict(self.settings.node_env))
 
     def forget(self, provider_instance_id: str | None) -> None:
-        if provider_instance_id is not None:
-            self.handles.pop(provider_instance_id, None)
+        """Drop (and disconnect) the session on an instance."""
+        cached = self.handles.pop(provider_instance_id, None) if provider_instance_id else None
+        if cached is not None:
+            cached[2].close()
+
+    def task(self, key: str, work, *, may_launch: bool = False) -> Outcome:
+        """Start or look at this run's background task `key` (see tasks.TaskPool.poll)."""
+        if self.tasks is None:
+            raise RuntimeError("this RunContext has no task pool (the worker gives one)")
+        return self.tasks.poll(self.run_id, key, work, may_launch=may_launch)
+
+    def event(self, kind: str, message: str) -> None:
+        """Record a run event now (fenced; callable from a task's thread)."""
+        with self.write() as (session, _run):
+            add_event(session, self.run_id, kind, message)
+
+
+def lost_reason(row: Instance, inst: ProviderInstance | None, provider: str) -> str | None:
+    """Why the run cannot use this instance any more, or None while it is usable."""
+    if inst is None:
+        return f"node {row.rank} ({row.name}) no longer exists at provider {provider}"
+    if inst.status.is_gone or inst.status in (InstanceStatus.unhealthy, InstanceStatus.terminating):
+        return f"node {row.rank} ({row.name}) is {inst.status.value} at provider {provider}"
+    return None
 
 
 def spec_of(run: Run) -> RunSpec:

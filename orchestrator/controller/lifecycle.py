@@ -12,14 +12,16 @@ adopted before the run ends, so it is terminated and billed like the others.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.controller.context import (
-    RunContext, aware, live_instances, load_run, log, set_status, spec_of,
+    NodeLost, RunContext, aware, live_instances, load_run, log, set_status, spec_of,
 )
-from orchestrator.costs import billed_minutes, instance_cost_cents, run_cost_cents
+from orchestrator.costs import billed_minutes, run_cost_cents
 from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, utcnow
 from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import RunSpec
@@ -67,23 +69,50 @@ def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
     return (load_run(ctx.factory, run.id) or run) if adopted else run
 
 
-def terminate_instances(ctx: RunContext, run: Run) -> tuple[set[int], str | None]:
-    """Ask the provider to terminate the run's live instances; return the rows whose termination
-    the provider confirms (ids of Instance rows) and the error, if the request failed."""
-    live = live_instances(run)
+@dataclass
+class Termination:
+    """What one terminate request did: which rows it asked for (and when), which the provider
+    confirms gone, and the error if the request failed."""
+
+    requested: set[int] = field(default_factory=set)
+    requested_at: datetime | None = None
+    confirmed: set[int] = field(default_factory=set)
+    error: str | None = None
+
+
+def _stop_processes(ctx: RunContext, rows: list[Instance]) -> None:
+    """On machines the provider keeps running (the user's own hosts), stop what we started."""
+    for row in rows:
+        try:
+            handle = ctx.handle(row)
+            for name in ("prepare", "train", "eval"):
+                handle.node.stop(workdir=handle.workdir, name=name)
+        except (ProvisionError, NodeLost) as exc:  # best effort: the host is released anyway
+            log.warning("run %s: could not stop the processes on %s: %s", row.run_id, row.name, exc)
+
+
+def terminate_instances(ctx: RunContext, run: Run, rows: list[Instance] | None = None) -> Termination:
+    """Ask the provider to terminate the run's live instances (or `rows`), then ask which are
+    confirmed gone. Never raises a provider error: a failure is returned and retried by the caller."""
+    live = live_instances(run) if rows is None else rows
     ids = [i.provider_instance_id for i in live if i.provider_instance_id]
-    error = None
+    out = Termination()
     if ids:
+        if ctx.provider.keeps_machines:
+            _stop_processes(ctx, live)
+        # Taken just before the request: the provider stops billing when it handles it, a few
+        # milliseconds later (see book_terminations).
+        asked = utcnow()
         try:
             ctx.provider.terminate(ids)
+            out.requested, out.requested_at = {i.id for i in live if i.provider_instance_id}, asked
         except ProvisionError as exc:
-            error = str(exc)
+            out.error = str(exc)
             log.warning("run %s: terminate %s failed, will retry: %s", run.id, ids, exc)
-    confirmed: set[int] = set()
     for row in live:
         ctx.forget(row.provider_instance_id)
         if row.provider_instance_id is None:
-            confirmed.add(row.id)  # nothing was ever launched for it
+            out.confirmed.add(row.id)  # nothing was ever launched for it
             continue
         try:
             inst = ctx.provider.get(row.provider_instance_id)
@@ -91,13 +120,27 @@ def terminate_instances(ctx: RunContext, run: Run) -> tuple[set[int], str | None
             log.warning("run %s: cannot confirm %s is terminated: %s", run.id, row.name, exc)
             continue  # unknown: not confirmed, asked again next pass
         if inst is None or inst.status.is_gone:
-            confirmed.add(row.id)
-    return confirmed, error
+            out.confirmed.add(row.id)
+    return out
 
 
-def book_terminations(session: Session, run: Run, confirmed: set[int], requested: bool) -> None:
-    """Mark confirmed instances terminated and book their cost once; note pending requests."""
+def book_terminations(session: Session, run: Run, term: Termination, minute_s: float) -> None:
+    """Note terminate requests, mark confirmed instances terminated, and book each one's cost once.
+
+    The cost follows Lambda's rule, which the simulator's ledger keeps too (the tests compare the
+    two to the cent): the price frozen at launch, per started billing minute, from when the
+    instance turned active until the provider took the terminate request. Lambda's API shows no
+    timestamps, so both ends are our view of those moments: `active_at` is the middle between
+    the last read showing it booting and the first showing it active (remote._wait_active), and
+    `terminate_requested_at` is taken just before the first terminate request that succeeded
+    (later requests are no-ops there). Each is within milliseconds plus half a poll interval of
+    the provider's own time, so the minutes agree unless a run ends that close to a minute
+    boundary. Confirmation comes later (an instance is `terminating` for a while) and does not
+    count: billing stopped at the request. An instance found gone without a request of ours
+    (preempted) is billed until we saw it gone, the conservative bound.
+    """
     now = utcnow()
+    touched = term.requested | term.confirmed
     rows = session.scalars(
         select(Instance).where(Instance.run_id == run.id, Instance.terminated_at.is_(None))
     ).all()
@@ -105,20 +148,22 @@ def book_terminations(session: Session, run: Run, confirmed: set[int], requested
         select(CostEntry.instance_id).where(CostEntry.run_id == run.id, CostEntry.kind == "instance")
     ))
     for row in rows:
-        if row.id not in confirmed:
-            if requested and row.terminate_requested_at is None:
-                row.terminate_requested_at = now
-                row.status = InstanceStatus.terminating.value
+        if row.id not in touched:
             continue
-        row.terminate_requested_at = row.terminate_requested_at or now
+        if row.id in term.requested and row.terminate_requested_at is None:
+            row.terminate_requested_at = term.requested_at
+        if row.id not in term.confirmed:
+            row.status = InstanceStatus.terminating.value
+            continue
         row.terminated_at = now
         row.status = InstanceStatus.terminated.value
         if row.id in booked:
             continue
-        minutes = billed_minutes(aware(row.active_at), now)
+        end = aware(row.terminate_requested_at) or now
+        minutes = billed_minutes(aware(row.active_at), end, minute_s)
         session.add(CostEntry(
             run_id=run.id, instance_id=row.id, kind="instance",
-            cents=instance_cost_cents(row, now), quantity=float(minutes), unit="minute",
+            cents=minutes * row.price_cents_per_hour / 60.0, quantity=float(minutes), unit="minute",
             description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) "
                         f"at {row.price_cents_per_hour} c/h",
         ))
@@ -128,27 +173,38 @@ def book_terminations(session: Session, run: Run, confirmed: set[int], requested
 def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str,
             extra: Callable[[Session, Run], None] | None = None) -> None:
     """Terminate everything the run holds, then record how it ended (and `extra` rows with it)."""
+    if ctx.tasks is not None:
+        # first, so a placement in flight cannot launch after the terminate below
+        ctx.tasks.cancel(run.id)
     run = adopt_unrecorded(ctx, run)
-    confirmed, error = terminate_instances(ctx, run)
+    term = terminate_instances(ctx, run)
     with ctx.write() as (session, fresh):
         if RunStatus(fresh.status).is_terminal:
             return  # already ended by an earlier pass of ours; cleanup handles the instances
         if extra is not None:
             extra(session, fresh)
         set_status(session, fresh, status, reason=reason)
-        book_terminations(session, fresh, confirmed, requested=error is None)
-        if error:
-            add_event(session, fresh.id, "info", f"terminating the instances failed, retrying: {error}")
+        book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
+        if term.error:
+            add_event(session, fresh.id, "info", f"terminating the instances failed, retrying: {term.error}")
+
+
+def release_workers(ctx: RunContext, run: Run) -> Callable[[Session, Run], None]:
+    """Terminate every node but node 0 (after training only node 0 has work left, and an idle
+    node still bills). Returns the write that books them, for the caller's status transaction."""
+    workers = [row for row in live_instances(run) if row.rank > 0 and row.terminate_requested_at is None]
+    term = terminate_instances(ctx, run, workers) if workers else Termination()
+    return lambda session, fresh: book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
 
 
 def cleanup(ctx: RunContext, run: Run) -> bool:
     """For an ended run: terminate what is left. True when nothing is left running."""
     if not live_instances(run):
         return True
-    confirmed, error = terminate_instances(ctx, run)
+    term = terminate_instances(ctx, run)
     with ctx.write() as (session, fresh):
-        book_terminations(session, fresh, confirmed, requested=error is None)
-    return len(confirmed) == len(live_instances(run))
+        book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
+    return len(term.confirmed) == len(live_instances(run))
 
 
 def budget_exceeded(ctx: RunContext, run: Run, spec: RunSpec) -> str | None:

@@ -11,6 +11,12 @@ next thing that is not done yet. Nothing is done twice because each action is fo
 first: an instance by its name, prepared data by its manifest, a started process by its pid file.
 So a worker killed at any point, or a second worker taking over, picks up where it stopped.
 
+On rented machines (`provider.needs_bootstrap`: lambda, ssh) provisioning and bootstrapping
+are remote.py's: placement across instance types and regions, and provision.bootstrap on every
+node, both on the worker's task threads. Training, evaluation and the end are the same for all
+providers: torchrun on every node with a static rendezvous on node 0, whose rank 0 writes the
+metrics, the checkpoints and FAILED; once training is done the other nodes are terminated.
+
 Steps never hold a transaction during a provider or node call; every write is fenced (ctx.write).
 When a node's state cannot be read, the step raises and nothing destructive happens; the worker
 retries on the next pass.
@@ -18,21 +24,25 @@ retries on the next pass.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 from sqlalchemy import select
 
 from orchestrator.controller import commands as cmd
+from orchestrator.controller import remote
 from orchestrator.controller.context import (
-    NodeHandle, RunContext, aware, live_instances, load_run, set_status, spec_of,
+    NodeHandle, NodeLost, RunContext, aware, live_instances, load_run, set_status, spec_of,
 )
 from orchestrator.controller.ingest import read_new, store
-from orchestrator.controller.lifecycle import budget_exceeded, cleanup, end_run, record_instance
+from orchestrator.controller.lifecycle import (
+    budget_exceeded, cleanup, end_run, record_instance, release_workers,
+)
 from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunStatus, utcnow
 from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import ComputeSpec, RunSpec
 from provision.base import InstanceStatus
-from provision.errors import InsufficientCapacity, ProvisionError
+from provision.errors import HostKeyMismatch, InsufficientCapacity, ProvisionError
 from provision.node import ProcessStatus
 
 #: how often a killed trainer is restarted (resuming from its checkpoint) before the run fails
@@ -40,10 +50,6 @@ MAX_RECOVERIES = 2
 #: steps one pass may take in a row, so a run moves through quick states without waiting a pass
 MAX_STEPS_PER_PASS = 6
 _LOG_TAIL = 65536
-
-
-class NodeLost(Exception):
-    """An instance the run recorded is gone at the provider."""
 
 
 def reconcile(ctx: RunContext) -> bool:
@@ -65,8 +71,10 @@ def reconcile(ctx: RunContext) -> bool:
             continue
         try:
             STEPS[status](ctx, run, spec)
-        except NodeLost as exc:
-            end_run(ctx, run, RunStatus.failed, str(exc))
+        except (NodeLost, HostKeyMismatch) as exc:
+            # a node the run needs is gone, or is not the machine we pinned: neither comes back
+            # by retrying, and the other nodes would only bill (see lifecycle.end_run)
+            end_run(ctx, run, RunStatus.failed, str(exc).splitlines()[0])
             continue
         after = load_run(ctx.factory, ctx.run_id)
         if after is None or after.status == run.status:
@@ -89,12 +97,9 @@ def _fail(ctx: RunContext, run: Run, reason: str) -> None:
 
 
 def _handles(ctx: RunContext, run: Run) -> list[tuple[Instance, NodeHandle]]:
-    pairs = []
-    for row in sorted(live_instances(run), key=lambda r: r.rank):
-        handle = ctx.handle(row)
-        if handle is None:
-            raise NodeLost(f"instance {row.name} is gone at the provider (terminated or preempted)")
-        pairs.append((row, handle))
+    """Every node the run still uses, in rank order (raises NodeLost naming one that is gone)."""
+    rows = [r for r in live_instances(run) if r.terminate_requested_at is None]
+    pairs = [(row, ctx.handle(row)) for row in sorted(rows, key=lambda r: r.rank)]
     if not pairs:
         raise NodeLost("the run has no live instance")
     return pairs
@@ -133,6 +138,10 @@ def _place(ctx: RunContext, compute: ComputeSpec) -> tuple[str, str] | None:
 
 
 def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    if ctx.provider.needs_bootstrap:  # rented machines: placement across types and regions
+        if remote.provisioning(ctx, run, spec):
+            _transition(ctx, run, RunStatus.bootstrapping, f"all {spec.compute.nodes} node(s) are active")
+        return
     c = spec.compute
     rows = {row.rank: row for row in live_instances(run)}
     for rank in range(c.nodes):
@@ -185,6 +194,10 @@ def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
 
 # -- bootstrapping: data and config on every node -------------------------------------------------
 def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    if ctx.provider.needs_bootstrap:
+        if remote.bootstrapping(ctx, run, spec, ctx.attempts):
+            _transition(ctx, run, RunStatus.training, "every node is bootstrapped; starting the trainer")
+        return
     handles = _handles(ctx, run)
     ready = True
     for row, h in handles:
@@ -225,12 +238,20 @@ def _start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles, row: Insta
     head = handles[0][1].instance
     command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
                                 master_addr=head.private_ip or head.public_ip,
-                                socket_ifname=h.instance.extra.get("socket_ifname"))
+                                master_port=_master_port(ctx, run),
+                                socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"))
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
         session.get(Instance, row.id).trainer_pid = pid
         add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})")
     return cmd.Proc(started=True, status=None)
+
+
+def _master_port(ctx: RunContext, run: Run) -> int:
+    # One port per run: runs that share machines (the ssh provider's hosts, the simulator's
+    # loopback) must never meet in one rendezvous, and a port still in TIME_WAIT from the last
+    # run on a node is not reused at once.
+    return ctx.settings.node_master_port + zlib.crc32(run.id.encode()) % 1000
 
 
 def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
@@ -249,17 +270,21 @@ def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     store(ctx, head, new)
     if not new.complete or any(p.running for _r, _h, p in procs):
         return
-    for row, h, p in procs:
-        if p.exit_code not in (0, None):
-            return _fail(ctx, run, cmd.failure_reason(
-                h.node, cmd.path(h.workdir, "train.log"), f"training on {row.name}", p.exit_code))
+    failed = [(row, h, p) for row, h, p in procs if p.exit_code not in (0, None)]
+    if failed:
+        # rank 0 writes why in FAILED; the other ranks only see their peer vanish
+        own = cmd.trainer_failure(head.node, head.workdir)
+        row, h, p = failed[0]
+        return _fail(ctx, run, own or cmd.failure_reason(
+            h.node, cmd.path(h.workdir, "train.log"), f"training on {row.name}", p.exit_code))
     killed = [row.name for row, _h, p in procs if p.exit_code is None]
     if killed:
         return _trainer_killed(ctx, run, handles, killed)
     if not head.node.exists(cmd.path(head.workdir, "DONE")):
         return _fail(ctx, run, "the trainer exited 0 without writing DONE (training did not finish)")
     if spec.evaluation.test_loss:
-        _transition(ctx, run, RunStatus.evaluating, "training done; measuring the test loss")
+        _transition(ctx, run, RunStatus.evaluating, "training done; measuring the test loss on node 0",
+                    release_workers(ctx, run))
     else:
         end_run(ctx, run, RunStatus.succeeded, "training done (evaluation is off)")
 

@@ -21,15 +21,19 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.controller import lease
-from orchestrator.controller.context import NodeHandle, RunContext, load_run, log, set_status, spec_of
+from orchestrator.controller.context import RunContext, load_run, log, set_status, spec_of
 from orchestrator.controller.lifecycle import end_run
 from orchestrator.controller.steps import reconcile
+from orchestrator.controller.tasks import TaskPool
 from orchestrator.db.models import RunStatus
 from orchestrator.errors import LeaseLostError
 from orchestrator.runs import add_event
 from orchestrator.settings import Settings
+from provision.base import Instance as ProviderInstance
 from provision.base import Provider
+from provision.bootstrap import WheelCache
 from provision.errors import ProvisionError
+from provision.node import Node
 from provision.registry import get_provider
 
 #: consecutive failed steps on one run (not counting retryable provider/node errors, which mean
@@ -41,7 +45,14 @@ MAX_CONSECUTIVE_ERRORS = 10
 class _Held:
     token: str
     errors: int = 0
-    handles: dict[str, tuple[float, NodeHandle]] = field(default_factory=dict)
+    handles: dict[str, tuple[float, ProviderInstance, Node]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    def disconnect(self) -> None:
+        """Drop the node sessions, so the next pass asks the provider about every node again."""
+        for _t, _inst, node in self.handles.values():
+            node.close()
+        self.handles.clear()
 
 
 class Worker:
@@ -55,6 +66,9 @@ class Worker:
         #: providers by name; given ones are used as they are, others built from the settings
         self.providers: dict[str, Provider] = dict(providers or {})
         self._held: dict[str, _Held] = {}
+        #: threads for placement and bootstrap (remote.py), so a pass never blocks on them
+        self.tasks = TaskPool()
+        self.wheels = WheelCache(settings.wheel_cache_dir)
 
     @property
     def held_runs(self) -> list[str]:
@@ -78,7 +92,9 @@ class Worker:
 
     def close(self) -> None:
         """Release every lease (so others can take the runs at once) and the provider clients."""
+        self.tasks.close()
         for run_id, held in list(self._held.items()):
+            held.disconnect()
             try:
                 lease.release(self.factory, run_id, held.token)
             except Exception:
@@ -99,7 +115,7 @@ class Worker:
         for run_id, held in list(self._held.items()):
             if not lease.renew(self.factory, run_id, held.token, self.settings.lease_s):
                 log.warning("worker %s: lost the lease on run %s", self.owner, run_id)
-                del self._held[run_id]
+                self._drop(run_id)
 
     def _claim(self) -> None:
         room = self.settings.max_concurrent_runs - len(self._held)
@@ -121,7 +137,14 @@ class Worker:
                 with lease.fenced(self.factory, run_id, token, self.settings.lease_s) as (s, _r):
                     add_event(s, run_id, "worker", f"worker {self.owner} took the run")
             except LeaseLostError:
-                del self._held[run_id]
+                self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        """Stop working on a run (its lease lost or released): its tasks and sessions end."""
+        held = self._held.pop(run_id, None)
+        self.tasks.cancel(run_id, wait_s=0)
+        if held is not None:
+            held.disconnect()
 
     # -- one run ----------------------------------------------------------------------------------
     def _reconcile(self, run_id: str) -> None:
@@ -135,9 +158,12 @@ class Worker:
             held.errors = 0
         except LeaseLostError:
             log.warning("worker %s: lost the lease on run %s mid-step", self.owner, run_id)
-            del self._held[run_id]
+            self._drop(run_id)
             return
         except ProvisionError as exc:
+            # a node or the provider failed us: ask the provider afresh about every node next
+            # pass, so a node that died is seen as such at once (not when the cache expires)
+            held.disconnect()
             if exc.retryable:
                 # state unknown (node or provider not answering): do nothing destructive, retry
                 log.warning("run %s: %s; retrying next pass", run_id, exc)
@@ -149,7 +175,7 @@ class Worker:
             return
         if done:
             lease.release(self.factory, run_id, held.token)
-            del self._held[run_id]
+            self._drop(run_id)
 
     def _count_error(self, run_id: str, held: _Held, exc: Exception) -> None:
         """A step failed in a way retrying may not fix; fail the run if it keeps happening."""
@@ -176,7 +202,8 @@ class Worker:
                         set_status(s, r, RunStatus.failed, reason=str(exc))
                 return None
             self.providers[name] = provider
-        return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles)
+        return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles,
+                          tasks=self.tasks, wheels=self.wheels, attempts=held.attempts)
 
     def _give_up(self, run_id: str, held: _Held, exc: Exception) -> None:
         reason = f"controller error after {held.errors} attempts: {type(exc).__name__}: {exc}"
