@@ -29,6 +29,7 @@ new machine) the file is restarted; a bucket lifecycle rule for incomplete multi
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import json
 import os
@@ -40,7 +41,8 @@ from typing import Any, Iterator
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError, HTTPClientError,
+                                 IncompleteReadError, NoCredentialsError)
 
 from trainer.artifacts import manifest as mf
 from trainer.artifacts.errors import ArtifactError, IntegrityError, TransferError
@@ -53,6 +55,11 @@ DEFAULT_PART_SIZE = 16 * MiB
 DEFAULT_CONCURRENCY = 8
 _TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable",
                     "Throttling", "ThrottlingException", "RequestTimeTooSkewed", "503", "500"}
+
+
+class AccessDenied(ArtifactError):
+    """S3 answered 403: the key is outside what these credentials may touch (or, for reads
+    without s3:ListBucket, does not exist)."""
 
 
 def _b64(digest: bytes) -> str:
@@ -71,11 +78,13 @@ def is_transient(e: BaseException) -> bool:
     """Worth retrying: the connection (refused, dropped, timed out) or the server (5xx, throttled)."""
     if isinstance(e, ClientError):
         return _code(e) in _TRANSIENT_CODES or _status(e) >= 500
-    if isinstance(e, BotoCoreError):  # EndpointConnectionError, ConnectionClosedError, timeouts...
+    # botocore's ConnectionError covers refused/endpoint/connect-timeout; HTTPClientError covers a
+    # connection closed or timed out mid-request and a response body cut off mid-read.
+    if isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError)):
         return True
     if type(e).__module__.startswith(("s3transfer", "urllib3")):  # RetriesExceededError, ProtocolError
         return True
-    return isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, (builtins.ConnectionError, TimeoutError))  # sockets reset or timed out
 
 
 def _same_checksum(server: str, ours: str) -> bool:
@@ -135,10 +144,15 @@ class S3Store(ArtifactStore):
         try:
             return with_retries(lambda: fn(*args, **kwargs), what=what, is_transient=is_transient,
                                 attempts=self.attempts)
+        except NoCredentialsError:
+            raise ArtifactError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
+                                f"AWS_SECRET_ACCESS_KEY, or pass credentials)") from None
         except ClientError as e:
-            if _code(e) in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                            "InvalidToken", "ExpiredToken"):
-                raise ArtifactError(f"{what}: access denied ({_code(e)})") from None
+            if _code(e) in ("AccessDenied", "403"):
+                raise AccessDenied(f"{what}: access denied") from None
+            if _code(e) in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                            "ExpiredToken", "TokenRefreshRequired"):
+                raise ArtifactError(f"{what}: credentials refused ({_code(e)})") from None
             if _code(e) == "NoSuchBucket":
                 raise ArtifactError(f"{what}: bucket {self.bucket} does not exist") from None
             raise
@@ -148,6 +162,11 @@ class S3Store(ArtifactStore):
         try:
             r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object,
                            Bucket=self.bucket, Key=self._key(key))
+        except AccessDenied:
+            # 403: without s3:ListBucket (a node's grant has none) S3 answers 403 for a key that
+            # does not exist. Taken as absent: an upload then fails on its PUT if the key is
+            # really out of bounds, and a download reports it missing or not permitted.
+            return None
         except ClientError as e:
             if _status(e) == 404 or _code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -166,6 +185,8 @@ class S3Store(ArtifactStore):
             return r["Body"].read()  # inside the retry: a body cut off mid-read is fetched again
         try:
             return self._call(f"GET {self.uri_of(key)}", fetch)
+        except AccessDenied:
+            return None  # 403: missing, or not ours (see _stat)
         except ClientError as e:
             if _code(e) in ("NoSuchKey", "404") or _status(e) == 404:
                 return None

@@ -159,7 +159,8 @@ class ArtifactStore(ABC):
         where = self.uri_of(prefix)
         data = self._get_bytes(join_key(prefix, mf.MANIFEST))
         if data is None:
-            raise ArtifactError(f"{where} is not a committed checkpoint (no {mf.MANIFEST})")
+            raise ArtifactError(f"{where} is not a committed checkpoint (no {mf.MANIFEST}, "
+                                f"or no permission to read it)")
         manifest = mf.parse(data, where)
         local_dir = Path(local_dir)
         stats = TransferStats()
@@ -226,7 +227,8 @@ class ArtifactStore(ABC):
         key, local = join_key(key), Path(local)
         info = self._stat(key)
         if info is None:
-            raise ArtifactError(f"{self.uri_of(key)} does not exist")
+            raise ArtifactError(f"{self.uri_of(key)} does not exist (or is not readable with these "
+                                f"credentials)")
         expected = sha256 or info.sha256
         local.parent.mkdir(parents=True, exist_ok=True)
         part = local.parent / f".{local.name}.part"
