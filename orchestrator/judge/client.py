@@ -81,10 +81,14 @@ class JudgeClient:
         text = (resp.choices[0].message.content or "") if resp.choices else ""
         usage = resp.usage
         return Completion(
-            text=text,
+            # a server that echoes the request back must not get the key into the cache
+            text=self.scrub(text),
             input_tokens=int(usage.prompt_tokens) if usage else 0,
             output_tokens=int(usage.completion_tokens) if usage else 0,
         )
+
+    def close(self) -> None:
+        self._client.close()
 
     def _describe(self, exc: Exception) -> str:
         # `from None` above and a scrubbed message: the traceback chain of an openai error can

@@ -113,7 +113,18 @@ def compare(
     run_ids = dict(run_ids or {})
     _check(items, answers, k, mode, run_ids)
     _check_runs_exist(session_factory, run_ids)
+    own_client = client is None
     client = client or make_client(settings)
+    try:
+        return _compare(session_factory, settings, items, answers, k, seed, mode, run_ids, client)
+    finally:
+        if own_client:
+            client.close()
+
+
+def _compare(session_factory: sessionmaker[Session], settings: Settings, items: list[Item],
+             answers: dict[str, list[str]], k: int, seed: int, mode: Mode,
+             run_ids: dict[str, str], client: JudgeClient) -> ComparisonReport:
     template_hash = TEMPLATE_HASHES[mode]
     version = JudgeVersion(mode=mode, model=client.model, template_hash=template_hash,
                            item_set_hash=item_set_hash(items), k=k, seed=seed)

@@ -145,7 +145,8 @@ class ComparisonReport(BaseModel):
     judge: JudgeVersion
     models: list[ModelScore]
     differences: list[Difference]
-    #: judgements expected / missing over all models, and why they are missing
+    #: judgements (one per judge call after its retries: item x repeat in comparative mode,
+    #: model x item x repeat in pointwise mode) expected and missing, and why they are missing
     n_expected: int
     n_missing: int
     missing_reasons: dict[str, int] = Field(default_factory=dict)
