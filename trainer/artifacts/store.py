@@ -219,6 +219,9 @@ class ArtifactStore(ABC):
         local = Path(local)
         if not local.is_file():
             raise ArtifactError(f"{local} is not a file")
+        # Known up front because S3 fixes an object's metadata when its upload starts; a shard's
+        # SHA-256 is usually in the data manifest already, so this read is rarely needed.
+        sha256 = sha256 or mf.sha256_file(local)
         return self._upload(local, join_key(key), local.stat().st_size, sha256, TransferStats())
 
     def get_file(self, key: str, local: str | Path, sha256: str | None = None) -> str:
