@@ -32,21 +32,8 @@ from orchestrator.db.session import make_engine, make_sessionmaker
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled", "stopped"}
 
-# What `trainyard serve` is: uvicorn serving create_app(settings) with the controller's Worker in
-# a thread, everything configured from TRAINYARD_* variables.
-SERVE = """
-import logging, sys, threading, uvicorn
-from orchestrator.api.app import create_app
-from orchestrator.controller import Worker
-from orchestrator.db.session import make_engine, make_sessionmaker
-from orchestrator.settings import Settings
-logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-settings = Settings()
-worker = Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url)))
-stop = threading.Event()
-threading.Thread(target=worker.run_forever, args=(stop,), daemon=True).start()
-uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-"""
+# The real commands, run as a user would (python -m orchestrator.cli is the `trainyard` script).
+SERVE = ("serve",)
 
 
 def tiny_spec(name: str, *, train_tokens: int = 12288, source: str = "builtin:corpus",
@@ -94,10 +81,11 @@ def kill_processes_mentioning(text: str) -> None:
 class Service:
     """A service process (or a bare worker process) on a database and data dir of its own."""
 
-    def __init__(self, db_url: str, data_dir: Path, log_dir: Path, script: str = SERVE, **env: str):
+    def __init__(self, db_url: str, data_dir: Path, log_dir: Path, command: tuple[str, ...] = SERVE,
+                 **env: str):
         self.url = f"http://127.0.0.1:{_free_port()}"
         self.data_dir = data_dir
-        self.script = script
+        self.command = command
         self.log_dir = log_dir
         self.env = {
             **os.environ,
@@ -123,7 +111,8 @@ class Service:
     def start(self, wait_http: bool = True) -> "Service":
         self.starts += 1
         log = open(self.log_dir / f"service-{id(self)}-{self.starts}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-c", self.script], env=self.env, cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *self.command],
+                                     env=self.env, cwd=REPO,
                                      stdout=log, stderr=subprocess.STDOUT)
         if wait_http:
             deadline = time.time() + 60
@@ -326,17 +315,7 @@ def test_a_run_whose_data_is_missing_fails_with_a_clear_reason(service, sqlite_u
     assert processes_mentioning(str(svc.runs_dir / f"ty-{run_id}-0")) == []
 
 
-WORKER = """
-import logging, signal, sys, threading
-from orchestrator.controller import Worker
-from orchestrator.db.session import make_engine, make_sessionmaker
-from orchestrator.settings import Settings
-logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-settings = Settings()
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url))).run_forever(stop)
-"""
+WORKER = ("worker",)
 
 
 def test_two_workers_on_postgresql_execute_each_of_ten_runs_exactly_once(pg_server_url, tmp_path):
@@ -354,7 +333,7 @@ def test_two_workers_on_postgresql_execute_each_of_ten_runs_exactly_once(pg_serv
         run_ids = [create_run(s, validate_spec({**spec, "name": f"many-{i}"})).id for i in range(10)]
 
     data_dir = tmp_path / "data"
-    workers = [Service(url, data_dir, tmp_path, script=WORKER, TRAINYARD_WORKER_ID=f"worker-{n}",
+    workers = [Service(url, data_dir, tmp_path, command=WORKER, TRAINYARD_WORKER_ID=f"worker-{n}",
                        TRAINYARD_MAX_CONCURRENT_RUNS="2", TRAINYARD_LEASE_S="15")
                for n in ("a", "b")]
     try:
@@ -383,7 +362,8 @@ def test_two_workers_on_postgresql_execute_each_of_ten_runs_exactly_once(pg_serv
             launches = [e for e in events if e.message.startswith("trainer launched")]
             assert len(launches) == 1, f"run {run_id} was started {len(launches)} times"
             path = [e.to_status for e in events if e.kind == "status"]
-            assert path == ["pending", "provisioning", "bootstrapping", "training", "succeeded"]
+            assert path == ["pending", "provisioning", "bootstrapping", "training", "succeeded"], [
+                (e.kind, e.to_status, e.message) for e in events]
             took |= {e.message.split()[1] for e in events if e.kind == "worker"}
             assert len(s.scalars(select(Instance).where(Instance.run_id == run_id)).all()) == 1
             metrics = (data_dir / "runs" / f"ty-{run_id}-0" / "metrics.jsonl").read_text().splitlines()
