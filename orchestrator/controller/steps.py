@@ -266,10 +266,18 @@ def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
             proc = cmd.Proc(started=True, status=ProcessStatus(running=True, exit_code=None))
         procs.append((row, h, proc))
     head = handles[0][1]
+    running = any(p.running for _r, _h, p in procs)
+    # DONE is rank 0's last word on a finished training (final checkpoint committed, `done`
+    # line flushed), written seconds before torchrun has exited on every node. Moving on at
+    # DONE rather than at the exits saves those seconds of every node's billing. Checked
+    # before the read, so the read below has the `done` line.
+    finished = running and head.node.exists(cmd.path(head.workdir, "DONE"))
     new = read_new(head, run)
     store(ctx, head, new)
-    if not new.complete or any(p.running for _r, _h, p in procs):
+    if not new.complete or (running and not finished):
         return
+    if finished:
+        return _training_done(ctx, run, spec)
     failed = [(row, h, p) for row, h, p in procs if p.exit_code not in (0, None)]
     if failed:
         # rank 0 writes why in FAILED; the other ranks only see their peer vanish
@@ -282,6 +290,10 @@ def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         return _trainer_killed(ctx, run, handles, killed)
     if not head.node.exists(cmd.path(head.workdir, "DONE")):
         return _fail(ctx, run, "the trainer exited 0 without writing DONE (training did not finish)")
+    _training_done(ctx, run, spec)
+
+
+def _training_done(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     if spec.evaluation.test_loss:
         _transition(ctx, run, RunStatus.evaluating, "training done; measuring the test loss on node 0",
                     release_workers(ctx, run))
@@ -320,6 +332,9 @@ def _evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     proc = cmd.proc_state(h.node, h.workdir, "eval")
     if proc.running:
         return
+    if not proc.started:
+        # the trainer's last lines, written after DONE while it exited (see _training)
+        store(ctx, h, read_new(h, run))
     if not proc.started or proc.exit_code is None:  # never started, or killed: (re)start it
         latest = (h.node.read_text(cmd.path(h.workdir, "checkpoints", "latest")) or "").strip()
         if not latest:
