@@ -68,7 +68,10 @@ def provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> bool:
             waiting = True
             continue
         if out.error is not None:
-            return _task_failed(ctx, run, f"placing {instance_name(run.id, rank)}", out.error)
+            if _task_failed(ctx, run, f"placing {instance_name(run.id, rank)}", out.error):
+                return False
+            waiting = True  # retried: the next pass starts the task again
+            continue
         inst, seen_active = out.value
         _record_active(ctx, run, rank, inst, seen_active)
     return not waiting
@@ -160,7 +163,8 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec, attempts: dict[str, 
             continue
         tries = attempts[row.name] = attempts.get(row.name, 0) + 1
         if isinstance(out.error, (NodeLost, HostKeyMismatch)) or tries >= MAX_BOOTSTRAP_ATTEMPTS:
-            return _task_failed(ctx, run, f"bootstrapping {row.name}", out.error)
+            _task_failed(ctx, run, f"bootstrapping {row.name}", out.error)
+            return False
         ctx.event("bootstrap", f"bootstrapping {row.name} failed (attempt {tries} of "
                                f"{MAX_BOOTSTRAP_ATTEMPTS}), trying again: {out.error}")
         waiting = True
@@ -220,7 +224,8 @@ def _record_ready(ctx: RunContext, run: Run, row: Instance, result: BootstrapRes
 
 # -- failures -------------------------------------------------------------------------------------
 def _task_failed(ctx: RunContext, run: Run, what: str, error: BaseException) -> bool:
-    """Fail the run for a task's error, or leave it for the next pass when retrying may help."""
+    """Fail the run for a task's error (True), or leave it for the next pass when retrying may
+    help (False)."""
     if isinstance(error, LeaseLostError):
         raise error  # another worker has the run now: end nothing
     if isinstance(error, Cancelled):
@@ -236,4 +241,4 @@ def _task_failed(ctx: RunContext, run: Run, what: str, error: BaseException) -> 
         log.error("run %s: %s failed", run.id, what, exc_info=error)
         reason = f"{what} failed: {type(error).__name__}: {error}"
     end_run(ctx, run, RunStatus.failed, reason.splitlines()[0][:1000])
-    return False
+    return True

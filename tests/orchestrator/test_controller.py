@@ -12,6 +12,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
 from orchestrator.controller import Worker, lease
@@ -277,6 +278,46 @@ def test_the_registry_names_what_it_has():
     assert get_provider("local", settings).name == "local"
     with pytest.raises(InvalidRequest, match="provider 'nope' is not available"):
         get_provider("nope", settings)
+
+
+def test_the_registry_names_the_settings_a_provider_lacks(tmp_path):
+    bare = Settings(data_dir=tmp_path, lambda_api_key=None, lambda_ssh_key_name=None,
+                    ssh_private_key_file=None, ssh_hosts_file=None)
+    with pytest.raises(InvalidRequest, match="^provider lambda needs TRAINYARD_LAMBDA_API_KEY and "
+                                             "TRAINYARD_LAMBDA_SSH_KEY_NAME and TRAINYARD_SSH_PRIVATE_KEY_FILE$"):
+        get_provider("lambda", bare)
+    with pytest.raises(InvalidRequest, match="^provider ssh needs TRAINYARD_SSH_HOSTS_FILE$"):
+        get_provider("ssh", bare)
+    with pytest.raises(InvalidRequest, match="TRAINYARD_SSH_PRIVATE_KEY_FILE .* is not a file"):
+        get_provider("lambda", bare.model_copy(update={
+            "lambda_api_key": "k", "lambda_ssh_key_name": "me", "ssh_private_key_file": tmp_path / "none"}))
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("not read until a node is reached")
+    built = get_provider("lambda", bare.model_copy(update={
+        "lambda_api_key": SecretStr("secret-key-123"), "lambda_ssh_key_name": "me", "ssh_private_key_file": key,
+        "lambda_api_url": "http://127.0.0.1:9"}))  # built without touching the network
+    assert built.name == "lambda" and built.known_hosts.path == tmp_path / "known_hosts"
+    assert "secret-key-123" not in repr(built) + repr(built.client)
+    built.close()
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - {{name: box, host: 127.0.0.1, user: me, key_file: {key}}}\n")
+    assert get_provider("ssh", bare.model_copy(update={"ssh_hosts_file": hosts})).name == "ssh"
+    hosts.write_text("hosts: [{name: box}]\n")
+    with pytest.raises(InvalidRequest, match=f"TRAINYARD_SSH_HOSTS_FILE {hosts} cannot be used"):
+        get_provider("ssh", bare.model_copy(update={"ssh_hosts_file": hosts}))
+
+
+def test_a_lambda_run_without_its_settings_fails_naming_them(factory, settings):
+    bare = settings.model_copy(update={"lambda_api_key": None, "lambda_ssh_key_name": None,
+                                       "ssh_private_key_file": None})
+    run_id = _submit(factory, compute={"provider": "lambda", "instance_type": "gpu_1x_a10"})
+    worker = Worker(bare, factory)
+    run = _drive(worker, factory, run_id, _ended, timeout=20)
+    assert (run.status, run.status_reason) == (
+        "failed", "provider lambda needs TRAINYARD_LAMBDA_API_KEY and TRAINYARD_LAMBDA_SSH_KEY_NAME and "
+                  "TRAINYARD_SSH_PRIVATE_KEY_FILE")
+    worker.close()
 
 
 class CountingLocal(LocalProvider):
