@@ -119,8 +119,8 @@ def _wait_active(ctx: RunContext, inst: ProviderInstance, sleep) -> tuple[Provid
             state = now.status.value if now is not None else "gone"
             raise NodeLost(f"instance {inst.name} became {state} while booting")
         if time.monotonic() > give_up:
-            raise NodeLost(f"instance {inst.name} was not active {ctx.settings.node_boot_timeout_s:g} s "
-                           f"after its launch (still {now.status.value})")
+            raise NodeLost(f"instance {inst.name} did not become active within "
+                           f"{ctx.settings.node_boot_timeout_s:g} s (still {now.status.value})")
         sleep(ctx.settings.node_active_poll_s)
 
 
