@@ -2,7 +2,7 @@
 
 Uploads. A file up to one part is a single PutObject; larger files are multipart uploads whose
 parts are read in order (so the whole file's SHA-256 is computed in the same pass) and sent by
-`concurrency` threads, at most `concurrency` + 1 parts held in memory.
+`concurrency` threads, at most 2 x `concurrency` + 1 parts held in memory (160 MiB by default).
 
 How a stored object's SHA-256 is checked without downloading it again. An S3 ETag is not usable:
 a multipart object's ETag is the MD5 of its parts' MD5s (and under SSE-KMS not even that). So:
@@ -304,19 +304,24 @@ class _MultipartUpload:
         read = 0
         parts: dict[int, dict] = {}
         pool = ThreadPoolExecutor(self.s.concurrency, thread_name_prefix="s3-part")
+        # The whole-file SHA-256 runs on its own thread, fed the parts in order (one worker keeps
+        # them in order; hashlib releases the GIL), so hashing never holds up the next read.
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="s3-sha256")
         pending: set[Future] = set()
         try:
             with open(self.local, "rb") as f:
                 for number in range(1, n_parts + 1):
                     data = f.read(self.s.part_size)
-                    whole.update(data)
+                    hasher.submit(whole.update, data)
                     read += len(data)
                     reused = self._reusable(done.get(number), data)
                     if reused is not None:
                         parts[number] = reused
                         self.stats.parts_reused += 1
                         continue
-                    if len(pending) >= self.s.concurrency:  # bound the parts held in memory
+                    # Keep a part queued behind each busy thread (so none waits on the reader),
+                    # and no more: at most 2 x concurrency parts in memory.
+                    if len(pending) >= 2 * self.s.concurrency:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in finished:
                             fut.result()
@@ -327,6 +332,7 @@ class _MultipartUpload:
             for fut in pending:
                 fut.cancel()
             pool.shutdown(wait=True)
+            hasher.shutdown(wait=True)
         got = whole.hexdigest()
         if len(parts) != n_parts or read != self.size or (self.sha256 and got != self.sha256):
             self._abort(upload_id)
