@@ -133,3 +133,18 @@ class Health(BaseModel):
     version: str
     #: "sqlite" or "postgresql" (never the URL: it may hold a password)
     database: str
+
+
+class InstanceTypePublic(BaseModel):
+    name: str
+    description: str
+    gpus: int
+    gpu_description: str
+    price_cents_per_hour: int
+    #: empty = no capacity anywhere right now
+    regions_with_capacity: list[str]
+
+
+class InstanceTypeList(BaseModel):
+    provider: str
+    instance_types: list[InstanceTypePublic]

@@ -85,3 +85,6 @@ class ApiClient:
         if tail:
             params["tail"] = tail
         return self._call("GET", f"/runs/{quote(run_id, safe='')}/logs", params=params)
+
+    def instance_types(self, provider: str) -> dict:
+        return self._call("GET", "/instance-types", params={"provider": provider})

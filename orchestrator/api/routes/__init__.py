@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from orchestrator.api.routes import health, runs
+from orchestrator.api.routes import health, instance_types, runs
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
 api_router.include_router(runs.router)
+api_router.include_router(instance_types.router)
