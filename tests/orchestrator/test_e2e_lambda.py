@@ -214,6 +214,8 @@ def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_
     admin(svc, "POST", "/faults", json={"kind": "server_error", "count": 3, "status": 500})
 
     svc.wait(run_id, training, timeout=180, what="training")
+    faults = admin(svc, "GET", "/faults")
+    assert (faults["rate_limited"], faults["server_errors"]) == (0, [])  # all were answered to us
     ids = [i.id for i in sim_instances(svc, run_id)]
     assert len(ids) == 2
     assert cut_ssh_connections(svc, ids) >= 1  # the controller's sessions to both nodes
