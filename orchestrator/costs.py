@@ -54,19 +54,27 @@ _BOOKED_SUMS = (
     .where(_entries_t.c.run_id.in_(bindparam("run_ids", expanding=True)))
     .group_by(_entries_t.c.run_id)
 )
+# An instance is "unbooked" while it has no "instance" cost entry: its cost is still live.
+_NOT_BOOKED = ~select(_entries_t.c.id).where(
+    _entries_t.c.run_id == _instances_t.c.run_id,
+    _entries_t.c.instance_id == _instances_t.c.id,
+    _entries_t.c.kind == "instance",
+).exists()
+
 _UNBOOKED_INSTANCES = select(
     _instances_t.c.run_id, _instances_t.c.active_at, _instances_t.c.terminated_at,
     _instances_t.c.price_cents_per_hour,
-).where(
-    _instances_t.c.run_id.in_(bindparam("run_ids", expanding=True)),
-    ~select(_entries_t.c.id)
-    .where(
-        _entries_t.c.run_id == _instances_t.c.run_id,
-        _entries_t.c.instance_id == _instances_t.c.id,
-        _entries_t.c.kind == "instance",
+).where(_instances_t.c.run_id.in_(bindparam("run_ids", expanding=True)), _NOT_BOOKED)
+
+
+def unbooked_instances_of_run() -> ScalarSelect:
+    """A column expression: how many of `runs.id`'s instances have live cost, so a reader of one
+    run asks for live cost only when there is some (a finished run needs no second round trip)."""
+    return (
+        select(func.count(_instances_t.c.id))
+        .where(_instances_t.c.run_id == _runs_t.c.id, _NOT_BOOKED)
+        .scalar_subquery()
     )
-    .exists(),
-)
 
 
 def booked_cents_of_run() -> ScalarSelect:

@@ -13,7 +13,8 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator import runs
-from orchestrator.costs import booked_cents_of_run, live_instances_cents, runs_cost_cents
+from orchestrator.costs import (booked_cents_of_run, live_instances_cents, runs_cost_cents,
+                                unbooked_instances_of_run)
 from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, utcnow
 from orchestrator.errors import NotFoundError
 from orchestrator.api import schemas
@@ -30,9 +31,10 @@ _PUBLIC_COLUMNS = tuple(_runs.c[name] for name in (
     "finished_at", "target_tokens", "tokens_done", "step", "train_loss", "val_loss", "tokens_per_s",
     "test_loss", "world_size", "recoveries",
 ))
-_GET_RUN = select(*_PUBLIC_COLUMNS, _runs.c.spec, booked_cents_of_run().label("booked_cents")).where(
-    _runs.c.id == bindparam("run_id")
-)
+_GET_RUN = select(
+    *_PUBLIC_COLUMNS, _runs.c.spec, booked_cents_of_run().label("booked_cents"),
+    unbooked_instances_of_run().label("unbooked_instances"),
+).where(_runs.c.id == bindparam("run_id"))
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -85,7 +87,9 @@ def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
     if run is None:
         raise NotFoundError(f"no run with id {run_id!r}")
     now = utcnow()
-    cost = float(run.booked_cents) + live_instances_cents(session, [run_id], now)[run_id]
+    cost = float(run.booked_cents)
+    if run.unbooked_instances:
+        cost += live_instances_cents(session, [run_id], now)[run_id]
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
 
 
