@@ -53,18 +53,8 @@ KEY_NAME = "trainyard-bench"
 NODE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
 TORCH_SITE = str(Path(importlib.util.find_spec("torch").origin).parent.parent)
 
-SERVE = """
-import logging, sys, threading, uvicorn
-from orchestrator.api.app import create_app
-from orchestrator.controller import Worker
-from orchestrator.db.session import make_engine, make_sessionmaker
-from orchestrator.settings import Settings
-logging.basicConfig(level="WARNING", stream=sys.stderr)
-settings = Settings()
-worker = Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url)))
-threading.Thread(target=worker.run_forever, args=(threading.Event(),), daemon=True).start()
-uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-"""
+# the real service command, as users run it (python -m orchestrator.cli is `trainyard`)
+SERVE = (sys.executable, "-m", "orchestrator.cli", "serve")
 
 
 def spec(nodes: int) -> dict:
@@ -156,7 +146,7 @@ def main() -> None:
            "TRAINYARD_NODE_TORCH_SITE_PACKAGES": TORCH_SITE, "TRAINYARD_NODE_SOCKET_IFNAME": "lo",
            "TRAINYARD_NODE_ENV": json.dumps({"OMP_NUM_THREADS": "1"}), "TRAINYARD_NODE_ACTIVE_POLL_S": "0.5"}
     log = open(work / "service.log", "w")
-    service = subprocess.Popen([sys.executable, "-c", SERVE], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    service = subprocess.Popen([*SERVE], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
     results: list[list[dict]] = []
     try:

@@ -63,18 +63,8 @@ SPEC = {
     "evaluation": {"test_loss": True, "test_max_tokens": 2048},
 }
 
-SERVE = """
-import logging, sys, threading, uvicorn
-from orchestrator.api.app import create_app
-from orchestrator.controller import Worker
-from orchestrator.db.session import make_engine, make_sessionmaker
-from orchestrator.settings import Settings
-logging.basicConfig(level="WARNING", stream=sys.stderr)
-settings = Settings()
-worker = Worker(settings, make_sessionmaker(make_engine(settings.resolved_database_url)))
-threading.Thread(target=worker.run_forever, args=(threading.Event(),), daemon=True).start()
-uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-"""
+# the real service command, as users run it (python -m orchestrator.cli is `trainyard`)
+SERVE = (sys.executable, "-m", "orchestrator.cli", "serve")
 
 
 def _metric_times(run_dir: Path) -> tuple[float, float]:
@@ -164,7 +154,7 @@ def main() -> None:
            "TRAINYARD_DATABASE_URL": db, "TRAINYARD_PORT": str(port),
            "TRAINYARD_TRAINER_PYTHON": sys.executable,
            "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval)}
-    service = subprocess.Popen([sys.executable, "-c", SERVE], env=env, cwd=REPO)
+    service = subprocess.Popen([*SERVE], env=env, cwd=REPO)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
     try:
         for _ in range(100):

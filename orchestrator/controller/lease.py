@@ -61,13 +61,18 @@ def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: fl
 def renew(factory: sessionmaker[Session], run_id: str, token: str, lease_s: float) -> bool:
     """Extend a lease we hold. False means it was taken over: stop acting on the run."""
     with transaction(factory) as session:
-        result = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.lease_token == token)
-            .values(lease_expires_at=_expiry(lease_s))
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
+        return _extend(session, run_id, token, lease_s)
+
+
+def _extend(session: Session, run_id: str, token: str, lease_s: float) -> bool:
+    """Push the lease's expiry out if `token` still holds it; the fencing check of every write."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.lease_token == token)
+        .values(lease_expires_at=_expiry(lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def release(factory: sessionmaker[Session], run_id: str, token: str) -> None:
@@ -90,13 +95,7 @@ def fenced(
     Yields (session, run). Raises LeaseLostError (and writes nothing) when the lease was lost.
     """
     with transaction(factory) as session:
-        result = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.lease_token == token)
-            .values(lease_expires_at=_expiry(lease_s))
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+        if not _extend(session, run_id, token, lease_s):
             raise LeaseLostError(f"run {run_id}: lease lost (another worker took it over)")
         run = session.get(Run, run_id, populate_existing=True)
         assert run is not None  # the UPDATE above just matched it
