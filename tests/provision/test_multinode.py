@@ -28,7 +28,7 @@ from provision.placement import place
 from provision.simulator.sshd import INSTANCE_ENV, marked_pids
 from provision.ssh.connection import SshTimeouts
 from provision.ssh.known_hosts import PinnedHostKeys
-from provision_helpers import pid_alive
+from provision_helpers import pid_alive, wait_active
 
 NODE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
 TORCH_SITE = str(Path(importlib.util.find_spec("torch").origin).parent.parent)
@@ -63,14 +63,6 @@ def prepare_locally(out: Path) -> Path:
     subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin:corpus", "--out", str(out),
                     "--max-tokens", "60000"], cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
     return out
-
-
-def wait_active(provider, instance_id, timeout_s=15.0):
-    deadline = time.monotonic() + timeout_s
-    while (inst := provider.get(instance_id)).status is not InstanceStatus.active:
-        assert time.monotonic() < deadline, inst
-        time.sleep(0.05)
-    return inst
 
 
 def in_parallel(fn, items):

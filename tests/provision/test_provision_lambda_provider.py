@@ -15,7 +15,7 @@ from provision.lambda_cloud.billing import billed_minutes, cost_cents, to_usd
 from provision.simulator.sshd import generate_key_pair
 from provision.ssh.connection import SshTimeouts
 from provision.ssh.known_hosts import PinnedHostKeys
-from provision_helpers import MINUTE_S
+from provision_helpers import MINUTE_S, wait_active
 
 
 @pytest.fixture
@@ -25,14 +25,6 @@ def provider(client, key_pair, ssh_port, tmp_path):
                        ssh_port=ssh_port, ssh_timeouts=SshTimeouts(connect_s=2, command_s=20))
     p.ensure_ssh_key(key_pair[1])
     return p
-
-
-def wait_active(provider, instance_id, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while (inst := provider.get(instance_id)).status is not InstanceStatus.active:
-        assert time.monotonic() < deadline, inst
-        time.sleep(0.05)
-    return inst
 
 
 def test_ensure_ssh_key_is_idempotent_and_never_replaces(provider, key_pair):
