@@ -101,6 +101,9 @@ class Run(Base):
     world_size: Mapped[int | None] = mapped_column(Integer)
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
 
+    #: the run's folder in the artifact store (checkpoints/ under it), frozen at submission
+    artifact_uri: Mapped[str | None] = mapped_column(Text)
+
     # where the controller is in reading the node's files (byte offsets, so reads are incremental)
     metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     log_offset: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -180,8 +183,20 @@ class MetricPoint(Base):
     wall_s: Mapped[float | None] = mapped_column(Float)
 
 
+class CheckpointState(str, enum.Enum):
+    on_node = "on_node"    # committed on the node; its upload to the store is not confirmed yet
+    stored = "stored"      # committed in the artifact store (manifest written, every hash checked)
+    deleting = "deleting"  # chosen by retention; its manifest may already be gone from the store
+    deleted = "deleted"    # removed from the store by retention (the row stays, as history)
+
+
 class Checkpoint(Base):
+    """One committed checkpoint of a run: where the trainer wrote it and, once uploaded, where it
+    lives in the artifact store (`uri`). One row per (run, step): a step saved again after a
+    recovery updates its row."""
+
     __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_run_id_step", "run_id", "step", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -189,7 +204,12 @@ class Checkpoint(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     val_loss: Mapped[float | None] = mapped_column(Float)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: the store URI once stored; before that the node's copy (file:// or node://)
     uri: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), default=CheckpointState.on_node.value)
+    #: the folder on the node the trainer committed it in
+    node_path: Mapped[str | None] = mapped_column(Text)
+    stored_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
