@@ -18,7 +18,7 @@ from typing import Iterator
 
 from trainer.artifacts import manifest as mf
 from trainer.artifacts.errors import ArtifactError, IntegrityError
-from trainer.artifacts.store import ArtifactStore, ObjectInfo, TransferStats
+from trainer.artifacts.store import ArtifactStore, ObjectInfo, TransferStats, join_key
 
 _CHUNK = 16 << 20
 _PARTIAL = ".partial-"  # in the names of temp files; never listed as keys
@@ -96,6 +96,14 @@ class FileStore(ArtifactStore):
     def _get_bytes(self, key: str) -> bytes | None:
         p = self._path(key)
         return p.read_bytes() if p.is_file() else None
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        p = self._path(join_key(key))
+        if not p.is_file():
+            raise ArtifactError(f"{self.uri_of(key)} does not exist")
+        with p.open("rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
 
     def _list_keys(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix)

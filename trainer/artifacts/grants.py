@@ -72,24 +72,26 @@ class NodeGrant:
         return env
 
 
-def run_policy(bucket: str, prefix: str, partition: str = "aws") -> dict:
-    """The only permissions a node gets: read and write its run's objects, nothing else.
+def run_policy(bucket: str, prefix: str, partition: str = "aws", extra_prefixes: tuple[str, ...] = ()) -> dict:
+    """The only permissions a node gets: read and write its run's objects (and those under
+    `extra_prefixes`: the cache folder of the run's data set), nothing else.
 
     No s3:ListBucket: AWS could narrow it to the prefix with an s3:prefix condition, but moto
     ignores that condition and would let a node list the whole bucket, so the limit would go
     untested. A node never needs to list (the controller tells it which checkpoint to pull);
     without ListBucket, S3 answers 403 instead of 404 for a missing key, which the store reads as
     "not there, or not yours" (see S3Store._stat)."""
-    prefix = join_key(prefix)
-    if not prefix:
+    prefixes = [join_key(p) for p in (prefix, *extra_prefixes)]
+    if not all(prefixes):
         raise ArtifactError("a node's grant needs a run prefix, not the whole bucket")
+    resources = [f"arn:{partition}:s3:::{bucket}/{p}/*" for p in prefixes]
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "RunObjects", "Effect": "Allow",
              "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
                         "s3:ListMultipartUploadParts"],
-             "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/*"},
+             "Resource": resources[0] if len(resources) == 1 else resources},
         ],
     }
 
@@ -124,8 +126,9 @@ def _trust_principal(caller_arn: str) -> str:
 def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None = None,
                      endpoint_url: str | None = None, region: str | None = None,
                      duration_s: int = 3600, permissions_boundary: str | None = None,
-                     propagation_timeout_s: float = 30.0) -> NodeGrant:
-    """Temporary credentials limited to s3://bucket/run_prefix/ (idempotent per bucket+prefix).
+                     propagation_timeout_s: float = 30.0, extra_prefixes: tuple[str, ...] = ()) -> NodeGrant:
+    """Temporary credentials limited to s3://bucket/run_prefix/ and the `extra_prefixes`
+    (idempotent per bucket+prefix).
 
     `credentials`: the service's own ({access_key_id, secret_access_key, session_token?}); default
     boto3's chain. Blocks for the IAM and STS calls (a few seconds at most, plus IAM propagation)."""
@@ -138,7 +141,7 @@ def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None =
     try:
         caller = sts.get_caller_identity()["Arn"]
         partition = caller.split(":")[1]
-        policy = json.dumps(run_policy(bucket, prefix, partition))
+        policy = json.dumps(run_policy(bucket, prefix, partition, extra_prefixes))
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"AWS": _trust_principal(caller)}, "Action": "sts:AssumeRole"}]})
         kw = {"PermissionsBoundary": permissions_boundary} if permissions_boundary else {}

@@ -202,6 +202,16 @@ class S3Store(ArtifactStore):
                 return None
             raise
 
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            r = self._call(f"GET {self.uri_of(key)}", self.client.get_object, Bucket=self.bucket,
+                           Key=self._key(join_key(key)))
+        except ClientError as e:
+            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
+                raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
+            raise
+        yield from r["Body"].iter_chunks(chunk_size)
+
     def _list_keys(self, prefix: str) -> Iterator[str]:
         root = self._key(prefix)
         full = root + "/" if root else ""

@@ -101,6 +101,12 @@ class ArtifactStore(ABC):
     def _delete_key(self, key: str) -> None:
         """Delete one object if it exists."""
 
+    @abstractmethod
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """An object's bytes in chunks, for serving it onward (the service streams checkpoint
+        files to the CLI this way); ArtifactError if it does not exist. Not verified here: the
+        reader checks the SHA-256 its manifest records."""
+
     def uri_of(self, key: str) -> str:
         return self.uri.rstrip("/") + ("/" + key if key else "")
 
