@@ -28,8 +28,18 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     #: SQLAlchemy URL; default: SQLite file in the data dir. PostgreSQL: postgresql+psycopg://...
     database_url: str | None = None
-    #: where checkpoints go; default: file:// in the data dir
+    #: where checkpoints and the shared data cache go (file:///... or s3://bucket/prefix);
+    #: default: file:// in the data dir. A run's files live under runs/<run id>/, prepared data
+    #: sets under data/<data set hash>/.
     artifact_uri: str | None = None
+    #: an S3-compatible endpoint for s3:// stores (MinIO, R2, a test server); unset: AWS.
+    #: The service's own S3 credentials come from boto3's usual chain (AWS_* variables, profile,
+    #: instance role); nodes never get them (see orchestrator/artifacts.py)
+    artifact_endpoint_url: str | None = None
+    artifact_region: str = "us-east-1"
+    #: lifetime of a node's run-scoped S3 credentials; they are renewed on the node when less
+    #: than a third of it is left
+    artifact_grant_s: int = 3600
 
     # the HTTP service
     host: str = "127.0.0.1"
