@@ -21,9 +21,16 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def instance_name(run_id: str, rank: int) -> str:
-    """Every cloud resource is named from the run, so any step can find what already exists."""
-    return f"ty-{run_id}-{rank}"
+def instance_name(run_id: str, rank: int, replacement: int = 0) -> str:
+    """Every cloud resource is named from the run, so any step can find what already exists.
+    A node that replaces a lost one gets its own name (`ty-<run>-<rank>r<n>`): looking up the
+    rank's first name would find the lost machine, not launch a new one."""
+    return f"ty-{run_id}-{rank}" + (f"r{replacement}" if replacement else "")
+
+
+def next_instance_name(run_id: str, rank: int, rows) -> str:  # noqa: ANN001 - Instance rows
+    """The name of the next machine for `rank`, given every instance row the run has had."""
+    return instance_name(run_id, rank, sum(1 for r in rows if r.rank == rank))
 
 
 def add_event(

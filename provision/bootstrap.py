@@ -237,6 +237,9 @@ class BootstrapSpec:
     data_local_dir: Path | None = None
     data_name: str = "corpus"
     prepare_args: tuple[str, ...] = ()
+    #: environment of the data preparation (the artifact store's endpoint and credentials file
+    #: when the args name a data cache; never a secret itself)
+    prepare_env: dict[str, str] = field(default_factory=dict)
     command_timeout_s: float = 120.0
     install_timeout_s: float = 900.0
 
@@ -446,11 +449,18 @@ class _Bootstrap:
             self.event(f"uploaded prepared data {local} to {data_dir} ({len(files) + 1} files)")
         else:
             args = " ".join(q(a) for a in spec.prepare_args)
-            self.sh(f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
-                    f"{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} {args} "
-                    f"> {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged",
-                    timeout=spec.install_timeout_s)
-            self.event(f"prepared {spec.data_source} on the node into {data_dir}")
+            env = "env " + " ".join(q(f"{k}={v}") for k, v in spec.prepare_env.items()) + " " \
+                if spec.prepare_env else ""
+            out = self.sh(f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
+                          f"{env}{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} "
+                          f"{args} > {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged"
+                          f" && cat {q(data_dir)}.prepare.json", timeout=spec.install_timeout_s)
+            text = (out or "").strip()  # prepare's summary: one JSON object (on one line, or not)
+            summary = _parse_json(text) or _parse_json(text.splitlines()[-1] if text else None)
+            cache = summary.get("cache")
+            how = {"hit": "pulled from the store's data cache (not tokenised again)",
+                   "miss": "prepared and stored in the data cache"}.get(cache, "prepared")
+            self.event(f"{spec.data_source} {how} on the node into {data_dir}")
 
 
 def _import_name(requirement: str) -> str:

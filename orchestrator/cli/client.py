@@ -86,5 +86,24 @@ class ApiClient:
             params["tail"] = tail
         return self._call("GET", f"/runs/{quote(run_id, safe='')}/logs", params=params)
 
+    def checkpoints(self, run_id: str) -> dict:
+        return self._call("GET", f"/runs/{quote(run_id, safe='')}/checkpoints")
+
+    def checkpoint(self, run_id: str, step: int) -> dict:
+        return self._call("GET", f"/runs/{quote(run_id, safe='')}/checkpoints/{step}")
+
+    def download(self, run_id: str, step: int, name: str, write, timeout_s: float = 300.0) -> None:
+        """Stream one file of a stored checkpoint into `write(chunk)`."""
+        path = f"/runs/{quote(run_id, safe='')}/checkpoints/{step}/files/{quote(name, safe='')}"
+        try:
+            with self._http.stream("GET", path, timeout=timeout_s) as response:
+                if response.is_error:
+                    response.read()
+                    raise CliError(error_message(response), _EXIT_BY_STATUS.get(response.status_code, FAILURE))
+                for chunk in response.iter_bytes(1 << 20):
+                    write(chunk)
+        except httpx.HTTPError as exc:
+            raise CliError(f"downloading {name} from {self.base_url} failed: {exc}", UNREACHABLE) from exc
+
     def instance_types(self, provider: str) -> dict:
         return self._call("GET", "/instance-types", params={"provider": provider})

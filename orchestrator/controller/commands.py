@@ -39,33 +39,44 @@ def _env_prefix(env: dict[str, str]) -> str:
     return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in merged.items()) + " "
 
 
-def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str) -> str:
+def prepare_args(spec: RunSpec, cache_uri: str | None = None) -> list[str]:
+    """trainer.prepare's options for the spec's data (and the store folder that caches it)."""
     d = spec.data
-    args = [python, "-m", "trainer.prepare", "--source", d.source, "--out", path(workdir, DATA),
-            "--format", d.format, "--val-fraction", str(d.val_fraction),
-            "--test-fraction", str(d.test_fraction)]
+    args = ["--format", d.format, "--val-fraction", str(d.val_fraction), "--test-fraction", str(d.test_fraction)]
     if d.max_tokens is not None:
         args += ["--max-tokens", str(d.max_tokens)]
+    if cache_uri is not None:
+        args += ["--cache", cache_uri]
+    return args
+
+
+def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str,
+                    cache_uri: str | None = None) -> str:
+    args = [python, "-m", "trainer.prepare", "--source", spec.data.source, "--out", path(workdir, DATA),
+            *prepare_args(spec, cache_uri)]
     return _env_prefix(env) + shlex.join(args)
 
 
 def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
                   node_rank: int, master_addr: str | None, master_port: int = DEFAULT_MASTER_PORT,
-                  socket_ifname: str | None = None) -> str:
+                  socket_ifname: str | None = None, resume_from: str | None = None) -> str:
+    """torchrun + trainer.train on one node; `resume_from`: a stored checkpoint's URI that rank 0
+    pulls first when the run directory has no newer one (a replaced node has none)."""
     c = spec.compute
+    train_args = ["--resume-from", resume_from] if resume_from else []
     if c.nodes > 1:
         # Static rendezvous on node 0 (provision.launch explains why: node rank 0 must hold
         # global rank 0, the one that writes metrics and checkpoints).
         return torchrun_command(
             python=python, nnodes=c.nodes, nproc_per_node=c.procs_per_node, node_rank=node_rank,
             master_addr=master_addr or "127.0.0.1", master_port=master_port,
-            config=path(workdir, CONFIG), run_dir=workdir,
+            config=path(workdir, CONFIG), run_dir=workdir, train_args=train_args,
             socket_ifname=socket_ifname, env={"PYTHONUNBUFFERED": "1", **env},
         )
     # One node: --standalone picks a free port, so several local runs can train side by side.
     args = [python, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={c.procs_per_node}", "-m", "trainer.train", path(workdir, CONFIG),
-            "--run-dir", workdir]
+            "--run-dir", workdir, *train_args]
     return _env_prefix(env) + shlex.join(args)
 
 
@@ -80,8 +91,13 @@ def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, 
     return _env_prefix(env) + shlex.join(args)
 
 
-def trainer_config(spec: RunSpec, workdir: str) -> dict:
-    return spec.trainer_config(data_dir=path(workdir, DATA))
+def trainer_config(spec: RunSpec, workdir: str, checkpoints_uri: str | None = None) -> dict:
+    """The train config; `checkpoints_uri`: the store folder rank 0 uploads each committed
+    checkpoint to while it trains."""
+    config = spec.trainer_config(data_dir=path(workdir, DATA))
+    if checkpoints_uri is not None:
+        config["artifact_uri"] = checkpoints_uri
+    return config
 
 
 # -- node helpers ---------------------------------------------------------------------------------
@@ -165,3 +181,25 @@ def failure_reason(node: Node, log_file: str, what: str, exit_code: int | None) 
     if lines:
         return f"{what} failed ({how}): {lines[-1][:500]}"
     return f"{what} failed ({how}) with an empty log"
+
+
+#: what a prepare's `"cache"` outcome means, as a run event
+CACHE_MESSAGES = {
+    "hit": "the prepared data came from the store's data cache (nothing was tokenised again)",
+    "miss": "the data was prepared from its source and stored in the data cache for later runs",
+    "off": "the data was prepared from its source (no data cache)",
+}
+
+
+def cache_outcome(prepare_output: str) -> str | None:
+    """"hit", "miss" or "off" from trainer.prepare's JSON summary line; None if it printed none."""
+    for line in reversed(prepare_output.splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and '"cache"' in line):
+            continue
+        try:
+            value = json.loads(line).get("cache")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        return str(value) if value is not None else None
+    return None

@@ -92,6 +92,9 @@ class RunContext:
     wheels: WheelCache | None = None
     #: failed attempts per node of a step that is retried a few times (kept across passes)
     attempts: dict[str, int] = field(default_factory=dict)
+    #: the nodes' access to the artifact store: the current grant and where it was written
+    #: (kept across passes; see storage.py)
+    store_access: dict = field(default_factory=dict)
 
     @contextmanager
     def write(self) -> Iterator[tuple[Session, Run]]:
@@ -154,6 +157,12 @@ def spec_of(run: Run) -> RunSpec:
 
 def live_instances(run: Run) -> list[Instance]:
     return [i for i in run.instances if i.terminated_at is None]
+
+
+def usable_instances(run: Run) -> list[Instance]:
+    """The live instances the run still works on (not those asked to terminate: lost nodes,
+    released workers)."""
+    return [i for i in live_instances(run) if i.terminate_requested_at is None]
 
 
 def set_status(session: Session, run: Run, to: RunStatus, message: str = "",

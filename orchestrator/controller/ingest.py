@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.controller.commands import path
 from orchestrator.controller.context import NodeHandle, RunContext, log
-from orchestrator.db.models import Checkpoint, LogChunk, MetricPoint, Run
+from orchestrator.db.models import Checkpoint, CheckpointState, LogChunk, MetricPoint, Run, utcnow
 from orchestrator.runs import add_event
 from provision.node import Node
 
@@ -134,6 +134,12 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of) -> None:
             if m.get("target_tokens") is not None:
                 run.target_tokens = _int(m.get("target_tokens"))
             resumed = m.get("resumed_from_step")
+            if resumed is not None:
+                # Steps after the checkpoint were trained before a failure and are trained again
+                # now: the curve goes on from the checkpoint, not twice over the same steps.
+                session.execute(delete(MetricPoint).where(
+                    MetricPoint.run_id == run.id, MetricPoint.step > _int(resumed)))
+                run.step = _int(resumed)
             add_event(session, run.id, "info",
                       f"trainer started: world size {run.world_size}, {_int(m.get('params')):,} "
                       f"parameters, {run.target_tokens or 0:,} target tokens"
@@ -157,13 +163,34 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of) -> None:
             ))
             run.val_loss = _num(m.get("val_loss"))
         elif kind == "checkpoint" and isinstance(m.get("path"), str):
-            session.add(Checkpoint(
-                run_id=run.id, step=step, tokens=tokens, val_loss=_num(m.get("val_loss")),
-                bytes=_int(m.get("bytes")) if m.get("bytes") is not None else None,
-                uri=uri_of(m["path"]),
-            ))
+            row = _checkpoint_row(session, run.id, step, tokens, m)
+            row.uri, row.node_path = uri_of(m["path"]), m["path"]
+            row.state, row.stored_at = CheckpointState.on_node.value, None
+        elif kind == "checkpoint_stored" and isinstance(m.get("uri"), str):
+            row = _checkpoint_row(session, run.id, step, tokens, m)
+            row.uri, row.state, row.stored_at = m["uri"], CheckpointState.stored.value, utcnow()
+            add_event(session, run.id, "checkpoint",
+                      f"checkpoint of step {step} stored at {m['uri']}"
+                      + (f" ({_num(m.get('seconds')):.1f} s)" if _num(m.get("seconds")) is not None else ""))
+        elif kind == "checkpoint_upload_failed":
+            add_event(session, run.id, "checkpoint",
+                      f"uploading the checkpoint of step {step} failed: {str(m.get('error'))[:500]}")
         elif kind == "done":
             run.step, run.tokens_done = max(run.step, step), max(run.tokens_done, tokens)
         # other kinds are the trainer's to add; the service ignores what it does not know
     if points:
         session.execute(insert(MetricPoint), points)
+
+
+def _checkpoint_row(session: Session, run_id: str, step: int, tokens: int, m: dict) -> Checkpoint:
+    """The run's row for a step, new or existing (a step saved again after a recovery)."""
+    row = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+    if row is None:
+        row = Checkpoint(run_id=run_id, step=step, tokens=tokens, uri="", state=CheckpointState.on_node.value)
+        session.add(row)
+    row.tokens = tokens
+    if _num(m.get("val_loss")) is not None:
+        row.val_loss = _num(m.get("val_loss"))
+    if m.get("bytes") is not None:
+        row.bytes = _int(m.get("bytes"))
+    return row

@@ -23,7 +23,7 @@ from orchestrator.controller.context import (
 )
 from orchestrator.costs import billed_minutes, run_cost_cents
 from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, utcnow
-from orchestrator.runs import add_event, instance_name
+from orchestrator.runs import add_event, next_instance_name
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
@@ -35,7 +35,8 @@ def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance
     now = utcnow()
     with ctx.write() as (session, fresh):
         exists = session.scalar(select(Instance.id).where(
-            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None)))
+            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None),
+            Instance.terminate_requested_at.is_(None)))
         if exists is not None:
             return
         active = inst.status == InstanceStatus.active
@@ -57,12 +58,14 @@ def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
     and its record), so ending the run terminates and bills them too. Names make them findable."""
     if run.status == RunStatus.pending.value:
         return run  # nothing is launched before provisioning
-    recorded = {row.rank for row in run.instances}
+    # a rank is covered by a row that is not being terminated; a lost node's replacement is
+    # looked up under its own name (see runs.instance_name)
+    covered = {row.rank for row in run.instances if row.terminate_requested_at is None}
     adopted = False
     for rank in range(spec_of(run).compute.nodes):
-        if rank in recorded:
+        if rank in covered:
             continue
-        inst = ctx.provider.find_by_name(instance_name(run.id, rank))
+        inst = ctx.provider.find_by_name(next_instance_name(run.id, rank, run.instances))
         if inst is not None:
             record_instance(ctx, run, rank, inst)
             adopted = True

@@ -22,8 +22,6 @@ retried: its state is unknown, so nothing destructive happens (the budget bounds
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 import threading
 import time
@@ -34,12 +32,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.controller import commands as cmd
-from orchestrator.controller.context import NodeLost, RunContext, aware, live_instances, log, lost_reason
+from orchestrator.controller import storage
+from orchestrator.controller.context import NodeLost, RunContext, aware, log, lost_reason, usable_instances
 from orchestrator.controller.lifecycle import end_run, record_instance
 from orchestrator.controller.tasks import Cancelled, sleeper
 from orchestrator.db.models import Instance, Run, RunStatus, utcnow
 from orchestrator.errors import LeaseLostError
-from orchestrator.runs import add_event, instance_name
+from orchestrator.runs import add_event, next_instance_name
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
@@ -52,23 +51,27 @@ MAX_BOOTSTRAP_ATTEMPTS = 3
 
 
 # -- provisioning ---------------------------------------------------------------------------------
-def provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> bool:
-    """Place every node and wait until all are active. True when they are (or the run ended)."""
+def provisioning(ctx: RunContext, run: Run, spec: RunSpec, since: datetime | None = None) -> bool:
+    """Place every node and wait until all are active. True when they are (or the run ended).
+    Placement waits for capacity up to compute.placement_timeout_s after `since` (default: the
+    run's start; a recovery passes when it began). A rank whose node is being terminated (lost)
+    gets a new one."""
     c = spec.compute
-    rows = {row.rank: row for row in live_instances(run)}
-    deadline = aware(run.started_at or run.created_at) + timedelta(seconds=c.placement_timeout_s)
+    rows = {row.rank: row for row in usable_instances(run)}
+    deadline = aware(since or run.started_at or run.created_at) + timedelta(seconds=c.placement_timeout_s)
     waiting = False
     for rank in range(c.nodes):
         row = rows.get(rank)
         if row is not None and row.active_at is not None:
             continue
-        out = ctx.task(f"place-{rank}", partial(_place_until_active, ctx, run, spec, rank, deadline),
+        name = row.name if row is not None else next_instance_name(run.id, rank, run.instances)
+        out = ctx.task(f"place-{rank}", partial(_place_until_active, ctx, run, spec, rank, name, deadline),
                        may_launch=True)
         if not out.done:
             waiting = True
             continue
         if out.error is not None:
-            if _task_failed(ctx, run, f"placing {instance_name(run.id, rank)}", out.error):
+            if _task_failed(ctx, run, f"placing {name}", out.error):
                 return False
             waiting = True  # retried: the next pass starts the task again
             continue
@@ -84,10 +87,9 @@ def _instance_types(ctx: RunContext, spec: RunSpec) -> list[str]:
     return wanted or [t.name for t in ctx.provider.instance_types()]
 
 
-def _place_until_active(ctx: RunContext, run: Run, spec: RunSpec, rank: int, deadline: datetime,
+def _place_until_active(ctx: RunContext, run: Run, spec: RunSpec, rank: int, name: str, deadline: datetime,
                         cancel: threading.Event) -> tuple[ProviderInstance, datetime]:
-    """The task: place node `rank`, record it, wait until it is active."""
-    name = instance_name(run.id, rank)
+    """The task: place node `rank` as `name`, record it, wait until it is active."""
     sleep = sleeper(cancel)
     inst = place(ctx.provider, name=name, instance_types=_instance_types(ctx, spec),
                  regions=spec.compute.regions, timeout_s=max(0.0, (deadline - utcnow()).total_seconds()),
@@ -126,7 +128,8 @@ def _wait_active(ctx: RunContext, inst: ProviderInstance, sleep) -> tuple[Provid
 
 def _record_active(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance, seen: datetime) -> None:
     with ctx.write() as (session, _fresh):
-        row = next((r for r in _live_rows(session, run.id) if r.rank == rank), None)
+        row = next((r for r in _live_rows(session, run.id) if r.rank == rank and r.terminate_requested_at is None),
+                   None)
         if row is None or row.active_at is not None:
             return
         row.status, row.active_at = inst.status.value, seen
@@ -146,10 +149,10 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec, attempts: dict[str, 
 
     `attempts` counts failed attempts per node across passes (kept by the worker)."""
     waiting = False
-    for row in sorted(live_instances(run), key=lambda r: r.rank):
+    for row in sorted(usable_instances(run), key=lambda r: r.rank):
         if row.python is not None:
             continue
-        out = ctx.task(f"bootstrap-{row.rank}", partial(_bootstrap_node, ctx, spec, row))
+        out = ctx.task(f"bootstrap-{row.rank}", partial(_bootstrap_node, ctx, run, spec, row))
         if not out.done:
             waiting = True
             continue
@@ -171,21 +174,8 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec, attempts: dict[str, 
     return not waiting
 
 
-def _data_name(spec: RunSpec) -> str:
-    """Prepared data is shared by the runs on a node that ask for the same source and options."""
-    key = json.dumps(spec.data.model_dump(mode="json"), sort_keys=True)
-    return "d-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _prepare_args(spec: RunSpec) -> tuple[str, ...]:
-    d = spec.data
-    args = ["--format", d.format, "--val-fraction", str(d.val_fraction), "--test-fraction", str(d.test_fraction)]
-    if d.max_tokens is not None:
-        args += ["--max-tokens", str(d.max_tokens)]
-    return tuple(args)
-
-
-def _bootstrap_node(ctx: RunContext, spec: RunSpec, row: Instance, cancel: threading.Event) -> BootstrapResult:
+def _bootstrap_node(ctx: RunContext, run: Run, spec: RunSpec, row: Instance,
+                    cancel: threading.Event) -> BootstrapResult:
     """The task: SSH up, trainer installed, data staged, run directory with data and config."""
     inst = ctx.provider.get(row.provider_instance_id)
     lost = lost_reason(row, inst, ctx.provider.name)
@@ -197,16 +187,23 @@ def _bootstrap_node(ctx: RunContext, spec: RunSpec, row: Instance, cancel: threa
         if wait_for_ssh is not None:
             wait_for_ssh(time.monotonic() + ctx.settings.node_ssh_timeout_s, interval_s=1.0)
         s = ctx.settings
+        run_dir = f"{s.node_root}/runs/{row.name}"
+        # the data preparation reaches the store's data cache with the run's own credentials
+        home = node.run("printf '%s' \"$HOME\"").strip()
+        store_env = storage.node_env(ctx, run, spec, node, f"{home}/{run_dir}")
         result = bootstrap(node, BootstrapSpec(
-            run_dir=f"{s.node_root}/runs/{row.name}", python=s.node_python,
+            run_dir=run_dir, python=s.node_python,
             torch_site_packages=s.node_torch_site_packages, root=s.node_root,
-            data_source=spec.data.source, data_name=_data_name(spec), prepare_args=_prepare_args(spec),
+            data_source=spec.data.source, data_name=storage.data_name(spec),
+            prepare_args=tuple(cmd.prepare_args(spec, storage.data_cache_uri(ctx, spec))),
+            prepare_env=store_env,
         ), wheels=ctx.wheels, on_event=lambda m: ctx.event("bootstrap", f"{row.name}: {m}"))
         if cancel.is_set():
             raise Cancelled("the run ended")
         # the run directory keeps the layout the commands expect (commands.py): data/ and config
         node.run(f"ln -sfn {shlex.quote(result.data_dir)} {shlex.quote(cmd.path(result.run_dir, cmd.DATA))}")
-        cmd.write_json(node, cmd.path(result.run_dir, cmd.CONFIG), cmd.trainer_config(spec, result.run_dir))
+        cmd.write_json(node, cmd.path(result.run_dir, cmd.CONFIG),
+                       cmd.trainer_config(spec, result.run_dir, storage.checkpoints_uri(ctx, run, spec)))
         return result
     finally:
         node.close()

@@ -27,18 +27,19 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrator.controller import commands as cmd
-from orchestrator.controller import remote
+from orchestrator.controller import remote, storage
 from orchestrator.controller.context import (
-    NodeHandle, NodeLost, RunContext, aware, live_instances, load_run, set_status, spec_of,
+    NodeHandle, NodeLost, RunContext, aware, live_instances, load_run, lost_reason, set_status, spec_of,
+    usable_instances,
 )
 from orchestrator.controller.ingest import read_new, store
 from orchestrator.controller.lifecycle import (
-    budget_exceeded, cleanup, end_run, record_instance, release_workers,
+    book_terminations, budget_exceeded, cleanup, end_run, record_instance, release_workers, terminate_instances,
 )
-from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunStatus, utcnow
+from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunEvent, RunStatus, utcnow
 from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import ComputeSpec, RunSpec
 from provision.base import InstanceStatus
@@ -71,7 +72,13 @@ def reconcile(ctx: RunContext) -> bool:
             continue
         try:
             STEPS[status](ctx, run, spec)
-        except (NodeLost, HostKeyMismatch) as exc:
+        except NodeLost as exc:
+            if status in (RunStatus.training, RunStatus.recovering) and ctx.provider.needs_bootstrap:
+                _node_lost(ctx, run, str(exc).splitlines()[0])  # rent a new one, resume there
+            else:
+                end_run(ctx, run, RunStatus.failed, str(exc).splitlines()[0])
+            continue
+        except HostKeyMismatch as exc:
             # a node the run needs is gone, or is not the machine we pinned: neither comes back
             # by retrying, and the other nodes would only bill (see lifecycle.end_run)
             end_run(ctx, run, RunStatus.failed, str(exc).splitlines()[0])
@@ -114,8 +121,13 @@ def _log_tail(handle: NodeHandle, name: str) -> str:
 # -- pending / provisioning -----------------------------------------------------------------------
 def _pending(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     c = spec.compute
+    folder = storage.run_folder(ctx, run, spec)
+
+    def freeze_store(_session, fresh):  # a later change of settings moves no run's checkpoints
+        fresh.artifact_uri = folder
+
     _transition(ctx, run, RunStatus.provisioning,
-                f"placing {c.nodes} node(s) on provider {c.provider}")
+                f"placing {c.nodes} node(s) on provider {c.provider}", freeze_store)
 
 
 def _place(ctx: RunContext, compute: ComputeSpec) -> tuple[str, str] | None:
@@ -213,20 +225,27 @@ def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
                 h.node, cmd.path(h.workdir, "prepare.log"), "data preparation", prep.exit_code))
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         h.node.mkdir(h.workdir)
-        pid = h.node.start_detached(cmd.prepare_command(h.python, h.env, spec, h.workdir),
+        env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
+        cache = storage.data_cache_uri(ctx, spec)
+        pid = h.node.start_detached(cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache),
                                     workdir=h.workdir, name="prepare")
         with ctx.write() as (session, _fresh):
             add_event(session, run.id, "info",
-                      f"preparing data from {spec.data.source} on {row.name} (pid {pid})")
+                      f"preparing data from {spec.data.source} on {row.name} (pid {pid}; "
+                      f"prepared shards are cached at {cache})")
     if not ready:
         return
     for _row, h in handles:
-        cmd.write_json(h.node, cmd.path(h.workdir, cmd.CONFIG), cmd.trainer_config(spec, h.workdir))
+        cmd.write_json(h.node, cmd.path(h.workdir, cmd.CONFIG),
+                       cmd.trainer_config(spec, h.workdir, storage.checkpoints_uri(ctx, run, spec)))
     prepare_log = _log_tail(handles[0][1], "prepare.log")
+    cache = cmd.cache_outcome(prepare_log)
 
     def keep_log(session, fresh):
         if prepare_log.strip():
             session.add(LogChunk(run_id=fresh.id, rank=0, text=prepare_log))
+        if cache is not None:
+            add_event(session, fresh.id, "data", cmd.CACHE_MESSAGES.get(cache, f"data cache: {cache}"))
 
     _transition(ctx, run, RunStatus.training, "data prepared; starting the trainer", keep_log)
 
@@ -236,14 +255,19 @@ def _start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles, row: Insta
                    h: NodeHandle) -> cmd.Proc:
     """Start the trainer on one node (the caller checked its pid file: not started, or killed)."""
     head = handles[0][1].instance
-    command = cmd.train_command(h.python, h.env, spec, h.workdir, node_rank=row.rank,
+    resume = storage.latest_stored(ctx, run.id)
+    command = cmd.train_command(h.python, {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)},
+                                spec, h.workdir, node_rank=row.rank,
                                 master_addr=head.private_ip or head.public_ip,
                                 master_port=_master_port(ctx, run),
-                                socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"))
+                                socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
+                                resume_from=resume.uri if resume is not None else None)
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
         session.get(Instance, row.id).trainer_pid = pid
-        add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})")
+        add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})"
+                  + (f"; it resumes from step {resume.step} unless it holds a newer checkpoint"
+                     if resume is not None else ""))
     return cmd.Proc(started=True, status=None)
 
 
@@ -273,7 +297,10 @@ def _training(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     # before the read, so the read below has the `done` line.
     finished = running and head.node.exists(cmd.path(head.workdir, "DONE"))
     new = read_new(head, run)
-    store(ctx, head, new)
+    if store(ctx, head, new) and any(m["kind"] == "checkpoint_stored" for m in new.lines):
+        storage.apply_retention(ctx, run, spec)
+    for _row, h in handles:  # renews the nodes' store credentials before they run out
+        storage.node_env(ctx, run, spec, h.node, h.workdir)
     if not new.complete or (running and not finished):
         return
     if finished:
@@ -301,29 +328,88 @@ def _training_done(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         end_run(ctx, run, RunStatus.succeeded, "training done (evaluation is off)")
 
 
-def _trainer_killed(ctx: RunContext, run: Run, handles, killed: list[str]) -> None:
-    what = f"the trainer on {', '.join(killed)} ended without an exit code (killed)"
-    if run.recoveries >= MAX_RECOVERIES:
-        return _fail(ctx, run, f"{what}, after {run.recoveries} restarts already")
-    for _row, h in handles:  # the other ranks cannot go on without it
-        h.node.stop(workdir=h.workdir, name="train")
+def _count_recovery(what: str, reset_offsets: bool = False) -> Callable:
+    """The write that starts a recovery: one more on the run's count, as an event, and every
+    node's trainer marked for a restart (trainer_pid cleared; _recovering sets it again)."""
 
     def count(session, fresh):
         fresh.recoveries += 1
-        add_event(session, fresh.id, "recovery", f"{what}; restarting from the last checkpoint "
-                                                  f"(restart {fresh.recoveries} of {MAX_RECOVERIES})")
+        for row in fresh.instances:
+            row.trainer_pid = None
+        if reset_offsets:  # node 0's files are on the new node's empty disk: read from the start
+            fresh.metrics_offset = fresh.log_offset = 0
+        add_event(session, fresh.id, "recovery", f"{what}; resuming from the last checkpoint "
+                                                  f"(recovery {fresh.recoveries} of {MAX_RECOVERIES})")
 
-    _transition(ctx, run, RunStatus.recovering, what, count)
+    return count
+
+
+def _trainer_killed(ctx: RunContext, run: Run, handles, killed: list[str]) -> None:
+    what = f"the trainer on {', '.join(killed)} ended without an exit code (killed)"
+    if run.recoveries >= MAX_RECOVERIES:
+        return _fail(ctx, run, f"{what}, after {run.recoveries} recoveries already")
+    for _row, h in handles:  # the other ranks cannot go on without it
+        h.node.stop(workdir=h.workdir, name="train")
+    _transition(ctx, run, RunStatus.recovering, what, _count_recovery(what))
+
+
+def _node_lost(ctx: RunContext, run: Run, reason: str) -> None:
+    """A node died under a training run: terminate it, stop the others' trainers, and recover
+    on a new node (_recovering rents and bootstraps it; the trainer resumes there from the latest
+    checkpoint in the store). Capped by MAX_RECOVERIES, like a killed trainer."""
+    if run.recoveries >= MAX_RECOVERIES:
+        return _fail(ctx, run, f"{reason}, after {run.recoveries} recoveries already")
+    lost, healthy = [], []
+    for row in usable_instances(run):
+        inst = ctx.provider.get(row.provider_instance_id) if row.provider_instance_id else None
+        (lost if lost_reason(row, inst, ctx.provider.name) else healthy).append(row)
+    if not lost:
+        return None  # it answers again: the next pass goes on as usual
+    for row in healthy:  # their trainers lost a peer; they restart with the new node
+        h = ctx.handle(row)
+        h.node.stop(workdir=h.workdir, name="train")
+    term = terminate_instances(ctx, run, lost)
+    names = ", ".join(r.name for r in lost)
+    count = _count_recovery(f"{reason}; replacing {names} with a new node",
+                            reset_offsets=any(r.rank == 0 for r in lost))
+
+    def replace(session, fresh):
+        book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
+        count(session, fresh)
+
+    _transition(ctx, run, RunStatus.recovering, reason, replace)
+
+
+def _recovery_began(ctx: RunContext, run: Run):
+    with ctx.factory() as session:
+        return session.scalar(select(func.max(RunEvent.time)).where(
+            RunEvent.run_id == run.id, RunEvent.kind == "recovery"))
 
 
 def _recovering(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    if ctx.provider.needs_bootstrap and (len(usable_instances(run)) < spec.compute.nodes
+                                         or any(r.python is None for r in usable_instances(run))):
+        # a lost node's replacement: placed and bootstrapped as at the start (on task threads)
+        if not remote.provisioning(ctx, run, spec, since=_recovery_began(ctx, run)):
+            return
+        run = load_run(ctx.factory, run.id)
+        if run is None or run.status != RunStatus.recovering.value:
+            return
+        if not remote.bootstrapping(ctx, run, spec, ctx.attempts):
+            return
+        run = load_run(ctx.factory, run.id)
+        if run is None or run.status != RunStatus.recovering.value:
+            return
     handles = _handles(ctx, run)
     for row, h in handles:
+        if row.trainer_pid is not None:
+            continue  # restarted in this recovery already (before a crash of ours)
         proc = cmd.proc_state(h.node, h.workdir, "train")
-        # restart only what is still dead: a restart before a crash may be running, or even done
-        if proc.started and proc.ended and proc.exit_code is None:
-            _start_trainer(ctx, run, spec, handles, row, h)
-    _transition(ctx, run, RunStatus.training, "trainer restarted; it resumes from its last checkpoint")
+        if proc.running:  # the old trainer has not stopped yet
+            h.node.stop(workdir=h.workdir, name="train")
+            return
+        _start_trainer(ctx, run, spec, handles, row, h)
+    _transition(ctx, run, RunStatus.training, "trainer restarted; it resumes from the last checkpoint")
 
 
 # -- evaluating -----------------------------------------------------------------------------------

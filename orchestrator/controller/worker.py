@@ -47,6 +47,7 @@ class _Held:
     errors: int = 0
     handles: dict[str, tuple[float, ProviderInstance, Node]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
+    store_access: dict = field(default_factory=dict)
 
     def disconnect(self) -> None:
         """Drop the node sessions, so the next pass asks the provider about every node again."""
@@ -203,7 +204,8 @@ class Worker:
                 return None
             self.providers[name] = provider
         return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles,
-                          tasks=self.tasks, wheels=self.wheels, attempts=held.attempts)
+                          tasks=self.tasks, wheels=self.wheels, attempts=held.attempts,
+                          store_access=held.store_access)
 
     def _give_up(self, run_id: str, held: _Held, exc: Exception) -> None:
         reason = f"controller error after {held.errors} attempts: {type(exc).__name__}: {exc}"

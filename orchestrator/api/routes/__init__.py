@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from orchestrator.api.routes import health, instance_types, runs
+from orchestrator.api.routes import checkpoints, health, instance_types, runs
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
 api_router.include_router(runs.router)
+api_router.include_router(checkpoints.router)
 api_router.include_router(instance_types.router)
