@@ -188,14 +188,16 @@ def _bootstrap_node(ctx: RunContext, run: Run, spec: RunSpec, row: Instance,
             wait_for_ssh(time.monotonic() + ctx.settings.node_ssh_timeout_s, interval_s=1.0)
         s = ctx.settings
         run_dir = f"{s.node_root}/runs/{row.name}"
-        # the data preparation reaches the store's data cache with the run's own credentials
-        home = node.run("printf '%s' \"$HOME\"").strip()
-        store_env = storage.node_env(ctx, run, spec, node, f"{home}/{run_dir}")
+        store_env: dict[str, str] = {}
+        if storage.nodes_use_store(ctx, run, spec):
+            # the data preparation reaches the store's data cache with the run's own credentials
+            home = node.run("printf '%s' \"$HOME\"").strip()
+            store_env = storage.node_env(ctx, run, spec, node, f"{home}/{run_dir}")
         result = bootstrap(node, BootstrapSpec(
             run_dir=run_dir, python=s.node_python,
             torch_site_packages=s.node_torch_site_packages, root=s.node_root,
             data_source=spec.data.source, data_name=storage.data_name(spec),
-            prepare_args=tuple(cmd.prepare_args(spec, storage.data_cache_uri(ctx, spec))),
+            prepare_args=tuple(cmd.prepare_args(spec, storage.data_cache_uri(ctx, run, spec))),
             prepare_env=store_env,
         ), wheels=ctx.wheels, on_event=lambda m: ctx.event("bootstrap", f"{row.name}: {m}"))
         if cancel.is_set():

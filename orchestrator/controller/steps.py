@@ -226,13 +226,12 @@ def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         h.node.mkdir(h.workdir)
         env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
-        cache = storage.data_cache_uri(ctx, spec)
+        cache = storage.data_cache_uri(ctx, run, spec)
         pid = h.node.start_detached(cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache),
                                     workdir=h.workdir, name="prepare")
         with ctx.write() as (session, _fresh):
-            add_event(session, run.id, "info",
-                      f"preparing data from {spec.data.source} on {row.name} (pid {pid}; "
-                      f"prepared shards are cached at {cache})")
+            add_event(session, run.id, "info", f"preparing data from {spec.data.source} on {row.name} (pid {pid}"
+                      + (f"; prepared shards are cached at {cache})" if cache else ")"))
     if not ready:
         return
     for _row, h in handles:

@@ -49,11 +49,25 @@ def run_folder(ctx: RunContext, run: Run, spec: RunSpec) -> str:
     return run.artifact_uri or artifacts.run_folder(ctx.settings, spec, run.id)
 
 
-def checkpoints_uri(ctx: RunContext, run: Run, spec: RunSpec) -> str:
+def nodes_use_store(ctx: RunContext, run: Run, spec: RunSpec) -> bool:
+    """Whether the run's nodes reach the artifact store: always on this machine (the local
+    provider); on rented nodes only an s3:// store, since a file:// store is a folder on the
+    service's machine that a rented node cannot see. Without it checkpoints stay on the nodes
+    (and are lost with them) and every node prepares its data itself."""
+    return not ctx.provider.needs_bootstrap or artifacts.is_s3(run_folder(ctx, run, spec))
+
+
+def checkpoints_uri(ctx: RunContext, run: Run, spec: RunSpec) -> str | None:
+    """Where the trainer uploads the run's checkpoints (None: nowhere, see nodes_use_store)."""
+    if not nodes_use_store(ctx, run, spec):
+        return None
     return artifacts.checkpoints_uri(run_folder(ctx, run, spec))
 
 
-def data_cache_uri(ctx: RunContext, spec: RunSpec) -> str:
+def data_cache_uri(ctx: RunContext, run: Run, spec: RunSpec) -> str | None:
+    """The store folder that caches the run's prepared data set (None: no cache)."""
+    if not nodes_use_store(ctx, run, spec):
+        return None
     return artifacts.data_cache_uri(ctx.settings, spec, data_name(spec))
 
 
@@ -61,7 +75,7 @@ def _access(ctx: RunContext, run: Run, spec: RunSpec) -> artifacts.NodeAccess:
     with _LOCK:
         current = ctx.store_access.get("grant")
         if current is None or current.needs_renewal(ctx.settings.artifact_grant_s):
-            current = artifacts.node_access(ctx.settings, run_folder(ctx, run, spec), data_cache_uri(ctx, spec))
+            current = artifacts.node_access(ctx.settings, run_folder(ctx, run, spec), data_cache_uri(ctx, run, spec))
             ctx.store_access.clear()
             ctx.store_access["grant"] = current
         return current
@@ -70,6 +84,8 @@ def _access(ctx: RunContext, run: Run, spec: RunSpec) -> artifacts.NodeAccess:
 def node_env(ctx: RunContext, run: Run, spec: RunSpec, node: Node, workdir: str) -> dict[str, str]:
     """The store's environment for processes in `workdir` on `node`. Writes (or renews) the
     run's credentials file there first when the node does not hold the current one."""
+    if not nodes_use_store(ctx, run, spec):
+        return {}
     access = _access(ctx, run, spec)
     if access.credentials is not None and ctx.store_access.get(("written", node.label, workdir)) != access.expires_at:
         write_private(node, path(workdir, artifacts.NODE_CREDENTIALS), access.credentials)

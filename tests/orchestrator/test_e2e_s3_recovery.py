@@ -1,0 +1,208 @@
+"""End to end on the Lambda simulator with an S3 artifact store (moto's standalone server on
+loopback, enforcing IAM like AWS): the service (a real `trainyard serve`) runs 2-node runs whose
+checkpoints go to S3 while they train, replaces a node killed mid-training with a new one that
+resumes from the last checkpoint in the store, caches prepared data in S3 for the next node, and
+hands nodes credentials that reach their own run's folder (and their data set's cache) only.
+
+The service holds the only long-lived key (an IAM user allowed s3/iam/sts); boto3 finds it in the
+service's environment. Nodes get nothing but the credentials file the controller writes.
+"""
+
+from __future__ import annotations
+
+import configparser
+import getpass
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+from s3server import admin_client, moto_server
+from sqlalchemy import select
+from test_e2e_lambda import KEY_NAME, MINUTE_S, admin, assert_nothing_left, ended, lsim, sim_instances, spec  # noqa: F401
+from test_e2e_local import REPO, Service
+
+from orchestrator.db.migrations import upgrade
+from orchestrator.db.models import Instance
+from orchestrator.db.session import make_engine, make_sessionmaker
+from provision.lambda_cloud.client import LambdaClient
+from simhelpers import API_KEY, FAST_RETRY, NODE_PYTHON, TORCH_SITE, write_key_pair
+from trainer.artifacts import manifest as mf
+
+BUCKET = "ty-e2e"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """(endpoint, the service's credentials) on a moto server that enforces IAM."""
+    with moto_server() as url:
+        iam = admin_client(url, "iam")
+        iam.create_user(UserName="trainyard-service")
+        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
+        admin_client(url).create_bucket(Bucket=BUCKET)
+        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(req, timeout=10).read()  # from here on, every request is checked
+        yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
+
+@pytest.fixture(scope="module")
+def svc(lsim, s3, tmp_path_factory):
+    url, service_key = s3
+    root = tmp_path_factory.mktemp("s3service")
+    key_file, public = write_key_pair(root / "keys")
+    with LambdaClient(API_KEY, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
+        c.add_ssh_key(KEY_NAME, public)
+    db_url = f"sqlite:///{root / 'trainyard.db'}"
+    upgrade(db_url)
+    service = Service(
+        db_url, root / "data", root,
+        AWS_ACCESS_KEY_ID=service_key["access_key_id"], AWS_SECRET_ACCESS_KEY=service_key["secret_access_key"],
+        AWS_DEFAULT_REGION="us-east-1",
+        TRAINYARD_ARTIFACT_URI=f"s3://{BUCKET}/trainyard",
+        TRAINYARD_ARTIFACT_ENDPOINT_URL=url,
+        TRAINYARD_LEASE_S="20",
+        TRAINYARD_RECONCILE_INTERVAL_S="0.3",
+        TRAINYARD_LAMBDA_API_KEY=API_KEY,
+        TRAINYARD_LAMBDA_API_URL=lsim.url,
+        TRAINYARD_LAMBDA_SSH_KEY_NAME=KEY_NAME,
+        TRAINYARD_LAMBDA_SSH_PORT=str(lsim.cloud.config.ssh_port),
+        TRAINYARD_LAMBDA_LAUNCH_INTERVAL_S="0.2",
+        TRAINYARD_BILLING_MINUTE_S=str(MINUTE_S),
+        TRAINYARD_PLACEMENT_POLL_S="0.5",
+        TRAINYARD_SSH_PRIVATE_KEY_FILE=str(key_file),
+        TRAINYARD_SSH_USER=getpass.getuser(),
+        TRAINYARD_SSH_CONNECT_TIMEOUT_S="3",
+        TRAINYARD_NODE_PYTHON=NODE_PYTHON,
+        TRAINYARD_NODE_TORCH_SITE_PACKAGES=TORCH_SITE,
+        TRAINYARD_NODE_SOCKET_IFNAME="lo",
+        TRAINYARD_NODE_ENV=json.dumps({"OMP_NUM_THREADS": "1"}),
+        TRAINYARD_NODE_ACTIVE_POLL_S="0.02",
+        TRAINYARD_NODE_SSH_TIMEOUT_S="30",
+    )
+    service.sim = lsim
+    service.s3 = (url, service_key)
+    service.db = make_sessionmaker(make_engine(db_url))
+    service.start()
+    yield service
+    service.stop()
+    service.client.close()
+
+
+def checkpoints(svc, run_id: str) -> list[dict]:
+    r = svc.client.get(f"/runs/{run_id}/checkpoints")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def stored_while_training(svc, run_id: str, at_least_step: int):
+    def check(run: dict) -> bool:
+        return run["status"] == "training" and any(
+            c["state"] == "stored" and c["step"] >= at_least_step for c in checkpoints(svc, run_id))
+    return check
+
+
+def machine_disk(svc, instance_id: str) -> Path:
+    return Path(next(m["disk"] for m in admin(svc, "GET", "/machines") if m["id"] == instance_id))
+
+
+def node_credentials(svc, run_id: str, instance_name: str) -> dict:
+    inst = next(i for i in sim_instances(svc, run_id) if i.name == instance_name)
+    ini = configparser.ConfigParser()
+    path = machine_disk(svc, inst.id) / "trainyard" / "runs" / instance_name / ".aws-credentials"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    ini.read(path)
+    return dict(ini["default"])
+
+
+def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc, tmp_path):
+    s = spec("s3-recover", long=True)
+    run_id = svc.submit(s)
+    svc.wait(run_id, stored_while_training(svc, run_id, 16), timeout=240, what="storing checkpoints in S3")
+    stored_before = max(c["step"] for c in checkpoints(svc, run_id) if c["state"] == "stored")
+    victim = next(i for i in sim_instances(svc, run_id) if i.name == f"ty-{run_id}-0")
+    admin(svc, "POST", "/faults", json={"kind": "kill_instance", "instance_id": victim.id, "status": "unhealthy"})
+
+    run = ended(svc, run_id, timeout=300)
+    assert run["status"] == "succeeded", (run["status_reason"], svc.log_tail())
+    events = svc.events(run_id)
+    messages = "\n".join(e["message"] for e in events)
+    (recovery,) = [e["message"] for e in events if e["kind"] == "recovery"]
+    assert f"node 0 (ty-{run_id}-0) is unhealthy at provider lambda" in recovery
+    assert f"replacing ty-{run_id}-0 with a new node" in recovery and "(recovery 1 of 2)" in recovery
+    statuses = [e["to_status"] for e in events if e["kind"] == "status"]
+    assert statuses[statuses.index("recovering"):] == ["recovering", "training", "evaluating", "succeeded"]
+    # the new node 0 pulled the data from the cache and the checkpoint from the store
+    assert f"ty-{run_id}-0r1: builtin:corpus pulled from the store's data cache" in messages
+    resumed = [int(m.split("resumed from step ")[1].split()[0].rstrip(",")) for m in messages.splitlines()
+               if "trainer started" in m and "resumed from step" in m]
+    assert resumed and resumed[-1] >= stored_before, messages
+
+    # the curve goes on from the checkpoint: every step once, none restarted from 0
+    steps = [p["step"] for p in svc.client.get(f"/runs/{run_id}/metrics", params={"limit": 10000, "kind": "train"})
+             .json()["points"]]
+    assert steps == sorted(set(steps)) and steps[-1] == run["progress"]["step"]
+    assert any(step > resumed[-1] for step in steps)
+
+    with svc.db() as session:
+        rows = session.scalars(select(Instance).where(Instance.run_id == run_id).order_by(Instance.id)).all()
+    assert [r.name for r in rows] == [f"ty-{run_id}-0", f"ty-{run_id}-1", f"ty-{run_id}-0r1"]
+    assert all(r.terminated_at is not None for r in rows)
+    assert_nothing_left(svc, run_id)
+
+    # every stored checkpoint is listed with its manifest, and downloads with every hash checked
+    stored = [c for c in checkpoints(svc, run_id) if c["state"] == "stored"]
+    assert stored and all(c["uri"].startswith(f"s3://{BUCKET}/trainyard/runs/{run_id}/checkpoints/step_")
+                          for c in stored)
+    for c in stored:
+        detail = svc.client.get(f"/runs/{run_id}/checkpoints/{c['step']}").json()
+        assert detail["manifest"]["step"] == c["step"] and {f["name"] for f in detail["files"]} >= {"model.safetensors"}
+    latest = max(c["step"] for c in stored)
+    got = subprocess.run([sys.executable, "-m", "orchestrator.cli", "checkpoints", "download", run_id,
+                          "--out", str(tmp_path / "latest")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "TRAINYARD_API_URL": svc.url})
+    assert got.returncode == 0, got.stderr
+    assert mf.verify(tmp_path / "latest")["step"] == latest
+
+    # what the node's credentials reach: its run's folder and its data set's cache, nothing else
+    url, _key = svc.s3
+    creds = node_credentials(svc, run_id, f"ty-{run_id}-1")
+    node_s3 = admin_client(url, key=creds["aws_access_key_id"], secret=creds["aws_secret_access_key"],
+                           token=creds["aws_session_token"])
+    own = f"trainyard/runs/{run_id}/checkpoints/step_{latest:06d}/manifest.json"
+    assert json.loads(node_s3.get_object(Bucket=BUCKET, Key=own)["Body"].read())["step"] == latest
+    node_s3.put_object(Bucket=BUCKET, Key=f"trainyard/runs/{run_id}/scratch", Body=b"ok")
+    for call in (lambda: node_s3.list_objects_v2(Bucket=BUCKET, Prefix="trainyard/"),
+                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/runs/another-run/x", Body=b"no"),
+                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/data/d-other/manifest.json", Body=b"no"),
+                 lambda: node_s3.get_object(Bucket=BUCKET, Key="trainyard/runs")):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            call()
+
+
+def test_a_later_run_on_the_same_data_pulls_the_cached_shards_from_s3(svc):
+    def one_node(name: str) -> dict:
+        s = spec(name, nodes=1)
+        s["data"]["max_tokens"] = 40000  # a data set no other test prepared
+        return s
+
+    first = svc.submit(one_node("s3-cache-1"))
+    assert ended(svc, first, timeout=240)["status"] == "succeeded"
+    second = svc.submit(one_node("s3-cache-2"))
+    run = ended(svc, second, timeout=240)
+    assert run["status"] == "succeeded", run["status_reason"]
+
+    def boot(run_id):
+        return "\n".join(e["message"] for e in svc.events(run_id) if e["kind"] == "bootstrap")
+
+    assert f"ty-{first}-0: builtin:corpus prepared and stored in the data cache" in boot(first)
+    assert f"ty-{second}-0: builtin:corpus pulled from the store's data cache" in boot(second)
+    assert run["progress"]["test_loss"] is not None  # on the test set the cache holds, pinned by hash
