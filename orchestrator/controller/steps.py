@@ -61,7 +61,10 @@ def reconcile(ctx: RunContext) -> bool:
             return True
         status = RunStatus(run.status)
         if status.is_terminal:
-            return cleanup(ctx, run)
+            done = cleanup(ctx, run)
+            if done and run.artifact_uri is not None:
+                storage.revoke_node_access(ctx, run, spec_of(run))
+            return done
         spec = spec_of(run)
         if run.cancel_requested:
             end_run(ctx, run, RunStatus.cancelled, "cancelled by the user")

@@ -33,7 +33,8 @@ from orchestrator.db.models import Checkpoint, CheckpointState, Evaluation, Run
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 from provision.node import Node
-from trainer.artifacts import ArtifactError
+from trainer.artifacts import ArtifactError, split_uri
+from trainer.artifacts.grants import revoke_run_access
 
 _LOCK = threading.Lock()  # two bootstrap tasks of one run must not grant twice at once
 
@@ -91,6 +92,21 @@ def node_env(ctx: RunContext, run: Run, spec: RunSpec, node: Node, workdir: str)
         write_private(node, path(workdir, artifacts.NODE_CREDENTIALS), access.credentials)
         ctx.store_access[("written", node.label, workdir)] = access.expires_at
     return access.env_for(workdir)
+
+
+def revoke_node_access(ctx: RunContext, run: Run, spec: RunSpec) -> None:
+    """Once a run has ended, its nodes' credentials stop working at once (the run's IAM role is
+    deleted), instead of when they expire. Best effort: they expire anyway."""
+    folder = run_folder(ctx, run, spec)
+    if not (nodes_use_store(ctx, run, spec) and artifacts.is_s3(folder)):
+        return
+    _scheme, bucket, prefix = split_uri(folder)
+    try:
+        revoke_run_access(bucket, prefix, endpoint_url=ctx.settings.artifact_endpoint_url,
+                          region=ctx.settings.artifact_region)
+    except ArtifactError as exc:
+        log.warning("run %s: revoking the nodes' store access failed (it expires anyway): %s", run.id, exc)
+    ctx.store_access.clear()
 
 
 def write_private(node: Node, file: str, text: str) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -29,7 +28,9 @@ from test_e2e_local import REPO, Service
 
 from orchestrator.db.migrations import upgrade
 from orchestrator.db.models import Instance
+from orchestrator.controller.storage import data_name
 from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.spec import validate_spec
 from provision.lambda_cloud.client import LambdaClient
 from simhelpers import API_KEY, FAST_RETRY, NODE_PYTHON, TORCH_SITE, write_key_pair
 from trainer.artifacts import manifest as mf
@@ -128,6 +129,23 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     run_id = svc.submit(s)
     svc.wait(run_id, stored_while_training(svc, run_id, 16), timeout=240, what="storing checkpoints in S3")
     stored_before = max(c["step"] for c in checkpoints(svc, run_id) if c["state"] == "stored")
+    # what a node's credentials reach: its run's folder and its data set's cache, nothing else
+    url, _key = svc.s3
+    creds = node_credentials(svc, run_id, f"ty-{run_id}-1")
+    node_s3 = admin_client(url, key=creds["aws_access_key_id"], secret=creds["aws_secret_access_key"],
+                           token=creds["aws_session_token"])
+    own = f"trainyard/runs/{run_id}/scratch"
+    node_s3.put_object(Bucket=BUCKET, Key=own, Body=b"ok")
+    assert node_s3.get_object(Bucket=BUCKET, Key=own)["Body"].read() == b"ok"
+    data_manifest = f"trainyard/data/{data_name(validate_spec(s))}/manifest.json"
+    assert "splits" in json.loads(node_s3.get_object(Bucket=BUCKET, Key=data_manifest)["Body"].read())
+    for call in (lambda: node_s3.list_objects_v2(Bucket=BUCKET, Prefix="trainyard/"),
+                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/runs/another-run/x", Body=b"no"),
+                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/data/d-other/manifest.json", Body=b"no"),
+                 lambda: node_s3.get_object(Bucket=BUCKET, Key="trainyard/runs")):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            call()
+
     victim = next(i for i in sim_instances(svc, run_id) if i.name == f"ty-{run_id}-0")
     admin(svc, "POST", "/faults", json={"kind": "kill_instance", "instance_id": victim.id, "status": "unhealthy"})
 
@@ -172,20 +190,10 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     assert got.returncode == 0, got.stderr
     assert mf.verify(tmp_path / "latest")["step"] == latest
 
-    # what the node's credentials reach: its run's folder and its data set's cache, nothing else
-    url, _key = svc.s3
-    creds = node_credentials(svc, run_id, f"ty-{run_id}-1")
-    node_s3 = admin_client(url, key=creds["aws_access_key_id"], secret=creds["aws_secret_access_key"],
-                           token=creds["aws_session_token"])
-    own = f"trainyard/runs/{run_id}/checkpoints/step_{latest:06d}/manifest.json"
-    assert json.loads(node_s3.get_object(Bucket=BUCKET, Key=own)["Body"].read())["step"] == latest
-    node_s3.put_object(Bucket=BUCKET, Key=f"trainyard/runs/{run_id}/scratch", Body=b"ok")
-    for call in (lambda: node_s3.list_objects_v2(Bucket=BUCKET, Prefix="trainyard/"),
-                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/runs/another-run/x", Body=b"no"),
-                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/data/d-other/manifest.json", Body=b"no"),
-                 lambda: node_s3.get_object(Bucket=BUCKET, Key="trainyard/runs")):
-        with pytest.raises(ClientError, match="AccessDenied"):
-            call()
+    # the run has ended: its nodes' credentials no longer work, even before they expire
+    with pytest.raises(ClientError, match="AccessDenied|InvalidClientTokenId|ExpiredToken"):
+        node_s3.get_object(Bucket=BUCKET, Key=own)
+
 
 
 def test_a_later_run_on_the_same_data_pulls_the_cached_shards_from_s3(svc):
