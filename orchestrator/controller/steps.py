@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 
 from orchestrator.controller import commands as cmd
 from orchestrator.controller import remote, storage
+from orchestrator.controller.evaluation import evaluating
 from orchestrator.controller.context import (
     NodeHandle, NodeLost, RunContext, aware, live_instances, load_run, lost_reason, set_status, spec_of,
     usable_instances,
@@ -39,7 +40,7 @@ from orchestrator.controller.ingest import read_new, store
 from orchestrator.controller.lifecycle import (
     book_terminations, budget_exceeded, cleanup, end_run, record_instance, release_workers, terminate_instances,
 )
-from orchestrator.db.models import Checkpoint, Evaluation, Instance, LogChunk, Run, RunEvent, RunStatus, utcnow
+from orchestrator.db.models import Instance, LogChunk, Run, RunEvent, RunStatus, utcnow
 from orchestrator.runs import add_event, instance_name
 from orchestrator.spec import ComputeSpec, RunSpec
 from provision.base import InstanceStatus
@@ -414,58 +415,11 @@ def _recovering(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     _transition(ctx, run, RunStatus.training, "trainer restarted; it resumes from the last checkpoint")
 
 
-# -- evaluating -----------------------------------------------------------------------------------
-def _evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> None:
-    _row, h = _handles(ctx, run)[0]
-    proc = cmd.proc_state(h.node, h.workdir, "eval")
-    if proc.running:
-        return
-    if not proc.started:
-        # the trainer's last lines, written after DONE while it exited (see _training)
-        store(ctx, h, read_new(h, run))
-    if not proc.started or proc.exit_code is None:  # never started, or killed: (re)start it
-        latest = (h.node.read_text(cmd.path(h.workdir, "checkpoints", "latest")) or "").strip()
-        if not latest:
-            return _fail(ctx, run, "training finished but left no committed checkpoint to evaluate")
-        manifest = cmd.read_json(h.node, cmd.path(h.workdir, cmd.DATA, "manifest.json")) or {}
-        sha = manifest.get("splits", {}).get("test", {}).get("sha256")
-        command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=latest, test_sha256=sha)
-        pid = h.node.start_detached(command, workdir=h.workdir, name="eval")
-        with ctx.write() as (session, _fresh):
-            add_event(session, run.id, "info", f"evaluating {latest} on the test split (pid {pid})")
-        return
-    eval_log = _log_tail(h, "eval.log")
-    if proc.exit_code != 0:
-        return _fail(ctx, run, cmd.failure_reason(
-            h.node, cmd.path(h.workdir, "eval.log"), "evaluation", proc.exit_code))
-    result = cmd.read_json(h.node, cmd.path(h.workdir, cmd.EVAL_OUT))
-    if not result or not isinstance(result.get("test_loss"), (int, float)):
-        return _fail(ctx, run, f"evaluation exited 0 but {cmd.EVAL_OUT} holds no test_loss")
-
-    def record(session, fresh):
-        step = result.get("step")
-        ckpt_id = session.scalar(
-            select(Checkpoint.id).where(Checkpoint.run_id == fresh.id, Checkpoint.step == step)
-            .order_by(Checkpoint.id.desc()).limit(1)) if step is not None else None
-        session.add(Evaluation(
-            run_id=fresh.id, checkpoint_id=ckpt_id, kind="test_loss",
-            test_loss=float(result["test_loss"]), bits_per_byte=result.get("bits_per_byte"),
-            tokens=result.get("tokens"), test_set_sha256=result.get("test_set_sha256"),
-            details=result,
-        ))
-        fresh.test_loss = float(result["test_loss"])
-        if eval_log.strip():
-            session.add(LogChunk(run_id=fresh.id, rank=0, text=eval_log))
-
-    end_run(ctx, run, RunStatus.succeeded,
-            f"test loss {float(result['test_loss']):.4f} on the test split", record)
-
-
 STEPS: dict[RunStatus, Callable[[RunContext, Run, RunSpec], None]] = {
     RunStatus.pending: _pending,
     RunStatus.provisioning: _provisioning,
     RunStatus.bootstrapping: _bootstrapping,
     RunStatus.training: _training,
     RunStatus.recovering: _recovering,
-    RunStatus.evaluating: _evaluating,
+    RunStatus.evaluating: evaluating,
 }
