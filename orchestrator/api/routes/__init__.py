@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from orchestrator.api.routes import health, instance_types, runs
+from orchestrator.api.routes import comparisons, health, instance_types, runs
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
 api_router.include_router(runs.router)
 api_router.include_router(instance_types.router)
+api_router.include_router(comparisons.router)
+api_router.include_router(comparisons.answers_router)
