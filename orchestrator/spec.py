@@ -13,11 +13,18 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from orchestrator.errors import InvalidSpecError
 
 MODEL_PRESETS = ("gpt2-tiny", "gpt2-small", "gpt2-medium")
+#: OpenAI's GPT-2 weights a run may evaluate instead of training (`model.pretrained`)
+PRETRAINED_MODELS = ("gpt2", "gpt2-medium")
+#: the book's instruction data (chapter 7), downloaded on the node at run time
+BOOK_INSTRUCTION_DATA = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/"
+                         "01_main-chapter-code/instruction-data.json")
 PROVIDERS = ("local", "lambda", "ssh")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -32,6 +39,15 @@ class ModelSpec(_Strict):
     preset: Literal["gpt2-tiny", "gpt2-small", "gpt2-medium"] = "gpt2-tiny"
     #: architecture overrides passed to the trainer, e.g. {n_layer: 2, tie_weights: true}
     overrides: dict[str, Any] = Field(default_factory=dict)
+    #: OpenAI's GPT-2 weights, evaluated by the same pipeline instead of training: a baseline
+    pretrained: Literal["gpt2", "gpt2-medium"] | None = None
+
+    @model_validator(mode="after")
+    def _pretrained_has_no_architecture(self) -> "ModelSpec":
+        if self.pretrained is not None and (self.overrides or self.preset != "gpt2-tiny"):
+            raise ValueError(f"pretrained: {self.pretrained} is OpenAI's architecture and weights; "
+                             f"leave out preset and overrides")
+        return self
 
 
 class DataSpec(_Strict):
@@ -88,10 +104,36 @@ class ComputeSpec(_Strict):
         return self
 
 
+class IftSpec(_Strict):
+    """Instruction fine-tuning on node 0 after the test loss (`trainer.ift`, the book's chapter 7),
+    then greedy answers to the test items; the service judges them (`trainyard compare`)."""
+
+    enabled: bool = False
+    #: Alpaca-format JSON ([{instruction, input, output}]): a path on the node or an http(s) URL
+    data: Annotated[str, Field(min_length=1)] = BOOK_INSTRUCTION_DATA
+    epochs_max: PositiveInt = 10
+    #: epochs without a lower validation loss before stopping (the best epoch is restored)
+    patience: PositiveInt = 1
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    max_new_tokens: Annotated[int, Field(ge=1, le=256)] = 256
+    #: answer only the first N test items (None: all of them)
+    limit_test: PositiveInt | None = None
+    seed: int = 123
+
+
 class EvaluationSpec(_Strict):
     test_loss: bool = True
     #: evaluate on at most this many test tokens (None: the whole test split)
     test_max_tokens: PositiveInt | None = None
+    ift: IftSpec = Field(default_factory=IftSpec)
+
+    @model_validator(mode="after")
+    def _ift_follows_the_test_loss(self) -> "EvaluationSpec":
+        if self.ift.enabled and not self.test_loss:
+            raise ValueError("ift.enabled needs test_loss: true (the fine-tuning follows the test loss "
+                             "on the node, and a comparison shows both)")
+        return self
 
 
 class BudgetSpec(_Strict):
@@ -117,6 +159,31 @@ class RunSpec(_Strict):
             raise ValueError("name may hold letters, digits, spaces and . _ - : @ + / only")
         return v
 
+    # A pretrained run (model.pretrained) is not trained: it prepares the data, evaluates OpenAI's
+    # weights on the test split (and IFT) on one node. Settings that would say otherwise are
+    # refused rather than ignored (model comes before these fields, so it is in `info.data`).
+    @field_validator("training")
+    @classmethod
+    def _pretrained_is_not_trained(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        if _pretrained(info) and v != TrainingSpec():
+            raise ValueError(f"a pretrained run (model.pretrained: {_pretrained(info)}) is not trained; "
+                             f"leave training out")
+        return v
+
+    @field_validator("compute")
+    @classmethod
+    def _pretrained_on_one_node(cls, v: ComputeSpec, info: ValidationInfo) -> ComputeSpec:
+        if _pretrained(info) and v.nodes != 1:
+            raise ValueError("a pretrained run evaluates on one node: nodes must be 1")
+        return v
+
+    @field_validator("evaluation")
+    @classmethod
+    def _pretrained_is_evaluated(cls, v: EvaluationSpec, info: ValidationInfo) -> EvaluationSpec:
+        if _pretrained(info) and not v.test_loss:
+            raise ValueError("a pretrained run only evaluates: test_loss must be true")
+        return v
+
     def trainer_config(self, *, data_dir: str) -> dict[str, Any]:
         """The trainer's config file contents for this spec (docs/trainer-contract.md)."""
         return {
@@ -125,6 +192,11 @@ class RunSpec(_Strict):
             "data_dir": data_dir,
             **self.training.model_dump(),
         }
+
+
+def _pretrained(info: ValidationInfo) -> str | None:
+    model = info.data.get("model")
+    return model.pretrained if isinstance(model, ModelSpec) else None
 
 
 def parse_spec_yaml(text: str) -> RunSpec:

@@ -107,3 +107,9 @@ class ApiClient:
 
     def instance_types(self, provider: str) -> dict:
         return self._call("GET", "/instance-types", params={"provider": provider})
+
+    def compare(self, body: dict) -> dict:
+        return self._call("POST", "/comparisons", json=body)
+
+    def get_comparison(self, comparison_id: str) -> dict:
+        return self._call("GET", f"/comparisons/{quote(comparison_id, safe='')}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import checkpoints, context, providers, quickstart, runs, server
+from orchestrator.cli import checkpoints, compare, context, providers, quickstart, runs, server
 from orchestrator.cli.errors import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -37,6 +37,8 @@ app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
 app.command()(checkpoints.checkpoints)
+app.command()(compare.compare)
+app.command()(compare.comparison)
 app.command()(quickstart.quickstart)
 app.command("instance-types")(providers.instance_types)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(providers.sim)

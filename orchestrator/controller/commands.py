@@ -8,6 +8,7 @@ Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
     RUN_DIR/prepare.*        log, pid and exit code of the data preparation
     RUN_DIR/train.*          ... of torchrun + trainer.train (metrics.jsonl, checkpoints/, DONE)
     RUN_DIR/eval.*           ... of trainer.evaluate; its result in eval.json
+    RUN_DIR/ift.*            ... of trainer.ift; its answers.json and ift.json in ift/
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from orchestrator.spec import RunSpec
 DATA = "data"
 CONFIG = "config.json"
 EVAL_OUT = "eval.json"
+IFT_OUT = "ift"
 _RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
 
 
@@ -91,6 +93,31 @@ def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, 
     return _env_prefix(env) + shlex.join(args)
 
 
+def pretrained_eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
+                            test_sha256: str | None) -> str:
+    """trainer.evaluate on OpenAI's weights (`hf:NAME`, spec.model.pretrained) instead of a checkpoint."""
+    args = [python, "-m", "trainer.evaluate", f"hf:{spec.model.pretrained}",
+            "--test-set", path(workdir, DATA), "--out", path(workdir, EVAL_OUT)]
+    if test_sha256:
+        args += ["--expect-sha256", test_sha256]
+    if spec.evaluation.test_max_tokens is not None:
+        args += ["--max-tokens", str(spec.evaluation.test_max_tokens)]
+    return _env_prefix(env) + shlex.join(args)
+
+
+def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *, model: str) -> str:
+    """trainer.ift on `model` (a checkpoint folder on the node, or `hf:NAME`) with the spec's
+    evaluation.ift settings, writing answers.json and ift.json into RUN_DIR/ift/."""
+    i = spec.evaluation.ift
+    args = [python, "-m", "trainer.ift", model, "--data", i.data, "--out", path(workdir, IFT_OUT),
+            "--epochs-max", str(i.epochs_max), "--patience", str(i.patience),
+            "--batch-size", str(i.batch_size), "--lr", str(i.lr),
+            "--max-new-tokens", str(i.max_new_tokens), "--seed", str(i.seed)]
+    if i.limit_test is not None:
+        args += ["--limit-test", str(i.limit_test)]
+    return _env_prefix(env) + shlex.join(args)
+
+
 def trainer_config(spec: RunSpec, workdir: str, checkpoints_uri: str | None = None) -> dict:
     """The train config; `checkpoints_uri`: the store folder rank 0 uploads each committed
     checkpoint to while it trains."""
@@ -138,6 +165,18 @@ def read_json(node: Node, file: str) -> dict | None:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def read_json_list(node: Node, file: str) -> list | None:
+    """A JSON file holding a list (e.g. trainer.ift's answers.json), or None if missing or not one."""
+    text = node.read_text(file)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, list) else None
 
 
 def write_json(node: Node, file: str, value: dict) -> None:

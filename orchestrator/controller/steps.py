@@ -212,7 +212,7 @@ def _provisioning(ctx: RunContext, run: Run, spec: RunSpec) -> None:
 def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     if ctx.provider.needs_bootstrap:
         if remote.bootstrapping(ctx, run, spec, ctx.attempts):
-            _transition(ctx, run, RunStatus.training, "every node is bootstrapped; starting the trainer")
+            _transition(ctx, run, *_after_bootstrap(spec, "every node is bootstrapped"))
         return
     handles = _handles(ctx, run)
     ready = True
@@ -250,7 +250,14 @@ def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         if cache is not None:
             add_event(session, fresh.id, "data", cmd.CACHE_MESSAGES.get(cache, f"data cache: {cache}"))
 
-    _transition(ctx, run, RunStatus.training, "data prepared; starting the trainer", keep_log)
+    _transition(ctx, run, *_after_bootstrap(spec, "data prepared"), keep_log)
+
+
+def _after_bootstrap(spec: RunSpec, done: str) -> tuple[RunStatus, str]:
+    """Training next; a pretrained run (model.pretrained) is not trained: evaluating next."""
+    if spec.model.pretrained:
+        return RunStatus.evaluating, f"{done}; evaluating OpenAI's {spec.model.pretrained} (not trained)"
+    return RunStatus.training, f"{done}; starting the trainer"
 
 
 # -- training -------------------------------------------------------------------------------------

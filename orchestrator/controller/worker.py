@@ -6,7 +6,9 @@ any number may run against one PostgreSQL database (or one SQLite file). Each pa
 1. renew the leases it holds (a lease it lost is dropped: another worker owns that run now);
 2. claim more runs, oldest first, up to `max_concurrent_runs`, each by an atomic compare-and-set;
 3. reconcile each held run (steps.reconcile), and release the lease of a run that needs nothing
-   more (ended, and every instance confirmed terminated).
+   more (ended, and every instance confirmed terminated);
+4. move comparisons on (comparing.py: judged here, on a thread of their own, once their baseline
+   runs have succeeded).
 
 Stopping a worker releases its leases but leaves trainers running: they are detached on their
 nodes, and the next worker to claim the run carries on from what the node shows.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.controller import lease
+from orchestrator.controller.comparing import Comparisons
 from orchestrator.controller.context import RunContext, load_run, log, set_status, spec_of
 from orchestrator.controller.lifecycle import end_run
 from orchestrator.controller.steps import reconcile
@@ -70,6 +73,7 @@ class Worker:
         #: threads for placement and bootstrap (remote.py), so a pass never blocks on them
         self.tasks = TaskPool()
         self.wheels = WheelCache(settings.wheel_cache_dir)
+        self.comparisons = Comparisons(settings, session_factory, self.owner)
 
     @property
     def held_runs(self) -> list[str]:
@@ -94,6 +98,7 @@ class Worker:
     def close(self) -> None:
         """Release every lease (so others can take the runs at once) and the provider clients."""
         self.tasks.close()
+        self.comparisons.close()
         for run_id, held in list(self._held.items()):
             held.disconnect()
             try:
@@ -110,6 +115,7 @@ class Worker:
         self._claim()
         for run_id in list(self._held):
             self._reconcile(run_id)
+        self.comparisons.reconcile_once()
 
     # -- leases -----------------------------------------------------------------------------------
     def _renew(self) -> None:

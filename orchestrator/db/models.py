@@ -301,3 +301,38 @@ class Comparison(Base):
     models: Mapped[list] = mapped_column(JSON)
     report: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ComparisonStatus(str, enum.Enum):
+    pending = "pending"      # waiting for its baseline runs to succeed
+    running = "running"      # a worker is judging (in the service process, never on a node)
+    succeeded = "succeeded"  # judged: `report_id` names the report
+    failed = "failed"        # `status_reason` says why
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ComparisonStatus.succeeded, ComparisonStatus.failed)
+
+
+class ComparisonRequest(Base):
+    """A comparison asked for (`POST /comparisons`, `trainyard compare`): the runs and baseline
+    runs to judge together, and how. A worker waits until the baseline runs have succeeded, then
+    judges under a lease (owner, token, expiry: one worker at a time) and links the report."""
+
+    __tablename__ = "comparison_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default=ComparisonStatus.pending.value, index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(20))
+    k: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    #: in table order: [{"label": name in the report, "run_id": ..., "baseline": "gpt2" | null}]
+    models: Mapped[list] = mapped_column(JSON)
+    report_id: Mapped[str | None] = mapped_column(ForeignKey("comparisons.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
