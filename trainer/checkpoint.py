@@ -12,6 +12,10 @@ Saving writes into `.tmp-step_000100`, fsyncs, writes the manifest, renames the 
 then moves `latest` (write + os.replace). A crash at any point leaves `latest` on the previous
 committed checkpoint. Loading verifies every file against the manifest before reading any of them.
 Only rank 0 calls save(); every rank may load.
+
+Pruning (keep_last) never deletes the folder `latest` names, nor any folder in `protect`: the
+checkpoints still queued for, or being sent by, the upload thread (trainer.upload). A checkpoint
+pulled from a store (train --resume-from) is committed with set_latest(), like a saved one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Container
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -41,10 +46,17 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def step_of(name: str) -> int | None:
+    """The step of a checkpoint folder name (step_000100 -> 100), None for any other name."""
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
 def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
          optimizer: torch.optim.Optimizer, state: dict, config: dict, metrics: dict,
-         keep_last: int) -> tuple[Path, int]:
-    """Write and commit a checkpoint; returns (its folder, total bytes). Rank 0 only."""
+         keep_last: int, protect: Container[str] = ()) -> tuple[Path, int]:
+    """Write and commit a checkpoint; returns (its folder, total bytes). Rank 0 only.
+    `protect`: folder names pruning must keep (checkpoints waiting to be uploaded)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
@@ -69,11 +81,17 @@ def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_file(ckpt_root)
+    set_latest(ckpt_root, name)
+    prune(ckpt_root, keep_last, protect)
+    return final, sum(v["bytes"] for v in files.values())
+
+
+def set_latest(ckpt_root: Path, name: str) -> None:
+    """Point `latest` at a committed folder of ckpt_root (write + rename: never half-written)."""
     pointer = ckpt_root / ".latest.tmp"
     _fsync_write(pointer, (name + "\n").encode())
     os.replace(pointer, ckpt_root / "latest")
-    prune(ckpt_root, keep_last)
-    return final, sum(v["bytes"] for v in files.values())
+    _fsync_file(ckpt_root)
 
 
 def committed(ckpt_root: Path) -> list[Path]:
@@ -85,11 +103,12 @@ def committed(ckpt_root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete all but the newest keep_last committed checkpoints (never the one `latest` names)."""
+def prune(ckpt_root: Path, keep_last: int, protect: Container[str] = ()) -> None:
+    """Delete all but the newest keep_last committed checkpoints (never the one `latest` names,
+    nor those named in `protect`)."""
     latest = read_latest_name(ckpt_root)
     for p in committed(ckpt_root)[:-keep_last]:
-        if p.name != latest:
+        if p.name != latest and p.name not in protect:
             shutil.rmtree(p)
 
 

@@ -3,7 +3,9 @@
 Every key is a field of TrainConfig below; an unknown key is an error that names it (with the
 closest known key), so a typo never silently falls back to a default. `max_tokens` is a token
 count or "chinchilla" (20 x the model's parameters); `micro_batch` is a count or "auto" (the
-largest that fits, found on CUDA by catching out-of-memory errors).
+largest that fits, found on CUDA by catching out-of-memory errors). `artifact_uri` (null, or a
+`file:///abs/path` / `s3://bucket/prefix` store folder) makes rank 0 upload every committed
+checkpoint to `<artifact_uri>/<checkpoint folder name>` in the background (trainer.upload).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from trainer.artifacts import ArtifactError, split_uri
 from trainer.errors import ConfigError
 from trainer.model import PRESETS, GPTConfig, count_params, make_config
 
@@ -47,6 +50,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     peak_flops: Any = None  # FLOP/s per device for MFU; None = look the GPU up (CPU: no MFU)
+    artifact_uri: Any = None  # str (file:// or s3:// store folder) or None: upload checkpoints there
 
     def model_config(self) -> GPTConfig:
         return make_config(self.model, self.model_overrides)
@@ -134,6 +138,10 @@ def from_dict(raw: dict) -> TrainConfig:
             values[key] = _coerce_int_named(key, value)
         elif key == "peak_flops":
             values[key] = None if value is None else _coerce(key, "float", value)
+        elif key == "artifact_uri":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"artifact_uri must be a file:// or s3:// URI or null, got {value!r}")
+            values[key] = value or None
         else:
             values[key] = _coerce(key, kind, value)
     cfg = TrainConfig(**values)
@@ -172,6 +180,11 @@ def validate(cfg: TrainConfig) -> None:
                           f"when eval_every > 0")
     if cfg.min_lr > cfg.lr:
         raise ConfigError(f"min_lr ({cfg.min_lr}) must not exceed lr ({cfg.lr})")
+    if cfg.artifact_uri is not None:
+        try:
+            split_uri(cfg.artifact_uri)
+        except ArtifactError as e:
+            raise ConfigError(f"artifact_uri: {e}") from None
     mcfg = cfg.model_config()  # checks model_overrides keys and types
     if cfg.seq_len > mcfg.block_size:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's context of {mcfg.block_size} "

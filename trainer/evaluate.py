@@ -3,6 +3,11 @@
     python -m trainer.evaluate run/checkpoints/step_001000 --test-set data/fineweb
     python -m trainer.evaluate run --test-set data/fineweb --expect-sha256 5ffe...   # run's latest
     python -m trainer.evaluate hf:gpt2 --hf-dir models/gpt2 --test-set data/fineweb  # OpenAI weights
+    python -m trainer.evaluate hf:gpt2 --test-set data/fineweb      # fetched once, then cached
+
+`hf:NAME` without --hf-dir downloads config.json + model.safetensors of HF_REPOS[NAME] from
+HF_ENDPOINT (default https://huggingface.co) into TRAINYARD_HF_CACHE (default
+~/.cache/trainyard/hf), see trainer.hf_download; later calls reuse them without a request.
 
 The test set is the `test` split of a prepared folder (or one .bin shard of it), identified by the
 SHA-256 of its bytes and its token count; --expect-sha256 refuses any other. It is cut into
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import checkpoint, tokenizer
+from trainer import checkpoint, hf_download, tokenizer
 from trainer.data import DTYPE, SplitTokens, eval_windows, load_manifest
 from trainer.errors import CheckpointError, DataError, run_cli
 from trainer.model import GPT, GPTConfig, from_hf_pretrained
@@ -91,13 +96,9 @@ def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
         folder = hf_dir
         if folder is None:
             if name not in HF_REPOS:
-                raise CheckpointError(f"unknown Hugging Face model {name!r}; pass --hf-dir")
-            try:
-                from huggingface_hub import snapshot_download
-            except ImportError:
-                raise CheckpointError("hf: models need --hf-dir DIR (a folder with config.json and "
-                                      "model.safetensors) or huggingface_hub to fetch them") from None
-            folder = snapshot_download(HF_REPOS[name], allow_patterns=["config.json", "model.safetensors"])
+                raise CheckpointError(f"unknown Hugging Face model {name!r} (known: "
+                                      f"{', '.join(HF_REPOS)}); pass --hf-dir")
+            folder = hf_download.fetch_repo(HF_REPOS[name])
         return from_hf_pretrained(folder), {"checkpoint": spec, "step": None}
     ckpt = checkpoint.resolve(spec)
     manifest = checkpoint.verify(ckpt)  # before anything is read
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-set", required=True, help="prepared data folder (its test split) or a .bin shard")
     ap.add_argument("--expect-sha256", default=None)
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N predictions")
-    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models")
+    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models "
+                    "(default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

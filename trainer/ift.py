@@ -2,6 +2,10 @@
 
     python -m trainer.ift run/checkpoints/step_001000 --out ift-out
     python -m trainer.ift hf:gpt2-medium --hf-dir models/gpt2-medium --data instruction-data.json --out ift-out
+    python -m trainer.ift hf:gpt2-medium --out ift-out     # weights fetched from HF_ENDPOINT, then cached
+
+The model is loaded by trainer.evaluate.load_model: a checkpoint, or `hf:NAME` from --hf-dir or
+downloaded once (trainer.hf_download: HF_ENDPOINT, TRAINYARD_HF_CACHE).
 
 The data is a JSON list of Alpaca entries {instruction, input, output} (default: the book's
 instruction-data.json, downloaded). It is split as the book does, in file order: the first 85%
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--limit-test", type=int, default=None, help="answer only the first N test items")
     ap.add_argument("--seed", type=int, default=123)
-    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models")
+    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models "
+                    "(default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
     summary = run(args.checkpoint, args.data, args.out, epochs_max=args.epochs_max,

@@ -4,6 +4,9 @@ metrics.jsonl gets one JSON object per line, appended and flushed line by line, 
 follows the file by byte offset sees whole lines (and ignores a trailing partial one). Every line
 has "kind" and "time" (unix seconds). heartbeat.json is rewritten atomically every few seconds by
 a background thread, so a reader can tell a live run from a hung or dead one even between log steps.
+
+Metrics.log is thread-safe: the checkpoint upload thread (trainer.upload) writes its lines through
+the same writer as the training loop, each line whole, and a line logged after close() is dropped.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Metrics:
         self.run_dir = run_dir
         self.step = 0
         self._f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if active else None
+        self._lock = threading.Lock()  # log() is called from the training loop and the upload thread
         self._stop = threading.Event()
         self._thread = None
         if active:
@@ -84,8 +88,10 @@ class Metrics:
         if not self.active:
             return
         line = json.dumps({"kind": kind, "time": round(time.time(), 3), **fields})
-        self._f.write(line + "\n")
-        self._f.flush()
+        with self._lock:
+            if self.active:  # not closed meanwhile by another thread
+                self._f.write(line + "\n")
+                self._f.flush()
 
     def progress(self, text: str) -> None:
         if self.active:
@@ -109,8 +115,9 @@ class Metrics:
         if self._thread is not None:
             self._thread.join()
         self._beat()
-        self._f.close()
-        self.active = False
+        with self._lock:
+            self._f.close()
+            self.active = False
 
 
 def format_progress(step: int, steps: int, loss: float, lr: float, tok_s: float,

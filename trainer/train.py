@@ -11,9 +11,15 @@
         --rdzv-endpoint=HOST0:29500 -m trainer.train config.yaml --run-dir run
 
 Options: --set key=value overrides a config key (dotted keys reach into model_overrides);
---stop-at-step N stops after step N with a checkpoint, as a preemption would (no DONE file).
+--stop-at-step N stops after step N with a checkpoint, as a preemption would (no DONE file);
+--resume-from URI (a committed checkpoint folder in a file:// or s3:// store) is pulled into the
+run directory and resumed from, unless the run directory already holds a checkpoint as new.
 A run directory that holds checkpoints/latest is resumed from it, exactly: same batches, same
 RNG streams, same optimizer state, so the loss trajectory matches a run that never stopped.
+
+With `artifact_uri` set, rank 0 uploads every committed checkpoint to `<artifact_uri>/<folder>`
+on a background thread (trainer.upload) and, before DONE, waits for the uploads: a run whose last
+checkpoint could not be stored fails (FAILED, non-zero exit) rather than finish without it.
 
 DDP runs on NCCL (CUDA) or gloo (CPU). Every rank reads its own windows of the prepared data;
 only rank 0 writes (run dir, metrics, checkpoints). See docs/trainer-contract.md.
@@ -36,6 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, config as config_mod
+from trainer.artifacts import ArtifactError, split_uri
 from trainer.data import SplitTokens, TrainBatches, eval_windows
 from trainer.errors import CheckpointError, ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
@@ -43,6 +50,7 @@ from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_by
 from trainer.model import GPT
 from trainer.runtime import (all_sum, autotune_micro_batch, init_distributed, rng_state,
                              seed_rank, set_rng_state)
+from trainer.upload import CheckpointUploader, pull_for_resume
 
 
 # ---------------------------------------------------------------- schedule
@@ -73,31 +81,44 @@ def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device
                              fused=device.type == "cuda")
 
 
-def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool) -> dict | None:
+def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool,
+                resume_from: str | None = None) -> dict | None:
     """Rank 0 reads the latest checkpoint; the other ranks receive it over the process group.
 
     Only rank 0 touches the run directory, so nodes need no shared disk and N ranks never read
-    the same files at once. The weights reach the other ranks through DDP, which broadcasts rank
-    0's parameters when it wraps the model; the optimizer and training state go through
-    broadcast_object_list here. A checkpoint that fails to verify fails every rank the same way.
+    the same files at once. With `resume_from` (a store URI), rank 0 first pulls that checkpoint
+    and makes it `latest` when the run dir has none as new; the other ranks wait in the broadcast.
+    The weights reach the other ranks through DDP, which broadcasts rank 0's parameters when it
+    wraps the model; the optimizer and training state go through broadcast_object_list here. A
+    checkpoint that fails to pull or verify fails every rank the same way.
     """
     payload: list = [None]
+    failure: BaseException | None = None
     if master:
         try:
+            pulled = pull_for_resume(resume_from, run_dir) if resume_from else None
             latest = checkpoint.latest(run_dir)
             if latest is not None:
                 opt_sd, state = checkpoint.load_training(latest, raw_model)
-                payload = [{"checkpoint": latest.name, "optimizer": opt_sd, "state": state}]
-        except TrainerError as e:
-            payload = [{"error": str(e), "kind": type(e).__name__}]
+                payload = [{"checkpoint": latest.name, "optimizer": opt_sd, "state": state,
+                            "pulled_from": resume_from if pulled is not None else None}]
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, not hang in the broadcast
+            failure = e
+            message = str(e) if isinstance(e, TrainerError) else f"{type(e).__name__}: {e}"
+            payload = [{"error": message, "kind": type(e).__name__,
+                        "exit_code": getattr(e, "exit_code", 1)}]
     if dist.is_initialized():
         dist.broadcast_object_list(payload, src=0)
+    if failure is not None:
+        raise failure
     resume = payload[0]
     if resume is None:
         return None
     if "error" in resume:
-        raise {"ConfigError": ConfigError, "DataError": DataError}.get(
+        err = {"ConfigError": ConfigError, "DataError": DataError}.get(
             resume["kind"], CheckpointError)(resume["error"])
+        err.exit_code = resume.get("exit_code", err.exit_code)
+        raise err
     try:
         optimizer.load_state_dict(resume["optimizer"])
     except (ValueError, KeyError, RuntimeError) as e:
@@ -112,7 +133,8 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None) -> int:
+def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None,
+          resume_from: str | None = None) -> int:
     rank, local_rank, world, device = init_distributed(cfg.device)
     master = rank == 0
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -165,10 +187,11 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
         checkpoint.clean_stale(run_dir)
         (run_dir / "FAILED").unlink(missing_ok=True)
     step, offset, warmup_tokens, resumed_from = 0, 0, cfg.warmup_steps * tps, None
-    last_val = None
-    resume = load_resume(run_dir, raw_model, optimizer, master)
+    last_val, resumed_from_uri = None, None
+    resume = load_resume(run_dir, raw_model, optimizer, master, resume_from)
     if resume is not None:
         state = resume["state"]
+        resumed_from_uri = resume.get("pulled_from")
         step, offset, resumed_from = state["step"], state["data_offset"], state["step"]
         warmup_tokens, last_val = state["warmup_tokens"], state.get("val_loss")
         if state["world_size"] == world and len(state["rng"]) == world:
@@ -201,109 +224,134 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
                 "total_steps": total_steps, "params": n_params, "model_config": vars(mcfg),
                 "flops_per_token": flops_tok, "peak_flops": peak, "eval_windows": len(val_windows),
                 "train_tokens_available": len(train_tokens), "train_sha256": train_tokens.sha256,
-                "resumed_from_step": resumed_from, "torch": torch.__version__}
+                "resumed_from_step": resumed_from, "resumed_from_uri": resumed_from_uri,
+                "torch": torch.__version__}
     metrics = Metrics(run_dir, active=master)
     metrics.step = step
     if master:
         write_json_atomic(run_dir / "config.resolved.json", resolved)
     metrics.log("start", world_size=world, params=n_params, target_tokens=target,
-                resumed_from_step=resumed_from, micro_batch=micro_batch, grad_accum=cfg.grad_accum,
+                resumed_from_step=resumed_from, resumed_from_uri=resumed_from_uri,
+                micro_batch=micro_batch, grad_accum=cfg.grad_accum,
                 tokens_per_step=tps, total_steps=total_steps, device=device.type, dtype=dtype)
     metrics.progress(f"training {cfg.model} ({n_params:,} params) on {world} x {device.type}, "
                      f"{tps:,} tokens/step, steps {step}->{total_steps}"
                      + (f", resumed from step {resumed_from}" if resumed_from is not None else ""))
 
-    def run_eval() -> float:
-        mine = val_windows[rank::world]
-        nats, count, _ = cross_entropy_sum(raw_model, val_tokens, mine, micro_batch, device, amp)
-        nats, count = all_sum([nats, count], device)
-        return nats / count
+    uploader = None
+    if master and cfg.artifact_uri:
+        uploader = CheckpointUploader(cfg.artifact_uri, metrics.log, metrics.progress)
+        if resume is not None:  # a no-op when the store already holds it, byte for byte
+            resumed = run_dir / "checkpoints" / resume["checkpoint"]
+            files = json.loads((resumed / checkpoint.MANIFEST).read_text())["files"]  # verified above
+            uploader.submit(resumed, state["step"], state["tokens"], state.get("val_loss"),
+                            sum(f["bytes"] for f in files.values()))
+    try:
+        def run_eval() -> float:
+            mine = val_windows[rank::world]
+            nats, count, _ = cross_entropy_sum(raw_model, val_tokens, mine, micro_batch, device, amp)
+            nats, count = all_sum([nats, count], device)
+            return nats / count
 
-    def save(val_loss, last_train) -> None:
-        rngs = [None] * world
-        if dist.is_initialized():
-            dist.all_gather_object(rngs, rng_state(device))
-        else:
-            rngs = [rng_state(device)]
-        if not master:
-            return
-        state = {"step": step, "tokens": tokens_seen, "data_offset": offset, "world_size": world,
-                 "tokens_per_step": tps, "warmup_tokens": warmup_tokens, "rng": rngs,
-                 "val_loss": val_loss}
-        cfg_json = {"model": vars(mcfg), "train": resolved}
-        path, size = checkpoint.save(run_dir, step, tokens_seen, raw_model, optimizer, state,
-                                     cfg_json, {"step": step, "tokens": tokens_seen,
-                                                "train_loss": last_train, "val_loss": val_loss},
-                                     cfg.keep_last)
-        metrics.log("checkpoint", step=step, tokens=tokens_seen,
-                    path=str(path.relative_to(run_dir)), bytes=size, val_loss=val_loss)
+        def save(val_loss, last_train) -> None:
+            rngs = [None] * world
+            if dist.is_initialized():
+                dist.all_gather_object(rngs, rng_state(device))
+            else:
+                rngs = [rng_state(device)]
+            if not master:
+                return
+            state = {"step": step, "tokens": tokens_seen, "data_offset": offset, "world_size": world,
+                     "tokens_per_step": tps, "warmup_tokens": warmup_tokens, "rng": rngs,
+                     "val_loss": val_loss}
+            cfg_json = {"model": vars(mcfg), "train": resolved}
+            path, size = checkpoint.save(run_dir, step, tokens_seen, raw_model, optimizer, state,
+                                         cfg_json, {"step": step, "tokens": tokens_seen,
+                                                    "train_loss": last_train, "val_loss": val_loss},
+                                         cfg.keep_last, uploader.pending() if uploader else ())
+            metrics.log("checkpoint", step=step, tokens=tokens_seen,
+                        path=str(path.relative_to(run_dir)), bytes=size, val_loss=val_loss)
+            if uploader is not None:
+                uploader.submit(path, step, tokens_seen, val_loss, size)
 
-    t_start = time.time()
-    if cfg.eval_every > 0 and resumed_from is None:
-        last_val = run_eval()
-        metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
-        metrics.progress(f"step {step}: val loss {last_val:.4f}")
-
-    last_train, saved_step = None, resumed_from
-    interval_t, interval_steps, loss_sum = time.time(), 0, torch.zeros((), device=device)
-    model.train()
-    while step < total_steps and (stop_at_step is None or step < stop_at_step):
-        lr = lr_at(tokens_seen, tps, warmup_tokens, end_tokens, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(cfg.grad_accum):
-            x, y = batches.get(offset, micro)  # (B, T), (B, T)
-            # gradients are all-reduced only on the last micro-step of the accumulation
-            sync = micro == cfg.grad_accum - 1 or not isinstance(model, DDP)
-            with (contextlib.nullcontext() if sync else model.no_sync()):
-                with amp:
-                    _, loss = model(x, y)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach() / cfg.grad_accum
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, offset, tokens_seen = step + 1, offset + tps, tokens_seen + tps
-        interval_steps += 1
-        metrics.step = step
-
-        if step % cfg.log_every == 0 or step == total_steps:
-            last_train = all_sum([loss_sum.item()], device)[0] / world / interval_steps
-            dt = time.time() - interval_t
-            tok_s = interval_steps * tps / dt
-            mfu = flops_tok * tok_s / (peak * world) if peak else None
-            metrics.log("train", step=step, tokens=tokens_seen, train_loss=last_train, lr=lr,
-                        tokens_per_s=tok_s, mfu=mfu, peak_mem_bytes=peak_memory_bytes(device),
-                        wall_s=time.time() - t_start)
-            metrics.progress(format_progress(step, total_steps, last_train, lr, tok_s, mfu,
-                                             (total_steps - step) * tps / tok_s))
-            interval_steps, loss_sum = 0, torch.zeros((), device=device)
-        paused = time.time()
-        stopping = stop_at_step is not None and step >= stop_at_step
-        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total_steps):
+        t_start = time.time()
+        if cfg.eval_every > 0 and resumed_from is None:
             last_val = run_eval()
             metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
             metrics.progress(f"step {step}: val loss {last_val:.4f}")
-        if step % cfg.checkpoint_every == 0 or step == total_steps or stopping:
-            save(last_val, last_train)
-            saved_step = step
-        if interval_steps == 0:
-            interval_t = time.time()
-        else:  # eval and checkpoint time do not count against throughput
-            interval_t += time.time() - paused
 
-    if step < total_steps:
-        metrics.progress(f"stopped at step {step} as asked (--stop-at-step); re-run to resume")
-    else:
-        if saved_step != step:  # e.g. resumed from the final checkpoint: nothing new to save
+        last_train, saved_step = None, resumed_from
+        interval_t, interval_steps, loss_sum = time.time(), 0, torch.zeros((), device=device)
+        model.train()
+        while step < total_steps and (stop_at_step is None or step < stop_at_step):
+            lr = lr_at(tokens_seen, tps, warmup_tokens, end_tokens, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.grad_accum):
+                x, y = batches.get(offset, micro)  # (B, T), (B, T)
+                # gradients are all-reduced only on the last micro-step of the accumulation
+                sync = micro == cfg.grad_accum - 1 or not isinstance(model, DDP)
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with amp:
+                        _, loss = model(x, y)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach() / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, offset, tokens_seen = step + 1, offset + tps, tokens_seen + tps
+            interval_steps += 1
+            metrics.step = step
+
+            if step % cfg.log_every == 0 or step == total_steps:
+                last_train = all_sum([loss_sum.item()], device)[0] / world / interval_steps
+                dt = time.time() - interval_t
+                tok_s = interval_steps * tps / dt
+                mfu = flops_tok * tok_s / (peak * world) if peak else None
+                metrics.log("train", step=step, tokens=tokens_seen, train_loss=last_train, lr=lr,
+                            tokens_per_s=tok_s, mfu=mfu, peak_mem_bytes=peak_memory_bytes(device),
+                            wall_s=time.time() - t_start)
+                metrics.progress(format_progress(step, total_steps, last_train, lr, tok_s, mfu,
+                                                 (total_steps - step) * tps / tok_s))
+                interval_steps, loss_sum = 0, torch.zeros((), device=device)
+            paused = time.time()
+            stopping = stop_at_step is not None and step >= stop_at_step
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total_steps):
+                last_val = run_eval()
+                metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
+                metrics.progress(f"step {step}: val loss {last_val:.4f}")
+            if step % cfg.checkpoint_every == 0 or step == total_steps or stopping:
+                save(last_val, last_train)
+                saved_step = step
+            if interval_steps == 0:
+                interval_t = time.time()
+            else:  # eval and checkpoint time do not count against throughput
+                interval_t += time.time() - paused
+
+        if step >= total_steps and saved_step != step:  # resumed from the final checkpoint: no save
             save(last_val, last_train)
-        metrics.log("done", step=step, tokens=tokens_seen, wall_s=time.time() - t_start)
-        if master:
-            write_json_atomic(run_dir / "DONE", {"step": step, "tokens": tokens_seen})
-        metrics.progress(f"done: step {step}, {tokens_seen:,} tokens, val loss {last_val}")
-    metrics.close()
-    return 0
+        if uploader is not None:
+            # the last checkpoint must be in the store before this process ends: the node may be
+            # terminated as soon as DONE appears (or, after a stop, as a preemption would)
+            waiting = len(uploader.pending())
+            if waiting:
+                metrics.progress(f"waiting for {waiting} checkpoint upload(s) to {cfg.artifact_uri}")
+            uploader.drain()
+            uploader.require_stored(step)
+            checkpoint.prune(run_dir / "checkpoints", cfg.keep_last)  # those kept for the uploads
+        if step < total_steps:
+            metrics.progress(f"stopped at step {step} as asked (--stop-at-step); re-run to resume")
+        else:
+            metrics.log("done", step=step, tokens=tokens_seen, wall_s=time.time() - t_start)
+            if master:
+                write_json_atomic(run_dir / "DONE", {"step": step, "tokens": tokens_seen})
+            metrics.progress(f"done: step {step}, {tokens_seen:,} tokens, val loss {last_val}")
+        metrics.close()
+        return 0
+    finally:
+        if uploader is not None:
+            uploader.close()  # on a failure too: the committed checkpoints still reach the store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,12 +362,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--stop-at-step", type=int, default=None,
                     help="stop after this step with a checkpoint (no DONE); re-run to resume")
+    ap.add_argument("--resume-from", default=None, metavar="URI",
+                    help="a committed checkpoint folder in a store (file:// or s3://): pulled and "
+                         "resumed from unless the run dir holds a checkpoint at least as new")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     rank = int(os.environ.get("RANK", 0))
     try:
         cfg = config_mod.load(args.config, args.overrides)
-        return train(cfg, run_dir, args.stop_at_step)
+        if args.resume_from is not None:
+            try:
+                split_uri(args.resume_from)
+            except ArtifactError as e:
+                raise ConfigError(f"--resume-from: {e}") from None
+        return train(cfg, run_dir, args.stop_at_step, args.resume_from)
     except TrainerError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         _record_failure(run_dir, rank, str(e), e.exit_code, type(e).__name__)

@@ -110,6 +110,12 @@ class ArtifactStore(ABC):
     def uri_of(self, key: str) -> str:
         return self.uri.rstrip("/") + ("/" + key if key else "")
 
+    def read_bytes(self, key: str) -> bytes | None:
+        """A small object's bytes (a manifest), or None when there is none. Reads one known key
+        (no listing), so it works with a node's credentials, which cannot list the bucket; on S3
+        without s3:ListBucket a missing key answers 403, also taken as absent."""
+        return self._get_bytes(join_key(key))
+
     # --- checkpoints ------------------------------------------------------------------------------
     def put_checkpoint(self, local_dir: str | Path, key_prefix: str = "") -> TransferStats:
         """Upload a committed local checkpoint; its manifest goes last. Safe to re-run after any
