@@ -265,18 +265,18 @@ def _start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles, row: Insta
                    h: NodeHandle) -> cmd.Proc:
     """Start the trainer on one node (the caller checked its pid file: not started, or killed)."""
     head = handles[0][1].instance
-    resume = storage.latest_stored(ctx, run.id)
+    resume = storage.latest_stored(ctx, run, spec) if run.step > 0 or run.recoveries else None
     command = cmd.train_command(h.python, {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)},
                                 spec, h.workdir, node_rank=row.rank,
                                 master_addr=head.private_ip or head.public_ip,
                                 master_port=_master_port(ctx, run),
                                 socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
-                                resume_from=resume.uri if resume is not None else None)
+                                resume_from=resume[1] if resume is not None else None)
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
         session.get(Instance, row.id).trainer_pid = pid
         add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})"
-                  + (f"; it resumes from step {resume.step} unless it holds a newer checkpoint"
+                  + (f"; it resumes from step {resume[0]} unless it holds a newer checkpoint"
                      if resume is not None else ""))
     return cmd.Proc(started=True, status=None)
 

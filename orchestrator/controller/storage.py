@@ -123,12 +123,29 @@ def write_private(node: Node, file: str, text: str) -> None:
         os.unlink(tmp)
 
 
-def latest_stored(ctx: RunContext, run_id: str) -> Checkpoint | None:
-    """The newest checkpoint committed in the store: where a restarted trainer resumes."""
+def latest_stored(ctx: RunContext, run: Run, spec: RunSpec) -> tuple[int, str] | None:
+    """(step, URI) of the newest checkpoint committed in the store: where a restarted trainer
+    resumes. The store itself is asked (the service may list it; a node may not), because the
+    trainer may have stored a newer one than the database knows of before its node died; and a
+    trainer resumed from an older one would train steps that are stored already, whose upload it
+    could not replace (a node's credentials cannot delete). The database's newest is the answer
+    only when the store cannot be listed."""
+    folder = checkpoints_uri(ctx, run, spec)
+    if folder is not None:
+        try:
+            store = artifacts.open_run_store(ctx.settings, folder)
+            names = store.list_checkpoints()
+            steps = {int(n.rsplit("_", 1)[-1]): n for n in names if n.rsplit("_", 1)[-1].isdigit()}
+            if steps:
+                step = max(steps)
+                return step, f"{folder}/{steps[step]}"
+        except ArtifactError as exc:
+            log.warning("run %s: cannot list the stored checkpoints (%s); using the recorded ones", run.id, exc)
     with ctx.factory() as session:
-        return session.scalar(select(Checkpoint).where(
-            Checkpoint.run_id == run_id, Checkpoint.state == CheckpointState.stored.value
+        row = session.scalar(select(Checkpoint).where(
+            Checkpoint.run_id == run.id, Checkpoint.state == CheckpointState.stored.value
         ).order_by(Checkpoint.step.desc()).limit(1))
+    return (row.step, row.uri) if row is not None else None
 
 
 def retention_victims(rows: list[Checkpoint], keep_last: int, referenced: set[int]) -> list[Checkpoint]:
