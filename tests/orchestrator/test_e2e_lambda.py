@@ -269,7 +269,9 @@ def test_no_capacity_anywhere_fails_after_the_wait_with_nothing_running(svc):
 
 
 def test_an_instance_that_dies_mid_run_is_replaced_and_the_run_resumes_from_node_0s_checkpoint(svc):
-    run_id = svc.submit(spec("lambda-dies", long=True))
+    s = spec("lambda-dies", long=True)
+    s["training"]["max_tokens"] = 25_000  # ~200 steps: time to kill a node mid-run, and not much more
+    run_id = svc.submit(s)
     svc.wait(run_id, lambda r: training(r) and r["progress"]["step"] >= 16, timeout=180, what="training")
     victim = next(i for i in sim_instances(svc, run_id) if i.name.endswith("-1"))
     admin(svc, "POST", "/faults", json={"kind": "kill_instance", "instance_id": victim.id, "status": "unhealthy"})
