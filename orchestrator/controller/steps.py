@@ -2,8 +2,11 @@
 
     pending -> provisioning -> bootstrapping -> training -> evaluating -> succeeded
                                                    ^  |
-                                                   |  v  (trainer killed: restart, it resumes
-                                               recovering  from its last committed checkpoint)
+                                                   |  v  (trainer killed: restart it; a rented
+                                               recovering  node lost: terminate it, rent and
+                                                           bootstrap a new one; either way the
+                                                           trainers resume from the newest
+                                                           checkpoint in the store, or node 0's)
     any state -> failed(reason) | cancelled | stopped(budget); instances are always terminated
 
 Each step looks at what the database wants and what the provider and the node show, and does the
