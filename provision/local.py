@@ -25,12 +25,11 @@ from pathlib import Path
 import provision
 from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InvalidRequest, NodeError, NotFound
-from provision.node import LocalNode
+from provision.node import RUN_PROCESSES, LocalNode
 
 INSTANCE_TYPE = "local"
 REGION = "local"
 #: the detached processes the controller may start in an instance's directory
-PROCESS_NAMES = ("prepare", "train", "eval")
 _RECORD = ".instance.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -100,7 +99,7 @@ class LocalProvider(Provider):
                 continue
             path = self.runs_dir / instance_id
             node = self.node(inst)
-            for proc in PROCESS_NAMES:
+            for proc in RUN_PROCESSES:
                 if (path / f"{proc}.pid").is_file():
                     node.stop(workdir=str(path), name=proc, grace_s=self.stop_grace_s)
             record = self._read_record(path)

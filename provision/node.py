@@ -33,6 +33,11 @@ def _group_alive(pgid: str) -> str:
     return f"ps -eo pgid=,stat= 2>/dev/null | awk -v g={pgid} '$1 == g && $2 !~ /^Z/ {{f=1}} END {{exit !f}}'"
 
 
+#: the detached processes a run starts in its run directory (Node.start_detached names), which
+#: ending a run on a machine that stays up (local, the ssh provider's hosts) must stop
+RUN_PROCESSES = ("prepare", "train", "eval", "ift")
+
+
 @dataclass(frozen=True)
 class ProcessStatus:
     running: bool

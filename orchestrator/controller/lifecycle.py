@@ -28,6 +28,7 @@ from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
 from provision.errors import ProvisionError
+from provision.node import RUN_PROCESSES
 
 
 def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance) -> None:
@@ -88,7 +89,7 @@ def _stop_processes(ctx: RunContext, rows: list[Instance]) -> None:
     for row in rows:
         try:
             handle = ctx.handle(row)
-            for name in ("prepare", "train", "eval"):
+            for name in RUN_PROCESSES:
                 handle.node.stop(workdir=handle.workdir, name=name)
         except (ProvisionError, NodeLost) as exc:  # best effort: the host is released anyway
             log.warning("run %s: could not stop the processes on %s: %s", row.run_id, row.name, exc)

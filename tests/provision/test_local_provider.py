@@ -59,11 +59,13 @@ def test_terminate_stops_processes_keeps_the_directory_and_is_idempotent(provide
     wd = inst.extra["workdir"]
     node.start_detached("sleep 300", workdir=wd, name="train")
     node.start_detached("sleep 300", workdir=wd, name="eval")
+    node.start_detached("sleep 300", workdir=wd, name="ift")  # a cancel during the fine-tune
     (tmp_path / "runs" / "ty-t-0" / "train.log").write_text("kept\n")
 
     provider.terminate(["ty-t-0", "ty-never-0"])
     assert not node.status(workdir=wd, name="train").running
     assert not node.status(workdir=wd, name="eval").running
+    assert not node.status(workdir=wd, name="ift").running
     gone = provider.get("ty-t-0")
     assert gone.status == InstanceStatus.terminated and gone.status.is_gone
     assert (tmp_path / "runs" / "ty-t-0" / "train.log").read_text() == "kept\n"
