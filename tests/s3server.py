@@ -8,6 +8,7 @@ under test reaches it through boto3 over real HTTP exactly as it reaches AWS.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -54,6 +55,25 @@ def moto_server(env: dict | None = None, timeout_s: float = 30.0) -> Iterator[st
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def iam_moto_server(bucket: str) -> Iterator[tuple[str, dict]]:
+    """moto's server enforcing IAM the way AWS does, with `bucket` made: yields (endpoint, the
+    service's long-lived credentials: a user allowed s3, iam and sts). From then on every request
+    must be signed by a known key and allowed by its policies."""
+    with moto_server() as url:
+        iam = admin_client(url, "iam")
+        iam.create_user(UserName="trainyard-service")
+        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
+        admin_client(url).create_bucket(Bucket=bucket)
+        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(req, timeout=10).read()
+        yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
 
 
 def admin_client(endpoint_url: str, service: str = "s3", key: str = ACCESS_KEY, secret: str = SECRET_KEY,

@@ -55,9 +55,9 @@ def lsim(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def svc(lsim, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lservice")
+def lambda_service(lsim, root: Path, **env: str) -> Service:
+    """A started `trainyard serve` for runs on the simulator `lsim` (its SSH key registered there),
+    with a database and data dir under `root`; `env`: more settings."""
     key_file, public = write_key_pair(root / "keys")
     with LambdaClient(API_KEY, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
         c.add_ssh_key(KEY_NAME, public)
@@ -85,10 +85,16 @@ def svc(lsim, tmp_path_factory):
         TRAINYARD_NODE_ENV=json.dumps({"OMP_NUM_THREADS": "1"}),
         TRAINYARD_NODE_ACTIVE_POLL_S="0.02",
         TRAINYARD_NODE_SSH_TIMEOUT_S="30",
+        **env,
     )
     service.sim = lsim
     service.db = make_sessionmaker(make_engine(db_url))
-    service.start()
+    return service.start()
+
+
+@pytest.fixture(scope="module")
+def svc(lsim, tmp_path_factory):
+    service = lambda_service(lsim, tmp_path_factory.mktemp("lservice"))
     yield service
     service.stop()
     service.client.close()

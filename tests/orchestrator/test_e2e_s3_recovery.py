@@ -11,28 +11,22 @@ service's environment. Nodes get nothing but the credentials file the controller
 from __future__ import annotations
 
 import configparser
-import getpass
 import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from s3server import admin_client, moto_server
+from s3server import admin_client, iam_moto_server
 from sqlalchemy import select
-from test_e2e_lambda import KEY_NAME, MINUTE_S, admin, assert_nothing_left, ended, lsim, sim_instances, spec  # noqa: F401
-from test_e2e_local import REPO, Service
+from test_e2e_lambda import admin, assert_nothing_left, ended, lambda_service, lsim, sim_instances, spec  # noqa: F401
+from test_e2e_local import REPO
 
-from orchestrator.db.migrations import upgrade
-from orchestrator.db.models import Instance
 from orchestrator.controller.storage import data_name
-from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.db.models import Instance
 from orchestrator.spec import validate_spec
-from provision.lambda_cloud.client import LambdaClient
-from simhelpers import API_KEY, FAST_RETRY, NODE_PYTHON, TORCH_SITE, write_key_pair
 from trainer.artifacts import manifest as mf
 
 BUCKET = "ty-e2e"
@@ -41,58 +35,21 @@ BUCKET = "ty-e2e"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """(endpoint, the service's credentials) on a moto server that enforces IAM."""
-    with moto_server() as url:
-        iam = admin_client(url, "iam")
-        iam.create_user(UserName="trainyard-service")
-        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
-        admin_client(url).create_bucket(Bucket=BUCKET)
-        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(req, timeout=10).read()  # from here on, every request is checked
-        yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    with iam_moto_server(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def svc(lsim, s3, tmp_path_factory):
     url, service_key = s3
-    root = tmp_path_factory.mktemp("s3service")
-    key_file, public = write_key_pair(root / "keys")
-    with LambdaClient(API_KEY, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
-        c.add_ssh_key(KEY_NAME, public)
-    db_url = f"sqlite:///{root / 'trainyard.db'}"
-    upgrade(db_url)
-    service = Service(
-        db_url, root / "data", root,
+    service = lambda_service(
+        lsim, tmp_path_factory.mktemp("s3service"),
         AWS_ACCESS_KEY_ID=service_key["access_key_id"], AWS_SECRET_ACCESS_KEY=service_key["secret_access_key"],
         AWS_DEFAULT_REGION="us-east-1",
         TRAINYARD_ARTIFACT_URI=f"s3://{BUCKET}/trainyard",
         TRAINYARD_ARTIFACT_ENDPOINT_URL=url,
-        TRAINYARD_LEASE_S="20",
-        TRAINYARD_RECONCILE_INTERVAL_S="0.3",
-        TRAINYARD_LAMBDA_API_KEY=API_KEY,
-        TRAINYARD_LAMBDA_API_URL=lsim.url,
-        TRAINYARD_LAMBDA_SSH_KEY_NAME=KEY_NAME,
-        TRAINYARD_LAMBDA_SSH_PORT=str(lsim.cloud.config.ssh_port),
-        TRAINYARD_LAMBDA_LAUNCH_INTERVAL_S="0.2",
-        TRAINYARD_BILLING_MINUTE_S=str(MINUTE_S),
-        TRAINYARD_PLACEMENT_POLL_S="0.5",
-        TRAINYARD_SSH_PRIVATE_KEY_FILE=str(key_file),
-        TRAINYARD_SSH_USER=getpass.getuser(),
-        TRAINYARD_SSH_CONNECT_TIMEOUT_S="3",
-        TRAINYARD_NODE_PYTHON=NODE_PYTHON,
-        TRAINYARD_NODE_TORCH_SITE_PACKAGES=TORCH_SITE,
-        TRAINYARD_NODE_SOCKET_IFNAME="lo",
-        TRAINYARD_NODE_ENV=json.dumps({"OMP_NUM_THREADS": "1"}),
-        TRAINYARD_NODE_ACTIVE_POLL_S="0.02",
-        TRAINYARD_NODE_SSH_TIMEOUT_S="30",
     )
-    service.sim = lsim
-    service.s3 = (url, service_key)
-    service.db = make_sessionmaker(make_engine(db_url))
-    service.start()
+    service.s3 = s3
     yield service
     service.stop()
     service.client.close()

@@ -8,13 +8,12 @@ import os
 import random
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from s3server import admin_client, moto_server
+from s3server import admin_client, iam_moto_server
 
 from trainer.artifacts import ArtifactError, open_store
 from trainer.artifacts import manifest as mf
@@ -28,19 +27,8 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def iam_server():
     """(endpoint, the service's long-lived credentials) on a moto server with IAM enforced."""
-    with moto_server() as url:
-        iam = admin_client(url, "iam")
-        iam.create_user(UserName="trainyard-service")
-        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
-        admin_client(url).create_bucket(Bucket=BUCKET)
-        # From here on every request must be signed by a known key and allowed by its policies.
-        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(req, timeout=10).read()
-        yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    with iam_moto_server(BUCKET) as server:
+        yield server
 
 
 def make_ckpt(path: Path) -> Path:

@@ -8,11 +8,10 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from s3server import admin_client, moto_server
+from s3server import admin_client, iam_moto_server
 
 from trainer import checkpoint, upload
 from trainer.artifacts import open_store
@@ -154,18 +153,8 @@ def test_resume_from_a_uri_without_a_checkpoint_fails_clearly(tmp_path, tiny_con
 def iam_s3():
     """(endpoint, the service's credentials) on a moto server that enforces IAM as AWS does, so a
     node's grant (get/put of its run's keys, no ListBucket) is all the trainer gets."""
-    with moto_server() as url:
-        iam = admin_client(url, "iam")
-        iam.create_user(UserName="trainyard-service")
-        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
-        admin_client(url).create_bucket(Bucket=BUCKET)
-        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(req, timeout=10).read()  # from here on, IAM is enforced
-        yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    with iam_moto_server(BUCKET) as server:
+        yield server
 
 
 def node_environment(monkeypatch, tmp_path, url: str, env: dict) -> None:
