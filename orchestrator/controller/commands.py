@@ -83,20 +83,11 @@ def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str,
 
 
 def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                 checkpoint: str, test_sha256: str | None) -> str:
-    args = [python, "-m", "trainer.evaluate", path(workdir, "checkpoints", checkpoint),
-            "--test-set", path(workdir, DATA), "--out", path(workdir, EVAL_OUT)]
-    if test_sha256:
-        args += ["--expect-sha256", test_sha256]
-    if spec.evaluation.test_max_tokens is not None:
-        args += ["--max-tokens", str(spec.evaluation.test_max_tokens)]
-    return _env_prefix(env) + shlex.join(args)
-
-
-def pretrained_eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                            test_sha256: str | None) -> str:
-    """trainer.evaluate on OpenAI's weights (`hf:NAME`, spec.model.pretrained) instead of a checkpoint."""
-    args = [python, "-m", "trainer.evaluate", f"hf:{spec.model.pretrained}",
+                 checkpoint: str | None, test_sha256: str | None) -> str:
+    """trainer.evaluate on a committed checkpoint (its folder name), or with `checkpoint` None on
+    OpenAI's weights for a pretrained run (`hf:NAME`, spec.model.pretrained)."""
+    model = path(workdir, "checkpoints", checkpoint) if checkpoint is not None else f"hf:{spec.model.pretrained}"
+    args = [python, "-m", "trainer.evaluate", model,
             "--test-set", path(workdir, DATA), "--out", path(workdir, EVAL_OUT)]
     if test_sha256:
         args += ["--expect-sha256", test_sha256]
@@ -156,7 +147,17 @@ def proc_state(node: Node, workdir: str, name: str) -> Proc:
     return Proc(started=True, status=node.status(workdir=workdir, name=name))
 
 
-def read_json(node: Node, file: str) -> dict | None:
+#: how much of a process's log the service keeps when the process ends (the end says why)
+LOG_TAIL_BYTES = 65536
+
+
+def log_tail(node: Node, workdir: str, name: str) -> str:
+    """The last LOG_TAIL_BYTES of a log in the run directory ('' if there is none)."""
+    return node.run(f"tail -c {LOG_TAIL_BYTES} {shlex.quote(path(workdir, name))} 2>/dev/null",
+                    check=False).replace("\x00", "")
+
+
+def _read_json_value(node: Node, file: str, kind: type):
     text = node.read_text(file)
     if text is None:
         return None
@@ -164,19 +165,17 @@ def read_json(node: Node, file: str) -> dict | None:
         value = json.loads(text)
     except json.JSONDecodeError:
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, kind) else None
+
+
+def read_json(node: Node, file: str) -> dict | None:
+    """A JSON file holding an object, or None if missing or not one."""
+    return _read_json_value(node, file, dict)
 
 
 def read_json_list(node: Node, file: str) -> list | None:
     """A JSON file holding a list (e.g. trainer.ift's answers.json), or None if missing or not one."""
-    text = node.read_text(file)
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, list) else None
+    return _read_json_value(node, file, list)
 
 
 def write_json(node: Node, file: str, value: dict) -> None:

@@ -30,7 +30,6 @@ from orchestrator.judge.schemas import Item
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 
-_LOG_TAIL = 65536
 ANSWER_KEYS = ("instruction", "input", "output", "model_response")
 
 
@@ -40,12 +39,6 @@ def _head(ctx: RunContext, run: Run) -> NodeHandle:
     if not rows:
         raise NodeLost("the run has no live instance")
     return ctx.handle(min(rows, key=lambda r: r.rank))
-
-
-def _log_tail(handle: NodeHandle, name: str) -> str:
-    return handle.node.run(
-        f"tail -c {_LOG_TAIL} {cmd.path(handle.workdir, name)} 2>/dev/null", check=False
-    ).replace("\x00", "")
 
 
 def _fail(ctx: RunContext, run: Run, reason: str) -> None:
@@ -73,8 +66,8 @@ def evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         if not spec.evaluation.ift.enabled:
             return end_run(ctx, run, RunStatus.succeeded,
                            f"test loss {float(result['test_loss']):.4f} on the test split",
-                           _record_test_loss(result, _log_tail(h, "eval.log")))
-        record = _record_test_loss(result, _log_tail(h, "eval.log"))
+                           _record_test_loss(result, cmd.log_tail(h.node, h.workdir, "eval.log")))
+        record = _record_test_loss(result, cmd.log_tail(h.node, h.workdir, "eval.log"))
         with ctx.write() as (session, fresh):
             record(session, fresh)
         run = load_run(ctx.factory, run.id) or run
@@ -95,7 +88,7 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
         sha = manifest.get("splits", {}).get("test", {}).get("sha256")
         if spec.model.pretrained:
             what = f"OpenAI's {spec.model.pretrained}"
-            command = cmd.pretrained_eval_command(h.python, h.env, spec, h.workdir, test_sha256=sha)
+            command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=None, test_sha256=sha)
         else:
             what = (h.node.read_text(cmd.path(h.workdir, "checkpoints", "latest")) or "").strip()
             if not what:
@@ -150,7 +143,7 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> None:
             add_event(session, run.id, "info", f"instruction fine-tuning {model} on {ift.data}, then "
                                                f"answering its test items (pid {pid})")
         return
-    ift_log = _log_tail(h, "ift.log")
+    ift_log = cmd.log_tail(h.node, h.workdir, "ift.log")
     if proc.exit_code != 0:
         return _fail(ctx, run, cmd.failure_reason(h.node, cmd.path(h.workdir, "ift.log"),
                                                   "instruction fine-tuning", proc.exit_code))

@@ -54,7 +54,6 @@ from provision.node import ProcessStatus
 MAX_RECOVERIES = 2
 #: steps one pass may take in a row, so a run moves through quick states without waiting a pass
 MAX_STEPS_PER_PASS = 6
-_LOG_TAIL = 65536
 
 
 def reconcile(ctx: RunContext) -> bool:
@@ -117,12 +116,6 @@ def _handles(ctx: RunContext, run: Run) -> list[tuple[Instance, NodeHandle]]:
     if not pairs:
         raise NodeLost("the run has no live instance")
     return pairs
-
-
-def _log_tail(handle: NodeHandle, name: str) -> str:
-    return handle.node.run(
-        f"tail -c {_LOG_TAIL} {cmd.path(handle.workdir, name)} 2>/dev/null", check=False
-    ).replace("\x00", "")
 
 
 # -- pending / provisioning -----------------------------------------------------------------------
@@ -244,7 +237,7 @@ def _bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     for _row, h in handles:
         cmd.write_json(h.node, cmd.path(h.workdir, cmd.CONFIG),
                        cmd.trainer_config(spec, h.workdir, storage.checkpoints_uri(ctx, run, spec)))
-    prepare_log = _log_tail(handles[0][1], "prepare.log")
+    prepare_log = cmd.log_tail(handles[0][1].node, handles[0][1].workdir, "prepare.log")
     cache = cmd.cache_outcome(prepare_log)
 
     def keep_log(session, fresh):
