@@ -35,7 +35,7 @@ def checkpoints(svc, run_id: str) -> list[dict]:
     return r.json()["items"]
 
 
-def test_checkpoints_are_stored_while_training_kept_by_retention_and_downloaded_verified(service, sqlite_url, tmp_path):
+def test_checkpoints_are_stored_while_training_kept_by_retention_downloaded_and_data_is_cached(service, sqlite_url, tmp_path):
     svc = service().start()
     spec = tiny_spec("e2e-store", train_tokens=24576)  # 48 steps of 512 tokens
     spec["training"].update(checkpoint_every=6, keep_last=2, eval_every=6)
@@ -88,26 +88,18 @@ def test_checkpoints_are_stored_while_training_kept_by_retention_and_downloaded_
     assert cli(svc, "checkpoints", "download", run_id, "48", "--out", "best", cwd=tmp_path).returncode == 2
     assert not list(tmp_path.glob(".tmp-*"))  # nothing half-downloaded is left
 
+    # the data set went to the store's cache; the next run on the same data takes it from there
+    second = svc.submit(tiny_spec("e2e-store-2", train_tokens=2048))
+    again = svc.wait(second, lambda r: r["status"] in TERMINAL, what="ended")
+    assert again["status"] == "succeeded", again["status_reason"]
 
-def test_the_second_run_on_the_same_data_pulls_the_cached_shards(service):
-    svc = service().start()
-    first = svc.submit(tiny_spec("e2e-cache-1", train_tokens=2048, test_loss=False))
-    second_spec = tiny_spec("e2e-cache-2", train_tokens=2048)
-    assert svc.wait(first, lambda r: r["status"] in TERMINAL, what="ended")["status"] == "succeeded"
-    second = svc.submit(second_spec)
-    run = svc.wait(second, lambda r: r["status"] in TERMINAL, what="ended")
-    assert run["status"] == "succeeded", run["status_reason"]
+    def data_events(rid):
+        return [e["message"] for e in svc.events(rid) if e["kind"] == "data"]
 
-    def data_events(run_id):
-        return [e["message"] for e in svc.events(run_id) if e["kind"] == "data"]
-
-    assert data_events(first) == [
-        "the data was prepared from its source and stored in the data cache for later runs"]
-    assert data_events(second) == [
-        "the prepared data came from the store's data cache (nothing was tokenised again)"]
+    assert data_events(run_id) == ["the data was prepared from its source and stored in the data cache for later runs"]
+    assert data_events(second) == ["the prepared data came from the store's data cache (nothing was tokenised again)"]
     cached = next((svc.data_dir / "artifacts" / "data").iterdir())
-    first_data = svc.runs_dir / f"ty-{first}-0" / "data"
-    second_data = svc.runs_dir / f"ty-{second}-0" / "data"
+    first_data, second_data = (svc.runs_dir / f"ty-{rid}-0" / "data" for rid in (run_id, second))
     for f in sorted(p.name for p in first_data.iterdir()):  # the same shards, byte for byte
         assert (second_data / f).read_bytes() == (first_data / f).read_bytes() == (cached / f).read_bytes()
-    assert run["progress"]["test_loss"] is not None  # the pinned test set is the cached one
+    assert again["progress"]["test_loss"] is not None  # on the cached test set, pinned by its hash
