@@ -8,13 +8,13 @@ real; none of these tests trains a model (test_e2e_local.py does).
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
+from drive_helpers import drive as _drive, ended as _ended, run_of as _run
 from orchestrator.controller import Worker, lease
 from orchestrator.controller.ingest import NewOutput, apply_lines, store
 from orchestrator.controller.context import NodeHandle, RunContext
@@ -48,26 +48,6 @@ def settings(db_url, tmp_path):
 def _submit(factory, **spec) -> str:
     with transaction(factory) as s:
         return create_run(s, validate_spec({"name": "t", **spec})).id
-
-
-def _run(factory, run_id) -> Run:
-    with factory() as s:
-        return s.get(Run, run_id)
-
-
-def _drive(worker: Worker, factory, run_id: str, until, timeout: float = 60.0) -> Run:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        worker.reconcile_once()
-        run = _run(factory, run_id)
-        if until(run):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} is still {run.status} ({run.status_reason}) after {timeout}s")
-
-
-def _ended(run: Run) -> bool:
-    return RunStatus(run.status).is_terminal and run.lease_token is None
 
 
 # -- leases ---------------------------------------------------------------------------------------

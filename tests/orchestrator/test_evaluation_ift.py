@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from sqlalchemy import select
 
 from ift_helpers import fill_hf_cache, write_instruction_data, write_tiny_gpt2
+from drive_helpers import drive, ended, run_of
 from orchestrator.controller import Worker
 from orchestrator.db.migrations import upgrade
-from orchestrator.db.models import Evaluation, Instance, LogChunk, Run, RunEvent, RunStatus
+from orchestrator.db.models import Evaluation, Instance, LogChunk, RunEvent
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
@@ -59,6 +59,10 @@ def worker(factory, tmp_path):
         w.close()
 
 
+def _drive(worker, factory, run_id, until):
+    return drive(worker, factory, run_id, until, timeout=120.0)
+
+
 def _baseline(factory, tmp_path, **ift) -> str:
     spec = {"name": "baseline gpt2", "model": {"pretrained": "gpt2"},
             "data": {"source": "builtin:corpus", "max_tokens": 20000},
@@ -67,26 +71,6 @@ def _baseline(factory, tmp_path, **ift) -> str:
                 "epochs_max": 1, "limit_test": 3, "max_new_tokens": 4, **ift}}}
     with transaction(factory) as s:
         return create_run(s, validate_spec(spec)).id
-
-
-def _run(factory, run_id) -> Run:
-    with factory() as s:
-        return s.get(Run, run_id)
-
-
-def _drive(worker: Worker, factory, run_id: str, until, timeout: float = 120.0) -> Run:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        worker.reconcile_once()
-        run = _run(factory, run_id)
-        if until(run):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} is still {run.status} ({run.status_reason}) after {timeout}s")
-
-
-def _ended(run: Run) -> bool:
-    return RunStatus(run.status).is_terminal and run.lease_token is None
 
 
 def _events(factory, run_id: str) -> list[RunEvent]:
@@ -100,7 +84,7 @@ def _ift_starts(factory, run_id: str) -> int:
 
 def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, factory, tmp_path):
     run_id = _baseline(factory, tmp_path)
-    run = _drive(worker(), factory, run_id, _ended)
+    run = _drive(worker(), factory, run_id, ended)
     assert run.status == "succeeded", run.status_reason
     assert run.status_reason.startswith(f"test loss {run.test_loss:.4f}; instruction fine-tuned (best epoch 1 of 1")
     assert run.status_reason.endswith("answered 3 test items")
@@ -132,7 +116,7 @@ def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, f
 def test_a_failing_ift_fails_the_run_with_one_line_and_keeps_the_test_loss(worker, factory, tmp_path):
     missing = tmp_path / "nowhere" / "alpaca.json"
     run_id = _baseline(factory, tmp_path, data=str(missing))
-    run = _drive(worker(), factory, run_id, _ended)
+    run = _drive(worker(), factory, run_id, ended)
     assert run.status == "failed"
     assert run.status_reason == f"instruction fine-tuning failed: cannot read {missing}: No such file or directory"
     assert run.test_loss is not None
@@ -152,7 +136,7 @@ def test_a_killed_ift_is_restarted_and_a_new_worker_does_not_start_it_again(work
     restarted = int(pid_file.read_text())
 
     first.close()  # releases its lease; another worker takes the run while ift runs
-    run = _drive(worker("worker-b"), factory, run_id, _ended)
+    run = _drive(worker("worker-b"), factory, run_id, ended)
     assert run.status == "succeeded", run.status_reason
     assert _ift_starts(factory, run_id) == 2 and int(pid_file.read_text()) == restarted
     with factory() as s:
