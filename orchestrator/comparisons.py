@@ -6,7 +6,7 @@
          reused when one with the same data and evaluation settings exists, else submitted
       -> a `comparison_requests` row, pending
     a worker (controller/comparing.py) waits until the baseline runs succeed, then judges in the
-    service process (orchestrator.judge.compare) and links the report; the table rows are the
+    service process (orchestrator.judge.judge_answers) and links the report; the table rows are the
     runs' test loss and cost with the report's scores (api/comparison_views.py).
 
 Shared by the API (create) and the worker (answers_of); no network call happens here.
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import ComparisonRequest, ComparisonStatus, Evaluation, Run, RunStatus, utcnow
+from orchestrator.db.models import (UNSUCCESSFUL_ENDINGS, ComparisonRequest, ComparisonStatus, Evaluation, Run, RunStatus,
+                                     utcnow)
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.judge.errors import InvalidComparisonError
 from orchestrator.judge.schemas import Item
@@ -29,7 +30,7 @@ from orchestrator.spec import RunSpec, validate_spec
 
 IFT_KIND = "ift"
 #: a baseline run in one of these states will never have answers; another is submitted
-_DEAD = (RunStatus.failed.value, RunStatus.cancelled.value, RunStatus.stopped.value)
+_DEAD = [s.value for s in UNSUCCESSFUL_ENDINGS]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,21 @@
 """Cost arithmetic: what an instance and a run have cost so far, in US cents.
 
-Billing follows Lambda's rule: an instance is billed in one-minute increments, rounded up, from
-when it became active until its termination was confirmed; the price is the one frozen at launch.
+One rule, for the live estimate and the booked cost alike (`instance_cost`): Lambda's, which the
+simulator's ledger keeps too (the tests compare the two to the cent). The price and the billing
+increment are frozen on the instance row at launch; every started increment is billed in full;
+billing runs from when the instance turned active until the provider took the terminate request.
+Lambda's API shows no timestamps, so both ends are our view of those moments: `active_at` is the
+middle between the last read showing it booting and the first showing it active
+(controller/placement.py), and `terminate_requested_at` is taken just before the first terminate
+request that succeeded. Confirmation comes later (an instance is `terminating` for a while) and
+does not count. An instance found gone without a request of ours (preempted) is billed until we
+saw it gone (`terminated_at`), the conservative bound; one still running, until now.
 
 A run's cost = its recorded cost entries (billed instances, judge tokens, storage) + the live cost
 of each instance that has no "instance" cost entry yet (still running, or terminated but not yet
 booked). Counting "not yet booked" rather than "not yet terminated" means the number never dips
-in the window between termination and the controller writing the entry.
+in the window between termination and the controller writing the entry, and since both use
+`instance_cost`, the number does not move when the entry is written either.
 
 Pure functions over rows; the two query helpers read only indexed columns (never metric points),
 so they stay cheap on every `GET /runs/{id}`.
@@ -15,34 +24,41 @@ so they stay cheap on every `GET /runs/{id}`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import ScalarSelect, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import CostEntry, Instance, Run
+from orchestrator.db.models import CostEntry, Instance, Run, aware
 from provision.lambda_cloud import billing
 
 
-def _aware(t: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns; they were stored as UTC.
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+class Billable(Protocol):
+    """What `instance_cost` reads: an Instance row, or a plain row of the same columns."""
+
+    active_at: datetime | None
+    terminate_requested_at: datetime | None
+    terminated_at: datetime | None
+    price_cents_per_hour: int
+    billing_minute_s: float
 
 
-def billed_minutes(active_at: datetime | None, end: datetime, minute_s: float = billing.MINUTE_S) -> int:
-    """Whole minutes billed from `active_at` to `end`, any started minute counting in full.
-    The rule lives in provision.lambda_cloud.billing; this only turns two times into seconds.
-    `minute_s` is 60 except under a simulator whose clock is compressed."""
-    if active_at is None:
-        return 0
-    return billing.billed_minutes((_aware(end) - _aware(active_at)).total_seconds(), minute_s=minute_s)
+@dataclass(frozen=True)
+class InstanceCost:
+    minutes: int  # billed increments (minutes, unless the simulator compresses them)
+    cents: float
 
 
-def instance_cost_cents(instance: Instance, now: datetime) -> float:
-    """What the instance has cost up to `now` (or up to its confirmed termination).
-    Takes an Instance or any row with active_at, terminated_at and price_cents_per_hour."""
-    end = instance.terminated_at or now
-    return billed_minutes(instance.active_at, end) * instance.price_cents_per_hour / 60.0
+def instance_cost(instance: Billable, now: datetime) -> InstanceCost:
+    """What the instance has cost up to `now` (see the module doc for where billing ends)."""
+    if instance.active_at is None:
+        return InstanceCost(0, 0.0)
+    end = instance.terminate_requested_at or instance.terminated_at or now
+    up_s = (aware(end) - aware(instance.active_at)).total_seconds()
+    minutes = billing.billed_minutes(up_s, minute_s=instance.billing_minute_s)
+    return InstanceCost(minutes, minutes * instance.price_cents_per_hour / 60.0)
 
 
 _entries_t, _instances_t, _runs_t = CostEntry.__table__, Instance.__table__, Run.__table__
@@ -62,8 +78,8 @@ _NOT_BOOKED = ~select(_entries_t.c.id).where(
 ).exists()
 
 _UNBOOKED_INSTANCES = select(
-    _instances_t.c.run_id, _instances_t.c.active_at, _instances_t.c.terminated_at,
-    _instances_t.c.price_cents_per_hour,
+    _instances_t.c.run_id, _instances_t.c.active_at, _instances_t.c.terminate_requested_at,
+    _instances_t.c.terminated_at, _instances_t.c.price_cents_per_hour, _instances_t.c.billing_minute_s,
 ).where(_instances_t.c.run_id.in_(bindparam("run_ids", expanding=True)), _NOT_BOOKED)
 
 
@@ -91,7 +107,7 @@ def live_instances_cents(session: Session, run_ids: list[str], now: datetime) ->
     """The live cost of each run's instances that have no "instance" cost entry yet."""
     totals = dict.fromkeys(run_ids, 0.0)
     for inst in session.connection().execute(_UNBOOKED_INSTANCES, {"run_ids": run_ids}):
-        totals[inst.run_id] += instance_cost_cents(inst, now)
+        totals[inst.run_id] += instance_cost(inst, now).cents
     return totals
 
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provision.base import Provider
-from provision.errors import InvalidRequest
+from provision.base import Instance, InstanceType, Provider
+from provision.errors import InvalidRequest, ProvisionError
+from provision.node import Node
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from orchestrator.settings import Settings
@@ -45,7 +46,7 @@ def _key_file(settings: "Settings") -> Path:
 
 
 def _ssh_timeouts(settings: "Settings"):
-    from provision.ssh.connection import SshTimeouts
+    from provision.transport.connection import SshTimeouts
 
     return SshTimeouts(connect_s=settings.ssh_connect_timeout_s)
 
@@ -55,7 +56,7 @@ def _lambda(settings: "Settings") -> Provider:
              lambda_ssh_key_name=settings.lambda_ssh_key_name,
              ssh_private_key_file=settings.ssh_private_key_file)
     from provision.lambda_cloud import LambdaClient, LambdaProvider, RetryPolicy
-    from provision.ssh.known_hosts import PinnedHostKeys
+    from provision.transport.known_hosts import PinnedHostKeys
 
     key_file = _key_file(settings)
     client = LambdaClient(
@@ -75,8 +76,8 @@ def _ssh(settings: "Settings") -> Provider:
     _require("ssh", ssh_hosts_file=settings.ssh_hosts_file)
     from pydantic import ValidationError
 
-    from provision.ssh.known_hosts import PinnedHostKeys
-    from provision.ssh.provider import SshProvider, load_hosts
+    from provision.transport.known_hosts import PinnedHostKeys
+    from provision.ssh_hosts import SshProvider, load_hosts
 
     path = Path(settings.ssh_hosts_file).expanduser()
     try:
@@ -110,3 +111,33 @@ def get_provider(name: str, settings: "Settings") -> Provider:
             f"(available: {', '.join(available_providers())})"
         )
     return factory(settings)
+
+
+class UnavailableProvider(Provider):
+    """Stands in for a provider that could not be built (`get_provider` refused it): every call
+    raises that refusal, so a run that names it can still be ended and its instances, if it has
+    any, stay recorded until the provider is configured again."""
+
+    needs_bootstrap = False
+
+    def __init__(self, name: str, refusal: ProvisionError):
+        self.name = name
+        self.refusal = refusal
+
+    def instance_types(self) -> list[InstanceType]:
+        raise self.refusal
+
+    def launch(self, *, name: str, instance_type: str, region: str) -> Instance:
+        raise self.refusal
+
+    def get(self, instance_id: str) -> Instance | None:
+        raise self.refusal
+
+    def list(self) -> list[Instance]:
+        raise self.refusal
+
+    def terminate(self, instance_ids: list[str]) -> None:
+        raise self.refusal
+
+    def node(self, instance: Instance) -> Node:
+        raise self.refusal

@@ -3,20 +3,17 @@ so a column added for the controller never leaks into a response by accident."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from orchestrator.db.models import aware
 from orchestrator.spec import RunSpec
 
 
-def _utc(t: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time is stored as UTC, so say so on the wire.
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+#: SQLite hands back naive datetimes; every time is stored as UTC, so say so on the wire
+UtcDatetime = Annotated[datetime, AfterValidator(aware)]
 
 
 class RunCreate(RunSpec):

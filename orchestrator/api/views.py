@@ -7,7 +7,7 @@ run costs a primary-key lookup plus two small indexed lookups for cost, never a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from orchestrator import runs
 from orchestrator.costs import (booked_cents_of_run, live_instances_cents, runs_cost_cents,
                                 unbooked_instances_of_run)
-from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, utcnow
+from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, aware, utcnow
 from orchestrator.errors import NotFoundError
 from orchestrator.api import schemas
 from orchestrator.spec import RunSpec
@@ -37,11 +37,6 @@ _GET_RUN = select(
 ).where(_runs.c.id == bindparam("run_id"))
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; they were stored as UTC.
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
-
-
 def progress_of(run) -> schemas.RunProgress:  # noqa: ANN001 - a Run or a row of its columns
     done, target, tps = run.tokens_done or 0, run.target_tokens, run.tokens_per_s
     fraction = min(1.0, done / target) if target else None
@@ -56,8 +51,8 @@ def progress_of(run) -> schemas.RunProgress:  # noqa: ANN001 - a Run or a row of
 
 
 def _public_fields(run, cost_cents: float, now: datetime) -> dict:  # noqa: ANN001 - Run or row
-    created = _aware(run.created_at)
-    end = _aware(run.finished_at) or now
+    created = aware(run.created_at)
+    end = aware(run.finished_at) or now
     return dict(
         id=run.id, name=run.name, status=run.status, status_reason=run.status_reason,
         cancel_requested=bool(run.cancel_requested), created_at=run.created_at,

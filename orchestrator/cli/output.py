@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.db.models import TERMINAL_VALUES
+
 # Off a terminal rich would wrap tables at 80 columns; data piped to a file should keep its rows whole.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -25,7 +27,6 @@ class Format(str, enum.Enum):
 
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 
-TERMINAL = {"succeeded", "failed", "cancelled", "stopped"}
 
 
 def message(text: str) -> None:
@@ -88,7 +89,7 @@ def run_table(r: dict) -> Table:
     table.add_column(style="bold")
     table.add_column()
     status = r["status"] + (f" ({r['status_reason']})" if r.get("status_reason") else "")
-    if r.get("cancel_requested") and r["status"] not in TERMINAL:
+    if r.get("cancel_requested") and r["status"] not in TERMINAL_VALUES:
         status += " - cancel requested"
     target = integer(p["target_tokens"])
     rows = [

@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import FAILURE, CliError
-from orchestrator.cli.output import TERMINAL, duration, err, integer, message, num, usd
+from orchestrator.cli.output import duration, err, integer, message, num, usd
+from orchestrator.db.models import TERMINAL_VALUES
 
 PLAIN_EVERY_S = 5.0
 QUIET_REPEAT_S = 60.0
@@ -78,7 +79,7 @@ def _watch_bar(client: ApiClient, run_id: str, interval_s: float, guard: _Pendin
         while True:
             p = run["progress"]
             bar.update(task, total=p["target_tokens"], completed=p["tokens_done"], **_fields(run))
-            if run["status"] in TERMINAL:
+            if run["status"] in TERMINAL_VALUES:
                 return run
             guard.check(run)
             time.sleep(interval_s)
@@ -94,11 +95,11 @@ def _watch_plain(client: ApiClient, run_id: str, interval_s: float, guard: _Pend
         # an unchanged line again only after a long quiet spell, to show the watch is alive
         changed = line != last_line
         status_changed = line.split(":", 1)[0] != last_line.split(":", 1)[0]
-        if status_changed or run["status"] in TERMINAL or (changed and now - last_print >= PLAIN_EVERY_S) \
+        if status_changed or run["status"] in TERMINAL_VALUES or (changed and now - last_print >= PLAIN_EVERY_S) \
                 or now - last_print >= QUIET_REPEAT_S:
             message(line)
             last_line, last_print = line, now
-        if run["status"] in TERMINAL:
+        if run["status"] in TERMINAL_VALUES:
             return run
         guard.check(run)
         time.sleep(interval_s)

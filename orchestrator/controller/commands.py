@@ -1,5 +1,5 @@
-"""The shell commands that drive the trainer on a node (docs/trainer-contract.md), and small file
-helpers over a `Node`. Nothing here imports torch: the trainer only ever runs as a subprocess.
+"""The shell commands that drive the trainer on a node (docs/trainer-contract.md), and what the
+controller reads back from a `Node`. Nothing here imports torch: the trainer only ever runs as a subprocess.
 
 Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
 
@@ -14,13 +14,11 @@ Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 
-from provision.launch import DEFAULT_MASTER_PORT, torchrun_command
+from provision.launch import DEFAULT_MASTER_PORT, env_prefix, torchrun_command
 from provision.node import Node, ProcessStatus
 from orchestrator.spec import RunSpec
 
@@ -33,12 +31,6 @@ _RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
 
 def path(workdir: str, *parts: str) -> str:
     return "/".join([workdir.rstrip("/"), *parts])
-
-
-def _env_prefix(env: dict[str, str]) -> str:
-    # PYTHONUNBUFFERED: the log a user follows should show progress as it happens
-    merged = {"PYTHONUNBUFFERED": "1", **env}
-    return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in merged.items()) + " "
 
 
 def prepare_args(spec: RunSpec, cache_uri: str | None = None) -> list[str]:
@@ -56,30 +48,22 @@ def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: st
                     cache_uri: str | None = None) -> str:
     args = [python, "-m", "trainer.prepare", "--source", spec.data.source, "--out", path(workdir, DATA),
             *prepare_args(spec, cache_uri)]
-    return _env_prefix(env) + shlex.join(args)
+    return env_prefix(env) + shlex.join(args)
 
 
 def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
                   node_rank: int, master_addr: str | None, master_port: int = DEFAULT_MASTER_PORT,
                   socket_ifname: str | None = None, resume_from: str | None = None) -> str:
-    """torchrun + trainer.train on one node; `resume_from`: a stored checkpoint's URI that rank 0
-    pulls first when the run directory has no newer one (a replaced node has none)."""
+    """torchrun + trainer.train on one node of the run (provision.launch explains the rendezvous);
+    `resume_from`: a stored checkpoint's URI that rank 0 pulls first when the run directory has no
+    newer one (a replaced node has none)."""
     c = spec.compute
-    train_args = ["--resume-from", resume_from] if resume_from else []
-    if c.nodes > 1:
-        # Static rendezvous on node 0 (provision.launch explains why: node rank 0 must hold
-        # global rank 0, the one that writes metrics and checkpoints).
-        return torchrun_command(
-            python=python, nnodes=c.nodes, nproc_per_node=c.procs_per_node, node_rank=node_rank,
-            master_addr=master_addr or "127.0.0.1", master_port=master_port,
-            config=path(workdir, CONFIG), run_dir=workdir, train_args=train_args,
-            socket_ifname=socket_ifname, env={"PYTHONUNBUFFERED": "1", **env},
-        )
-    # One node: --standalone picks a free port, so several local runs can train side by side.
-    args = [python, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={c.procs_per_node}", "-m", "trainer.train", path(workdir, CONFIG),
-            "--run-dir", workdir, *train_args]
-    return _env_prefix(env) + shlex.join(args)
+    return torchrun_command(
+        python=python, nproc_per_node=c.procs_per_node, config=path(workdir, CONFIG), run_dir=workdir,
+        train_args=["--resume-from", resume_from] if resume_from else [], env=env,
+        nnodes=c.nodes, node_rank=node_rank, master_addr=master_addr or "127.0.0.1", master_port=master_port,
+        socket_ifname=socket_ifname,
+    )
 
 
 def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
@@ -93,7 +77,7 @@ def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, 
         args += ["--expect-sha256", test_sha256]
     if spec.evaluation.test_max_tokens is not None:
         args += ["--max-tokens", str(spec.evaluation.test_max_tokens)]
-    return _env_prefix(env) + shlex.join(args)
+    return env_prefix(env) + shlex.join(args)
 
 
 def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *, model: str) -> str:
@@ -106,16 +90,13 @@ def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *
             "--max-new-tokens", str(i.max_new_tokens), "--seed", str(i.seed)]
     if i.limit_test is not None:
         args += ["--limit-test", str(i.limit_test)]
-    return _env_prefix(env) + shlex.join(args)
+    return env_prefix(env) + shlex.join(args)
 
 
 def trainer_config(spec: RunSpec, workdir: str, checkpoints_uri: str | None = None) -> dict:
     """The train config; `checkpoints_uri`: the store folder rank 0 uploads each committed
     checkpoint to while it trains."""
-    config = spec.trainer_config(data_dir=path(workdir, DATA))
-    if checkpoints_uri is not None:
-        config["artifact_uri"] = checkpoints_uri
-    return config
+    return spec.trainer_config(data_dir=path(workdir, DATA), artifact_uri=checkpoints_uri)
 
 
 # -- node helpers ---------------------------------------------------------------------------------
@@ -157,45 +138,12 @@ def log_tail(node: Node, workdir: str, name: str) -> str:
                     check=False).replace("\x00", "")
 
 
-def _read_json_value(node: Node, file: str, kind: type):
-    text = node.read_text(file)
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, kind) else None
-
-
-def read_json(node: Node, file: str) -> dict | None:
-    """A JSON file holding an object, or None if missing or not one."""
-    return _read_json_value(node, file, dict)
-
-
-def read_json_list(node: Node, file: str) -> list | None:
-    """A JSON file holding a list (e.g. trainer.ift's answers.json), or None if missing or not one."""
-    return _read_json_value(node, file, list)
-
-
-def write_json(node: Node, file: str, value: dict) -> None:
-    """Write a JSON file on the node (through a local temp file, so it works over SSH too)."""
-    fd, tmp = tempfile.mkstemp(suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2)
-        node.put(tmp, file + ".tmp")
-        node.run(f"mv {shlex.quote(file + '.tmp')} {shlex.quote(file)}")
-    finally:
-        os.unlink(tmp)
-
-
 def trainer_failure(node: Node, workdir: str) -> str | None:
     """The trainer's own account of why it failed (RUN_DIR/FAILED, written by rank 0), if any.
 
     Under torchrun the exit code is 1 whatever went wrong, so this file is the only way to tell
     a bad config (ConfigError, exit 2) from a crash."""
-    failed = read_json(node, path(workdir, "FAILED"))
+    failed = node.read_json(path(workdir, "FAILED"))
     if not failed or not str(failed.get("error") or "").strip():
         return None
     error = str(failed["error"]).strip().splitlines()[0]

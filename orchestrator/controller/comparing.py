@@ -8,7 +8,7 @@ Each worker pass (`Comparisons.reconcile_once`, after the runs' passes):
    (a compare-and-set, so of several workers one judges) and judged on this worker's judge
    thread; one whose baseline run ended without succeeding fails, naming that run.
 
-Judging (orchestrator.judge.compare) calls the judge's API from here, the service, never from a
+Judging (orchestrator.judge.judge_answers) calls the judge's API from here, the service, never from a
 node, and on its own thread, so the worker's runs keep moving meanwhile. A worker that dies while
 judging leaves a lease that expires; the next worker judges again, and the judgements already
 paid for come from the cache. The API key is used only by the judge client, which keeps it out
@@ -24,13 +24,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.comparisons import answers_of
+from orchestrator.controller import lease
 from orchestrator.db.models import ComparisonRequest, ComparisonStatus, Run, RunStatus, utcnow
 from orchestrator.db.session import transaction
-from orchestrator.judge import compare
+from orchestrator.judge import judge_answers
 from orchestrator.judge.errors import JudgeError
 from orchestrator.settings import Settings
 
@@ -118,12 +119,8 @@ class Comparisons:
     def _write(self, cid: str, token: str, **values) -> bool:
         """A write fenced by our lease token; False when the lease is not ours any more."""
         with transaction(self.factory) as session:
-            done = session.execute(
-                update(ComparisonRequest)
-                .where(ComparisonRequest.id == cid, ComparisonRequest.lease_token == token)
-                .values(updated_at=utcnow(), **values)
-                .execution_options(synchronize_session=False))
-            return done.rowcount == 1
+            return lease.compare_and_set(session, ComparisonRequest, cid, ComparisonRequest.lease_token == token,
+                                         updated_at=utcnow(), **values)
 
     def _expiry(self):
         return utcnow() + timedelta(seconds=self.settings.lease_s)
@@ -135,7 +132,7 @@ class Comparisons:
             waiting = session.scalars(
                 select(ComparisonRequest).where(
                     ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value]),
-                    or_(ComparisonRequest.lease_expires_at.is_(None), ComparisonRequest.lease_expires_at < now),
+                    lease.is_free(ComparisonRequest, now),
                 ).order_by(ComparisonRequest.created_at).limit(_SCAN)
             ).all()
             waiting = [(c.id, list(c.models)) for c in waiting]
@@ -174,15 +171,12 @@ class Comparisons:
 
     def _claim(self, cid: str) -> None:
         token, now = uuid.uuid4().hex, utcnow()
+        open_ = ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value])
         with transaction(self.factory) as session:
-            won = session.execute(
-                update(ComparisonRequest)
-                .where(ComparisonRequest.id == cid,
-                       ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value]),
-                       or_(ComparisonRequest.lease_expires_at.is_(None), ComparisonRequest.lease_expires_at < now))
-                .values(status=ComparisonStatus.running.value, lease_owner=self.owner, lease_token=token,
-                        lease_expires_at=self._expiry(), updated_at=now)
-                .execution_options(synchronize_session=False)).rowcount == 1
+            won = lease.compare_and_set(session, ComparisonRequest, cid,
+                                        and_(open_, lease.is_free(ComparisonRequest, now)),
+                                        status=ComparisonStatus.running.value, lease_owner=self.owner,
+                                        lease_token=token, lease_expires_at=self._expiry(), updated_at=now)
         if won:
             log.info("comparison %s: judging on worker %s", cid, self.owner)
             self._held[cid] = _Judging(token, self._start(cid))
@@ -218,7 +212,7 @@ def judge(factory: sessionmaker[Session], settings: Settings, comparison_id: str
             raise ComparisonFailed(
                 f"{m['label']} (run {m['run_id']}) answered other test items than {models[0]['label']} "
                 f"(run {models[0]['run_id']}); their evaluation.ift settings differ")
-    report = compare(
+    report = judge_answers(
         factory, settings, first.items, {label: a.responses for label, a in answers.items()},
         k=k, seed=seed, mode=mode, run_ids={m["label"]: m["run_id"] for m in models},
     )

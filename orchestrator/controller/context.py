@@ -12,35 +12,24 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.controller import lease
-from orchestrator.controller.tasks import Outcome, TaskPool
+from orchestrator.controller.policy import NodeLost
+from orchestrator.controller.tasks import TaskOutcome, TaskPool
 from orchestrator.db.models import Instance, Run, RunStatus, utcnow
 from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus, Provider
-from provision.bootstrap import WheelCache
+from provision.wheels import WheelCache
 from provision.node import Node
 
 log = logging.getLogger("trainyard.controller")
 #: seconds a provider's view of an instance is trusted before asking again
 HANDLE_TTL_S = 30.0
-
-
-def aware(t: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were stored as UTC.
-    if t is None or t.tzinfo is not None:
-        return t
-    return t.replace(tzinfo=timezone.utc)
-
-
-class NodeLost(Exception):
-    """An instance the run needs is gone or broken at the provider; the run cannot go on."""
 
 
 def load_run(factory: sessionmaker[Session], run_id: str) -> Run | None:
@@ -130,7 +119,7 @@ class RunContext:
         if cached is not None:
             cached[2].close()
 
-    def task(self, key: str, work, *, may_launch: bool = False) -> Outcome:
+    def task(self, key: str, work, *, may_launch: bool = False) -> TaskOutcome:
         """Start or look at this run's background task `key` (see tasks.TaskPool.poll)."""
         if self.tasks is None:
             raise RuntimeError("this RunContext has no task pool (the worker gives one)")
@@ -165,18 +154,9 @@ def usable_instances(run: Run) -> list[Instance]:
     return [i for i in live_instances(run) if i.terminate_requested_at is None]
 
 
-def set_status(session: Session, run: Run, to: RunStatus, message: str = "",
-               *, reason: str | None = None) -> None:
-    """Move the run to `to` and record the change (from, to, why) as an event."""
-    frm = run.status
-    now = utcnow()
-    run.status = to.value
-    run.updated_at = now
-    if reason is not None:
-        run.status_reason = reason
-    if to == RunStatus.provisioning and run.started_at is None:
-        run.started_at = now
-    if to.is_terminal and run.finished_at is None:
-        run.finished_at = now
-    add_event(session, run.id, "status", reason or message, from_status=frm, to_status=to.value)
-    log.info("run %s: %s -> %s%s", run.id, frm, to.value, f" ({reason or message})" if reason or message else "")
+def node_handles(ctx: RunContext, run: Run) -> list[tuple[Instance, NodeHandle]]:
+    """Every node the run still uses, in rank order (raises NodeLost naming one that is gone)."""
+    pairs = [(row, ctx.handle(row)) for row in sorted(usable_instances(run), key=lambda r: r.rank)]
+    if not pairs:
+        raise NodeLost("the run has no live instance")
+    return pairs

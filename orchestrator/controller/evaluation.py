@@ -1,4 +1,4 @@
-"""The `evaluating` step: measure the model on node 0, store what was measured, end the run.
+"""The `evaluating` stage: measure the model on node 0 and store what was measured.
 
     evaluating: trainer.evaluate (test loss, bits per byte) on the checkpoint training committed
                 last, or on OpenAI's weights for a pretrained run (`hf:NAME`)
@@ -13,7 +13,7 @@ record that it was started, so a restarted worker finds it running or finished a
 it twice; one that ended without an exit code (killed) is started again. The test loss is stored
 as soon as it is known (run.test_loss set is the mark that this part is done), so it shows while
 the fine-tuning runs. The answers are judged later by the service, never on the node
-(`trainyard compare`). The run is ended, and its node terminated, by lifecycle.end_run.
+(`trainyard compare`). The stage answers with an outcome (outcomes.py); steps.py ends the run.
 """
 
 from __future__ import annotations
@@ -21,28 +21,16 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from orchestrator.controller import commands as cmd
-from orchestrator.controller.context import NodeHandle, NodeLost, RunContext, live_instances, load_run
-from orchestrator.controller.ingest import read_new, store
-from orchestrator.controller.lifecycle import end_run
-from orchestrator.db.models import Checkpoint, Evaluation, LogChunk, Run, RunStatus
+from orchestrator.controller.context import NodeHandle, RunContext, load_run, node_handles
+from orchestrator.controller.ingest import read_new, record_output
+from orchestrator.controller.outcomes import WAITING, Done, Failed, Outcome, Record
+from orchestrator.db.models import Checkpoint, Evaluation, LogChunk, Run
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 
 ANSWER_KEYS = ("instruction", "input", "output", "model_response")
-
-
-def _head(ctx: RunContext, run: Run) -> NodeHandle:
-    """Node 0, the one that evaluates (raises NodeLost when it is gone)."""
-    rows = [r for r in live_instances(run) if r.terminate_requested_at is None]
-    if not rows:
-        raise NodeLost("the run has no live instance")
-    return ctx.handle(min(rows, key=lambda r: r.rank))
-
-
-def _fail(ctx: RunContext, run: Run, reason: str) -> None:
-    end_run(ctx, run, RunStatus.failed, reason)
 
 
 def _keep_log(session, run_id: str, text: str) -> None:
@@ -57,34 +45,33 @@ def _checkpoint_id(session, run_id: str, step: object) -> int | None:
                           .order_by(Checkpoint.id.desc()).limit(1))
 
 
-def evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> None:
-    h = _head(ctx, run)
+def evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
+    h = node_handles(ctx, run)[0][1]  # node 0 evaluates
     if run.test_loss is None:
         result = _test_loss(ctx, run, spec, h)
-        if result is None:
-            return  # running, just started, or failed (then the run has ended)
-        if not spec.evaluation.ift.enabled:
-            return end_run(ctx, run, RunStatus.succeeded,
-                           f"test loss {float(result['test_loss']):.4f} on the test split",
-                           _record_test_loss(result, cmd.log_tail(h.node, h.workdir, "eval.log")))
+        if not isinstance(result, dict):
+            return result  # running, just started, or failed
         record = _record_test_loss(result, cmd.log_tail(h.node, h.workdir, "eval.log"))
+        if not spec.evaluation.ift.enabled:
+            return Done(f"test loss {float(result['test_loss']):.4f} on the test split", record)
         with ctx.write() as (session, fresh):
             record(session, fresh)
         run = load_run(ctx.factory, run.id) or run
-    _ift(ctx, run, spec, h)
+    return _ift(ctx, run, spec, h)
 
 
 # -- test loss ------------------------------------------------------------------------------------
-def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict | None:
-    """eval.json once trainer.evaluate has succeeded; None while it runs or after failing the run."""
+def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict | Outcome:
+    """eval.json once trainer.evaluate has succeeded; else Waiting (it runs, or was just started)
+    or Failed."""
     proc = cmd.proc_state(h.node, h.workdir, "eval")
     if proc.running:
-        return None
+        return WAITING
     if not proc.started and not spec.model.pretrained:
         # the trainer's last lines, written after DONE while it exited (see steps._training)
-        store(ctx, h, read_new(h, run))
+        record_output(ctx, h, read_new(h, run))
     if not proc.started or proc.exit_code is None:  # never started, or killed: (re)start it
-        manifest = cmd.read_json(h.node, cmd.path(h.workdir, cmd.DATA, "manifest.json")) or {}
+        manifest = h.node.read_json(cmd.path(h.workdir, cmd.DATA, "manifest.json")) or {}
         sha = manifest.get("splits", {}).get("test", {}).get("sha256")
         if spec.model.pretrained:
             what = f"OpenAI's {spec.model.pretrained}"
@@ -92,25 +79,21 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
         else:
             what = (h.node.read_text(cmd.path(h.workdir, "checkpoints", "latest")) or "").strip()
             if not what:
-                _fail(ctx, run, "training finished but left no committed checkpoint to evaluate")
-                return None
+                return Failed("training finished but left no committed checkpoint to evaluate")
             command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=what, test_sha256=sha)
         pid = h.node.start_detached(command, workdir=h.workdir, name="eval")
         with ctx.write() as (session, _fresh):
             add_event(session, run.id, "info", f"evaluating {what} on the test split (pid {pid})")
-        return None
+        return WAITING
     if proc.exit_code != 0:
-        _fail(ctx, run, cmd.failure_reason(h.node, cmd.path(h.workdir, "eval.log"), "evaluation",
-                                           proc.exit_code))
-        return None
-    result = cmd.read_json(h.node, cmd.path(h.workdir, cmd.EVAL_OUT))
+        return Failed(cmd.failure_reason(h.node, cmd.path(h.workdir, "eval.log"), "evaluation", proc.exit_code))
+    result = h.node.read_json(cmd.path(h.workdir, cmd.EVAL_OUT))
     if not result or not isinstance(result.get("test_loss"), (int, float)):
-        _fail(ctx, run, f"evaluation exited 0 but {cmd.EVAL_OUT} holds no test_loss")
-        return None
+        return Failed(f"evaluation exited 0 but {cmd.EVAL_OUT} holds no test_loss")
     return result
 
 
-def _record_test_loss(result: dict, eval_log: str):
+def _record_test_loss(result: dict, eval_log: str) -> Record:
     def record(session, fresh: Run) -> None:
         session.add(Evaluation(
             run_id=fresh.id, checkpoint_id=_checkpoint_id(session, fresh.id, result.get("step")),
@@ -126,33 +109,32 @@ def _record_test_loss(result: dict, eval_log: str):
 
 
 # -- instruction fine-tuning ----------------------------------------------------------------------
-def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> None:
+def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
     ift = spec.evaluation.ift
     proc = cmd.proc_state(h.node, h.workdir, "ift")
     if proc.running:
-        return
-    evaluated = cmd.read_json(h.node, cmd.path(h.workdir, cmd.EVAL_OUT)) or {}
+        return WAITING
+    evaluated = h.node.read_json(cmd.path(h.workdir, cmd.EVAL_OUT)) or {}
     if not proc.started or proc.exit_code is None:  # never started, or killed: (re)start it
         # the model whose test loss was just measured: its checkpoint folder, or hf:NAME
         model = str(evaluated.get("checkpoint") or "")
         if not model:
-            return _fail(ctx, run, f"{cmd.EVAL_OUT} on the node names no checkpoint to fine-tune")
+            return Failed(f"{cmd.EVAL_OUT} on the node names no checkpoint to fine-tune")
         command = cmd.ift_command(h.python, h.env, spec, h.workdir, model=model)
         pid = h.node.start_detached(command, workdir=h.workdir, name="ift")
         with ctx.write() as (session, _fresh):
             add_event(session, run.id, "info", f"instruction fine-tuning {model} on {ift.data}, then "
                                                f"answering its test items (pid {pid})")
-        return
+        return WAITING
     ift_log = cmd.log_tail(h.node, h.workdir, "ift.log")
     if proc.exit_code != 0:
-        return _fail(ctx, run, cmd.failure_reason(h.node, cmd.path(h.workdir, "ift.log"),
-                                                  "instruction fine-tuning", proc.exit_code))
+        return Failed(cmd.failure_reason(h.node, cmd.path(h.workdir, "ift.log"), "instruction fine-tuning",
+                                         proc.exit_code))
     out = cmd.path(h.workdir, cmd.IFT_OUT)
-    summary = cmd.read_json(h.node, cmd.path(out, "ift.json"))
-    answers, problem = _answers(cmd.read_json_list(h.node, cmd.path(out, "answers.json")))
+    summary = h.node.read_json(cmd.path(out, "ift.json"))
+    answers, problem = _answers(h.node.read_json_list(cmd.path(out, "answers.json")))
     if summary is None or problem:
-        return _fail(ctx, run, f"instruction fine-tuning exited 0 but "
-                               f"{problem or 'ift.json is missing or not a JSON object'}")
+        return Failed(f"instruction fine-tuning exited 0 but {problem or 'ift.json is missing or not a JSON object'}")
     items = [Item(instruction=a["instruction"], input=a["input"], output=a["output"]) for a in answers]
 
     def record(session, fresh: Run) -> None:
@@ -168,9 +150,8 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> None:
     how = f"best epoch {best} of {summary.get('epochs_run')}" if best is not None else "fine-tuned"
     if isinstance(val, (int, float)):
         how += f", val loss {val:.4f}"
-    end_run(ctx, run, RunStatus.succeeded,
-            f"test loss {run.test_loss:.4f}; instruction fine-tuned ({how}) and answered "
-            f"{len(answers)} test items", record)
+    return Done(f"test loss {run.test_loss:.4f}; instruction fine-tuned ({how}) and answered "
+                f"{len(answers)} test items", record)
 
 
 def _answers(value: list | None) -> tuple[list[dict], str | None]:

@@ -105,7 +105,7 @@ def checkpoint_uri(handle: NodeHandle, rel: str, provider: str) -> str:
     return f"node://{handle.instance.name}/{full.lstrip('/')}"
 
 
-def store(ctx: RunContext, handle: NodeHandle, new: NewOutput) -> bool:
+def record_output(ctx: RunContext, handle: NodeHandle, new: NewOutput) -> bool:
     """Write the new output and the offsets in one fenced transaction. False when nothing new."""
     if new.empty:
         return False

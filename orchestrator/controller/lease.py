@@ -23,18 +23,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import TERMINAL_STATUSES, Instance, Run, utcnow
+from orchestrator.db.models import TERMINAL_VALUES, Instance, Run, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.errors import LeaseLostError
 
-_TERMINAL = [s.value for s in TERMINAL_STATUSES]
+_TERMINAL = sorted(TERMINAL_VALUES)
 
 
 def _expiry(lease_s: float, now: datetime | None = None) -> datetime:
     return (now or utcnow()) + timedelta(seconds=lease_s)
+
+
+def is_free(model: Any, now: datetime) -> ColumnElement[bool]:
+    """The lease on a row of `model` (a Run or a ComparisonRequest) is free or expired."""
+    return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
+
+
+def compare_and_set(session: Session, model: Any, row_id: str, condition: ColumnElement[bool],
+                    **values: object) -> bool:
+    """The one lease primitive: UPDATE the row SET `values` WHERE its id and `condition` match.
+    True when it matched (we won); atomic on PostgreSQL and SQLite alike (see the module doc)."""
+    result = session.execute(
+        update(model).where(model.id == row_id, condition).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: float) -> str | None:
@@ -42,20 +60,9 @@ def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: fl
     now = utcnow()
     token = uuid.uuid4().hex
     with transaction(factory) as session:
-        result = session.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                or_(
-                    Run.lease_expires_at.is_(None),
-                    Run.lease_expires_at < now,
-                    Run.lease_owner == owner,
-                ),
-            )
-            .values(lease_owner=owner, lease_token=token, lease_expires_at=_expiry(lease_s, now))
-            .execution_options(synchronize_session=False)
-        )
-        return token if result.rowcount == 1 else None
+        won = compare_and_set(session, Run, run_id, or_(is_free(Run, now), Run.lease_owner == owner),
+                              lease_owner=owner, lease_token=token, lease_expires_at=_expiry(lease_s, now))
+        return token if won else None
 
 
 def renew(factory: sessionmaker[Session], run_id: str, token: str, lease_s: float) -> bool:
@@ -66,24 +73,14 @@ def renew(factory: sessionmaker[Session], run_id: str, token: str, lease_s: floa
 
 def _extend(session: Session, run_id: str, token: str, lease_s: float) -> bool:
     """Push the lease's expiry out if `token` still holds it; the fencing check of every write."""
-    result = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.lease_token == token)
-        .values(lease_expires_at=_expiry(lease_s))
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return compare_and_set(session, Run, run_id, Run.lease_token == token, lease_expires_at=_expiry(lease_s))
 
 
 def release(factory: sessionmaker[Session], run_id: str, token: str) -> None:
     """Give the lease back so another worker may pick the run up at once. No-op if not ours."""
     with transaction(factory) as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.lease_token == token)
-            .values(lease_owner=None, lease_token=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
+        compare_and_set(session, Run, run_id, Run.lease_token == token,
+                        lease_owner=None, lease_token=None, lease_expires_at=None)
 
 
 @contextmanager
@@ -102,15 +99,6 @@ def fenced(
         yield session, run
 
 
-def fenced_update(
-    factory: sessionmaker[Session], run_id: str, token: str, lease_s: float, **values: object
-) -> None:
-    """Set columns of the run, fenced by the lease token."""
-    with fenced(factory, run_id, token, lease_s) as (_session, run):
-        for key, value in values.items():
-            setattr(run, key, value)
-
-
 def claimable_run_ids(factory: sessionmaker[Session], limit: int) -> list[str]:
     """Runs that need a worker and that no live lease covers, oldest first.
 
@@ -127,7 +115,7 @@ def claimable_run_ids(factory: sessionmaker[Session], limit: int) -> list[str]:
             select(Run.id)
             .where(
                 or_(Run.status.not_in(_TERMINAL), and_(Run.status.in_(_TERMINAL), live_instance)),
-                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+                is_free(Run, now),
             )
             .order_by(Run.created_at, Run.id)
             .limit(limit)

@@ -1,28 +1,27 @@
-"""How runs end: every terminal path terminates the run's instances and books what they cost.
+"""A run's instances: recorded when launched, terminated and booked when done, and the budget.
 
-Order matters for crash safety. `end_run` first asks the provider to terminate (idempotent), then
-writes the terminal status, the confirmed terminations and their cost entries in one fenced
-transaction. A crash before that write leaves the run in its old state and the next pass ends it
-again; a terminal run with any instance not confirmed terminated stays claimable, and `cleanup`
-keeps terminating until the provider confirms (so "failed, but a node still bills" converges).
-An instance launched but never recorded (a crash between the two) is found by its name and
-adopted before the run ends, so it is terminated and billed like the others.
+`steps.end_run` (the one way a run ends) uses these: terminate first (idempotent), then write the
+terminal status, the confirmed terminations and their cost entries in one fenced transaction. A
+terminal run with any instance not confirmed terminated stays claimable, and `cleanup` keeps
+terminating until the provider confirms (so "failed, but a node still bills" converges). An
+instance launched but never recorded (a crash between the two) is found by its name and adopted
+before the run ends, so it is terminated and billed like the others. Nothing here changes a run's
+status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.controller.context import (
-    NodeLost, RunContext, aware, live_instances, load_run, log, set_status, spec_of,
-)
-from orchestrator.costs import billed_minutes, run_cost_cents
-from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, utcnow
+from orchestrator.controller.context import RunContext, live_instances, load_run, log, spec_of
+from orchestrator.controller.outcomes import Record
+from orchestrator.controller.policy import NodeLost
+from orchestrator.costs import instance_cost, run_cost_cents
+from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, aware, utcnow
 from orchestrator.runs import add_event, next_instance_name
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
@@ -45,7 +44,8 @@ def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance
             run_id=run.id, rank=rank, name=inst.name, provider=ctx.provider.name,
             provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
             public_ip=inst.public_ip, private_ip=inst.private_ip, ssh_port=inst.ssh_port,
-            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch
+            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch, with the billing increment
+            billing_minute_s=ctx.settings.billing_minute_s,
             status=inst.status.value, workdir=inst.extra.get("workdir"),
             launched_at=now, active_at=now if active else None,
         ))
@@ -128,21 +128,9 @@ def terminate_instances(ctx: RunContext, run: Run, rows: list[Instance] | None =
     return out
 
 
-def book_terminations(session: Session, run: Run, term: Termination, minute_s: float) -> None:
-    """Note terminate requests, mark confirmed instances terminated, and book each one's cost once.
-
-    The cost follows Lambda's rule, which the simulator's ledger keeps too (the tests compare the
-    two to the cent): the price frozen at launch, per started billing minute, from when the
-    instance turned active until the provider took the terminate request. Lambda's API shows no
-    timestamps, so both ends are our view of those moments: `active_at` is the middle between
-    the last read showing it booting and the first showing it active (remote._wait_active), and
-    `terminate_requested_at` is taken just before the first terminate request that succeeded
-    (later requests are no-ops there). Each is within milliseconds plus half a poll interval of
-    the provider's own time, so the minutes agree unless a run ends that close to a minute
-    boundary. Confirmation comes later (an instance is `terminating` for a while) and does not
-    count: billing stopped at the request. An instance found gone without a request of ours
-    (preempted) is billed until we saw it gone, the conservative bound.
-    """
+def book_terminations(session: Session, run: Run, term: Termination) -> None:
+    """Note terminate requests, mark confirmed instances terminated, and book each one's cost once
+    (orchestrator.costs.instance_cost: the same rule as the live estimate)."""
     now = utcnow()
     touched = term.requested | term.confirmed
     rows = session.scalars(
@@ -163,42 +151,22 @@ def book_terminations(session: Session, run: Run, term: Termination, minute_s: f
         row.status = InstanceStatus.terminated.value
         if row.id in booked:
             continue
-        end = aware(row.terminate_requested_at) or now
-        minutes = billed_minutes(aware(row.active_at), end, minute_s)
+        cost = instance_cost(row, now)
         session.add(CostEntry(
             run_id=run.id, instance_id=row.id, kind="instance",
-            cents=minutes * row.price_cents_per_hour / 60.0, quantity=float(minutes), unit="minute",
+            cents=cost.cents, quantity=float(cost.minutes), unit="minute",
             description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) "
                         f"at {row.price_cents_per_hour} c/h",
         ))
-        add_event(session, run.id, "info", f"instance {row.name} terminated ({minutes} billed minutes)")
+        add_event(session, run.id, "info", f"instance {row.name} terminated ({cost.minutes} billed minutes)")
 
 
-def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str,
-            extra: Callable[[Session, Run], None] | None = None) -> None:
-    """Terminate everything the run holds, then record how it ended (and `extra` rows with it)."""
-    if ctx.tasks is not None:
-        # first, so a placement in flight cannot launch after the terminate below
-        ctx.tasks.cancel(run.id)
-    run = adopt_unrecorded(ctx, run)
-    term = terminate_instances(ctx, run)
-    with ctx.write() as (session, fresh):
-        if RunStatus(fresh.status).is_terminal:
-            return  # already ended by an earlier pass of ours; cleanup handles the instances
-        if extra is not None:
-            extra(session, fresh)
-        set_status(session, fresh, status, reason=reason)
-        book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
-        if term.error:
-            add_event(session, fresh.id, "info", f"terminating the instances failed, retrying: {term.error}")
-
-
-def release_workers(ctx: RunContext, run: Run) -> Callable[[Session, Run], None]:
+def release_workers(ctx: RunContext, run: Run) -> Record:
     """Terminate every node but node 0 (after training only node 0 has work left, and an idle
     node still bills). Returns the write that books them, for the caller's status transaction."""
     workers = [row for row in live_instances(run) if row.rank > 0 and row.terminate_requested_at is None]
     term = terminate_instances(ctx, run, workers) if workers else Termination()
-    return lambda session, fresh: book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
+    return lambda session, fresh: book_terminations(session, fresh, term)
 
 
 def cleanup(ctx: RunContext, run: Run) -> bool:
@@ -207,7 +175,7 @@ def cleanup(ctx: RunContext, run: Run) -> bool:
         return True
     term = terminate_instances(ctx, run)
     with ctx.write() as (session, fresh):
-        book_terminations(session, fresh, term, ctx.settings.billing_minute_s)
+        book_terminations(session, fresh, term)
     return len(term.confirmed) == len(live_instances(run))
 
 

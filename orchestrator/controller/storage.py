@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shlex
-import tempfile
 import threading
 
 from sqlalchemy import select
@@ -29,12 +26,12 @@ from sqlalchemy import select
 from orchestrator import artifacts
 from orchestrator.controller.commands import path
 from orchestrator.controller.context import RunContext, log
-from orchestrator.db.models import Checkpoint, CheckpointState, Evaluation, Run
+from orchestrator.db.models import Checkpoint, CheckpointState, Evaluation, Run, best_checkpoint
+from orchestrator.grants import revoke_run_access
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 from provision.node import Node
 from trainer.artifacts import ArtifactError, split_uri
-from trainer.artifacts.grants import revoke_run_access
 
 _LOCK = threading.Lock()  # two bootstrap tasks of one run must not grant twice at once
 
@@ -89,7 +86,7 @@ def node_env(ctx: RunContext, run: Run, spec: RunSpec, node: Node, workdir: str)
         return {}
     access = _access(ctx, run, spec)
     if access.credentials is not None and ctx.store_access.get(("written", node.label, workdir)) != access.expires_at:
-        write_private(node, path(workdir, artifacts.NODE_CREDENTIALS), access.credentials)
+        node.write_private(path(workdir, artifacts.NODE_CREDENTIALS), access.credentials)
         ctx.store_access[("written", node.label, workdir)] = access.expires_at
     return access.env_for(workdir)
 
@@ -107,20 +104,6 @@ def revoke_node_access(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     except ArtifactError as exc:
         log.warning("run %s: revoking the nodes' store access failed (it expires anyway): %s", run.id, exc)
     ctx.store_access.clear()
-
-
-def write_private(node: Node, file: str, text: str) -> None:
-    """Write a file only its owner can read (mode 600 from its first byte), atomically."""
-    fd, tmp = tempfile.mkstemp()
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        q = shlex.quote
-        node.run(f"umask 077 && mkdir -p {q(os.path.dirname(file) or '.')} && : > {q(file + '.tmp')}")
-        node.put(tmp, file + ".tmp")
-        node.run(f"chmod 600 {q(file + '.tmp')} && mv {q(file + '.tmp')} {q(file)}")
-    finally:
-        os.unlink(tmp)
 
 
 def latest_stored(ctx: RunContext, run: Run, spec: RunSpec) -> tuple[int, str] | None:
@@ -153,9 +136,9 @@ def retention_victims(rows: list[Checkpoint], keep_last: int, referenced: set[in
     the best by validation loss, and those referenced. Rows already `deleting` stay victims."""
     stored = sorted((r for r in rows if r.state == CheckpointState.stored.value), key=lambda r: r.step)
     keep = {r.id for r in stored[-keep_last:]} | referenced
-    scored = [r for r in stored if r.val_loss is not None]
-    if scored:
-        keep.add(min(scored, key=lambda r: (r.val_loss, -r.step)).id)
+    best = best_checkpoint(stored)
+    if best is not None:
+        keep.add(best.id)
     return [r for r in rows if r.state == CheckpointState.deleting.value
             or (r.state == CheckpointState.stored.value and r.id not in keep)]
 

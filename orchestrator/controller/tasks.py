@@ -22,14 +22,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.controller.policy import Cancelled
+
 log = logging.getLogger("trainyard.controller")
 
 #: seconds `cancel` waits for a task that may launch (one provider call, with its retries)
 CANCEL_WAIT_S = 120.0
-
-
-class Cancelled(Exception):
-    """The run a task works for has ended; the task stops at its next wait."""
 
 
 def sleeper(cancel: threading.Event) -> Callable[[float], None]:
@@ -43,7 +41,9 @@ def sleeper(cancel: threading.Event) -> Callable[[float], None]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class TaskOutcome:
+    """How a task ended: not yet (done False), with a value, or with an error."""
+
     done: bool
     value: Any = None
     error: BaseException | None = None
@@ -65,23 +65,19 @@ class TaskPool:
         self._lock = threading.Lock()
 
     def poll(self, run_id: str, key: str, work: Callable[[threading.Event], Any], *,
-             may_launch: bool = False) -> Outcome:
+             may_launch: bool = False) -> TaskOutcome:
         """Start `work(cancel_event)` unless it runs; its outcome once it has ended (then forgotten)."""
         with self._lock:
             task = self._tasks.get((run_id, key))
             if task is None:
                 cancel = self._cancel.setdefault(run_id, threading.Event())
                 self._tasks[(run_id, key)] = _Task(self._pool.submit(work, cancel), may_launch)
-                return Outcome(done=False)
+                return TaskOutcome(done=False)
             if not task.future.done():
-                return Outcome(done=False)
+                return TaskOutcome(done=False)
             del self._tasks[(run_id, key)]
         error = task.future.exception()
-        return Outcome(done=True, value=None if error else task.future.result(), error=error)
-
-    def running(self, run_id: str) -> list[str]:
-        with self._lock:
-            return [key for (rid, key), t in self._tasks.items() if rid == run_id and not t.future.done()]
+        return TaskOutcome(done=True, value=None if error else task.future.result(), error=error)
 
     def cancel(self, run_id: str, *, wait_s: float = CANCEL_WAIT_S) -> None:
         """Tell the run's tasks to stop, and wait (up to `wait_s`) for those that may launch."""

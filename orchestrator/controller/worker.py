@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.controller import lease
 from orchestrator.controller.comparing import Comparisons
-from orchestrator.controller.context import RunContext, load_run, log, set_status, spec_of
-from orchestrator.controller.lifecycle import end_run
-from orchestrator.controller.steps import reconcile
+from orchestrator.controller.context import RunContext, load_run, log, spec_of
+from orchestrator.controller.policy import Action, classify, one_line
+from orchestrator.controller.steps import end_run, reconcile
 from orchestrator.controller.tasks import TaskPool
 from orchestrator.db.models import RunStatus
 from orchestrator.errors import LeaseLostError
@@ -34,13 +34,14 @@ from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from provision.base import Instance as ProviderInstance
 from provision.base import Provider
-from provision.bootstrap import WheelCache
+from provision.registry import UnavailableProvider
+from provision.wheels import WheelCache
 from provision.errors import ProvisionError
 from provision.node import Node
 from provision.registry import get_provider
 
-#: consecutive failed steps on one run (not counting retryable provider/node errors, which mean
-#: "state unknown" and are retried forever) before the worker fails the run
+#: consecutive failed steps on one run (policy.Action.COUNT; RETRY errors mean "state unknown"
+#: and are retried forever) before the worker fails the run
 MAX_CONSECUTIVE_ERRORS = 10
 
 
@@ -70,7 +71,7 @@ class Worker:
         #: providers by name; given ones are used as they are, others built from the settings
         self.providers: dict[str, Provider] = dict(providers or {})
         self._held: dict[str, _Held] = {}
-        #: threads for placement and bootstrap (remote.py), so a pass never blocks on them
+        #: threads for placement and bootstrap (placement.py, bootstrapping.py), so a pass never blocks on them
         self.tasks = TaskPool()
         self.wheels = WheelCache(settings.wheel_cache_dir)
         self.comparisons = Comparisons(settings, session_factory, self.owner)
@@ -158,27 +159,21 @@ class Worker:
         held = self._held[run_id]
         try:
             ctx = self._context(run_id, held)
-            if ctx is None:
-                done = True
-            else:
-                done = reconcile(ctx)
+            done = True if ctx is None else reconcile(ctx)
             held.errors = 0
-        except LeaseLostError:
-            log.warning("worker %s: lost the lease on run %s mid-step", self.owner, run_id)
-            self._drop(run_id)
-            return
-        except ProvisionError as exc:
-            # a node or the provider failed us: ask the provider afresh about every node next
-            # pass, so a node that died is seen as such at once (not when the cache expires)
-            held.disconnect()
-            if exc.retryable:
-                # state unknown (node or provider not answering): do nothing destructive, retry
-                log.warning("run %s: %s; retrying next pass", run_id, exc)
-                return
-            self._count_error(run_id, held, exc)
-            return
         except Exception as exc:
-            self._count_error(run_id, held, exc)
+            if isinstance(exc, ProvisionError):
+                # a node or the provider failed us: ask the provider afresh about every node next
+                # pass, so a node that died is seen as such at once (not when the cache expires)
+                held.disconnect()
+            action = classify(exc)
+            if action is Action.LEASE_LOST:
+                log.warning("worker %s: lost the lease on run %s mid-step", self.owner, run_id)
+                self._drop(run_id)
+            elif action is Action.RETRY:  # state unknown: do nothing destructive, look again next pass
+                log.warning("run %s: %s; retrying next pass", run_id, one_line(exc))
+            else:  # steps.reconcile acted on RECOVER and FAIL itself; what reaches here counts
+                self._count_error(run_id, held, exc)
             return
         if done:
             lease.release(self.factory, run_id, held.token)
@@ -187,14 +182,15 @@ class Worker:
     def _count_error(self, run_id: str, held: _Held, exc: Exception) -> None:
         """A step failed in a way retrying may not fix; fail the run if it keeps happening."""
         held.errors += 1
-        log.warning("run %s: step failed (%d in a row): %s", run_id, held.errors, exc,
+        log.warning("run %s: step failed (%d in a row): %s", run_id, held.errors, one_line(exc),
                     exc_info=not isinstance(exc, ProvisionError))
         if held.errors >= MAX_CONSECUTIVE_ERRORS:
             self._give_up(run_id, held, exc)
 
     def _context(self, run_id: str, held: _Held) -> RunContext | None:
-        """The run's context, or None when the run is gone. Fails the run if its provider is not
-        available (a spec naming a provider this service was not built with)."""
+        """The run's context, or None when the run is gone. A run whose provider this service
+        cannot build (a spec naming one it was not configured for) is ended: through end_run, with
+        a provider that can only refuse, so instances it may hold stay recorded and claimable."""
         run = load_run(self.factory, run_id)
         if run is None:
             return None
@@ -205,20 +201,23 @@ class Worker:
                 provider = get_provider(name, self.settings)
             except ProvisionError as exc:
                 if not RunStatus(run.status).is_terminal:
-                    with lease.fenced(self.factory, run_id, held.token, self.settings.lease_s) as (s, r):
-                        set_status(s, r, RunStatus.failed, reason=str(exc))
+                    end_run(self._make_context(run_id, held, UnavailableProvider(name, exc)), run,
+                            RunStatus.failed, one_line(exc))
                 return None
             self.providers[name] = provider
+        return self._make_context(run_id, held, provider)
+
+    def _make_context(self, run_id: str, held: _Held, provider: Provider) -> RunContext:
         return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles,
                           tasks=self.tasks, wheels=self.wheels, attempts=held.attempts,
                           store_access=held.store_access)
 
     def _give_up(self, run_id: str, held: _Held, exc: Exception) -> None:
-        reason = f"controller error after {held.errors} attempts: {type(exc).__name__}: {exc}"
+        reason = f"controller error after {held.errors} attempts: {one_line(exc)}"
         try:
             ctx = self._context(run_id, held)
             run = load_run(self.factory, run_id)
             if ctx is not None and run is not None and not RunStatus(run.status).is_terminal:
-                end_run(ctx, run, RunStatus.failed, reason.splitlines()[0][:500])
+                end_run(ctx, run, RunStatus.failed, reason)
         except Exception:
             log.exception("run %s: could not record the failure", run_id)

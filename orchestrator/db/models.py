@@ -10,7 +10,9 @@ Times are timezone-aware UTC.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import overload
 
 from sqlalchemy import (
     JSON,
@@ -30,6 +32,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@overload
+def aware(t: datetime) -> datetime: ...
+
+
+@overload
+def aware(t: None) -> None: ...
+
+
+def aware(t: datetime | None) -> datetime | None:
+    """`t` as a timezone-aware UTC time. SQLite hands back naive datetimes even for timezone-aware
+    columns; every time here was stored as UTC, so a naive one is UTC."""
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
 # Deterministic constraint names, so migrations are the same on SQLite and PostgreSQL.
@@ -64,9 +80,13 @@ class RunStatus(str, enum.Enum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.stopped}
-)
+#: how a run may end without succeeding (from any state that is not terminal)
+UNSUCCESSFUL_ENDINGS = frozenset({RunStatus.failed, RunStatus.cancelled, RunStatus.stopped})
+#: the statuses a run never leaves (the one definition; orchestrator.controller.steps.TRANSITIONS
+#: gives them no way out)
+TERMINAL_STATUSES = frozenset({RunStatus.succeeded}) | UNSUCCESSFUL_ENDINGS
+#: their values, for queries and for the CLI, which sees statuses as JSON strings
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 class Run(Base):
@@ -101,7 +121,8 @@ class Run(Base):
     world_size: Mapped[int | None] = mapped_column(Integer)
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
 
-    #: the run's folder in the artifact store (checkpoints/ under it), frozen at submission
+    #: the run's folder in the artifact store (checkpoints/ under it); null while pending, frozen
+    #: when the controller starts provisioning, so a later change of settings moves no checkpoints
     artifact_uri: Mapped[str | None] = mapped_column(Text)
 
     # where the controller is in reading the node's files (byte offsets, so reads are incremental)
@@ -145,6 +166,9 @@ class Instance(Base):
     private_ip: Mapped[str | None] = mapped_column(String(100))
     ssh_port: Mapped[int | None] = mapped_column(Integer)
     price_cents_per_hour: Mapped[int] = mapped_column(Integer, default=0)
+    #: the provider's billing increment in seconds (60 on Lambda; shorter under a simulator whose
+    #: clock is compressed), frozen at launch with the price: orchestrator.costs bills by it
+    billing_minute_s: Mapped[float] = mapped_column(Float, default=60.0, server_default="60")
     status: Mapped[str] = mapped_column(String(20), default="booting")
     #: the trainer's working directory on the node
     workdir: Mapped[str | None] = mapped_column(Text)
@@ -211,6 +235,13 @@ class Checkpoint(Base):
     node_path: Mapped[str | None] = mapped_column(Text)
     stored_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def best_checkpoint(rows: Iterable[Checkpoint]) -> Checkpoint | None:
+    """The run's best checkpoint among `rows`: the lowest validation loss, the later step on a tie
+    (the one rule the API's `best` flag and checkpoint retention share)."""
+    scored = [r for r in rows if r.val_loss is not None]
+    return min(scored, key=lambda r: (r.val_loss, -r.step)) if scored else None
 
 
 class Evaluation(Base):

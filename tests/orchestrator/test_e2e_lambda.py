@@ -16,88 +16,29 @@ minutes disagree only for a run ending that close to a minute boundary (about 1 
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
 import signal
 import time
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
-from orchestrator.db.migrations import upgrade
-from orchestrator.db.models import CostEntry, Instance
-from orchestrator.db.session import make_engine, make_sessionmaker
-from provision.lambda_cloud.client import LambdaClient
-from provision.simulator import SimulatorServer
+from orchestrator.costs import instance_cost
+from orchestrator.db.models import CostEntry, Instance, utcnow
+from orchestrator_helpers import (
+    LIVE, admin, assert_nothing_left, lambda_spec, sim_instances, start_lambda_service, training,
+)
 from provision.simulator.sshd import descendants
-from simhelpers import API_KEY, FAST_RETRY, NODE_PYTHON, TORCH_SITE, free_ssh_port, require_sshd, sim_config, \
-    write_key_pair
-from test_e2e_local import TERMINAL, Service
-
-#: the simulator's (and so the controller's) billing minute, in seconds
-MINUTE_S = 20.0
-KEY_NAME = "trainyard-e2e"
-LIVE = ("booting", "active", "unhealthy", "terminating")
-
-
-@pytest.fixture(scope="module")
-def lsim(tmp_path_factory):
-    sshd = require_sshd()
-    port = free_ssh_port()
-    assert port is not None, "no free port for the simulated machines' sshd"
-    server = SimulatorServer(sim_config(tmp_path_factory.mktemp("lsim"), sshd, port, boot_s=0.5,
-                                        terminate_s=0.3, linger_s=600, minute_s=MINUTE_S, quota=8)).start()
-    yield server
-    server.stop()
-
-
-def lambda_service(lsim, root: Path, **env: str) -> Service:
-    """A started `trainyard serve` for runs on the simulator `lsim` (its SSH key registered there),
-    with a database and data dir under `root`; `env`: more settings."""
-    key_file, public = write_key_pair(root / "keys")
-    with LambdaClient(API_KEY, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
-        c.add_ssh_key(KEY_NAME, public)
-    db_url = f"sqlite:///{root / 'trainyard.db'}"
-    upgrade(db_url)
-    service = Service(
-        db_url, root / "data", root,
-        TRAINYARD_LEASE_S="20",
-        TRAINYARD_RECONCILE_INTERVAL_S="0.3",
-        TRAINYARD_LAMBDA_API_KEY=API_KEY,
-        TRAINYARD_LAMBDA_API_URL=lsim.url,
-        TRAINYARD_LAMBDA_SSH_KEY_NAME=KEY_NAME,
-        TRAINYARD_LAMBDA_SSH_PORT=str(lsim.cloud.config.ssh_port),
-        TRAINYARD_LAMBDA_LAUNCH_INTERVAL_S="0.2",
-        TRAINYARD_LAMBDA_RETRY_BASE_DELAY_S="0.05",
-        TRAINYARD_LAMBDA_RETRY_MAX_DELAY_S="0.2",
-        TRAINYARD_BILLING_MINUTE_S=str(MINUTE_S),
-        TRAINYARD_PLACEMENT_POLL_S="0.5",
-        TRAINYARD_SSH_PRIVATE_KEY_FILE=str(key_file),
-        TRAINYARD_SSH_USER=getpass.getuser(),
-        TRAINYARD_SSH_CONNECT_TIMEOUT_S="3",
-        TRAINYARD_NODE_PYTHON=NODE_PYTHON,
-        TRAINYARD_NODE_TORCH_SITE_PACKAGES=TORCH_SITE,
-        TRAINYARD_NODE_SOCKET_IFNAME="lo",  # every simulated node is this machine
-        TRAINYARD_NODE_ENV=json.dumps({"OMP_NUM_THREADS": "1"}),
-        TRAINYARD_NODE_ACTIVE_POLL_S="0.02",
-        TRAINYARD_NODE_SSH_TIMEOUT_S="30",
-        **env,
-    )
-    service.sim = lsim
-    service.db = make_sessionmaker(make_engine(db_url))
-    return service.start()
 
 
 @pytest.fixture(scope="module")
 def svc(lsim, tmp_path_factory):
-    service = lambda_service(lsim, tmp_path_factory.mktemp("lservice"))
+    service = start_lambda_service(lsim, tmp_path_factory.mktemp("lservice"))
     yield service
-    service.stop()
-    service.client.close()
+    service.close()
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +57,7 @@ def _sim_reset(request):
             base = {(t, r): n for t, item in sim.catalog.instance_types.items() for r, n in item.capacity.items()}
             used = {}
             for inst in sim.instances.values():
-                if inst.status in ("booting", "active", "unhealthy", "terminating"):
+                if inst.status in LIVE:
                     used[(inst.instance_type, inst.region)] = used.get((inst.instance_type, inst.region), 0) + 1
             sim.capacity = {k: n - used.get(k, 0) for k, n in base.items()}
 
@@ -125,62 +66,7 @@ def _sim_reset(request):
     reset()
 
 
-def spec(name: str, *, nodes: int = 2, train_tokens: int = 8192, instance_type: str = "cpu_4x_general",
-         fallbacks: tuple[str, ...] = (), regions: tuple[str, ...] = (), placement_timeout_s: float = 60,
-         test_loss: bool = True, long: bool = False) -> dict:
-    """A tiny 1-layer GPT; `long`: one sequence per step, hundreds of steps (the data holds ~53k
-    training tokens), so there is time to act while it trains."""
-    micro_batch, train_tokens = (1, 50_000) if long else (4, train_tokens)
-    return {
-        "name": name,
-        "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 1, "n_embd": 64, "n_head": 2}},
-        "data": {"source": "builtin:corpus", "max_tokens": 60000},
-        "training": {"seq_len": 64, "micro_batch": micro_batch, "max_tokens": train_tokens, "lr": 2e-3,
-                     "min_lr": 2e-4, "warmup_steps": 2, "log_every": 2, "eval_every": 1000,
-                     "eval_tokens": 512, "checkpoint_every": 8},
-        "compute": {"provider": "lambda", "instance_type": instance_type,
-                    "fallback_instance_types": list(fallbacks), "regions": list(regions), "nodes": nodes,
-                    "placement_timeout_s": placement_timeout_s},
-        "evaluation": {"test_loss": test_loss, "test_max_tokens": 1024},
-    }
-
-
 # -- helpers --------------------------------------------------------------------------------------
-def admin(svc, method: str, path: str, **kw) -> dict:
-    r = httpx.request(method, svc.sim.url + "/sim/v1" + path, timeout=10, trust_env=False, **kw)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def sim_instances(svc, run_id: str) -> list:
-    with svc.sim.cloud.lock:
-        return [i for i in svc.sim.cloud.instances.values() if (i.name or "").startswith(f"ty-{run_id}-")]
-
-
-def ended(svc, run_id: str, timeout: float = 120) -> dict:
-    """The run once it ended and its lease is released (every instance confirmed terminated)."""
-    run = svc.wait(run_id, lambda r: r["status"] in TERMINAL, timeout=timeout, what="ended")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with svc.db() as s:
-            rows = s.scalars(select(Instance).where(Instance.run_id == run_id)).all()
-        if all(r.terminated_at is not None for r in rows):
-            return svc.run(run_id)
-        time.sleep(0.2)
-    raise AssertionError(f"instances of {run_id} not terminated:\n{svc.log_tail()}")
-
-
-def assert_nothing_left(svc, run_id: str) -> None:
-    deadline = time.time() + 10
-    while any(i.status in LIVE for i in sim_instances(svc, run_id)):
-        assert time.time() < deadline, [(i.name, i.status) for i in sim_instances(svc, run_id)]
-        time.sleep(0.1)
-
-
-def training(run: dict) -> bool:
-    return run["status"] == "training" and run["progress"]["step"] > 0
-
-
 def cut_ssh_connections(svc, instance_ids: list[str]) -> int:
     """Kill every open SSH connection to these machines (their per-connection sshd processes):
     to the controller, that is a network cut. The trainers are detached and live on."""
@@ -213,7 +99,7 @@ def cents(value) -> Decimal:
 def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_connections(svc):
     # the first region has no a10 left and the preferred h100 has none in either region
     admin(svc, "PUT", "/capacity", json={"instance_type": "gpu_1x_a10", "region": "us-west-1", "count": 0})
-    run_id = svc.submit(spec("lambda-ok", instance_type="gpu_1x_h100_pcie", fallbacks=("gpu_1x_a10",),
+    run_id = svc.submit(lambda_spec("lambda-ok", instance_type="gpu_1x_h100_pcie", fallbacks=("gpu_1x_a10",),
                              regions=("us-west-1", "us-east-1"), train_tokens=16384))
     # 429s and 500s on the API while the run is placed: the client backs off, the controller retries
     admin(svc, "POST", "/faults", json={"kind": "rate_limit", "count": 3})
@@ -226,7 +112,7 @@ def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_
     assert len(ids) == 2
     assert cut_ssh_connections(svc, ids) >= 1  # the controller's sessions to both nodes
 
-    run = ended(svc, run_id, timeout=240)
+    run = svc.wait_ended(run_id, timeout=240)
     assert run["status"] == "succeeded", (run["status_reason"], svc.log_tail())
     path = [e["to_status"] for e in events(svc, run_id) if e["kind"] == "status"]
     assert path == ["pending", "provisioning", "bootstrapping", "training", "evaluating", "succeeded"]
@@ -260,13 +146,19 @@ def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_
             row.name, booked.quantity, entry)
     total = sum(Decimal(ledger[r.provider_instance_id]["cost_cents"]) for r in rows)
     assert cents(run["cost"]["cents"]) == cents(total) > 0
+    # the live estimate (what GET /runs shows before an instance is booked) is the same rule:
+    # asked about these rows as if unbooked, even an hour later, it says what was booked
+    later = utcnow() + timedelta(hours=1)
+    for row in rows:
+        live = instance_cost(row, later)
+        assert (live.minutes, cents(live.cents)) == (entries[row.id].quantity, cents(entries[row.id].cents))
 
 
 def test_no_capacity_anywhere_fails_after_the_wait_with_nothing_running(svc):
     admin(svc, "POST", "/faults", json={"kind": "no_capacity", "instance_type": "*", "region": "*"})
     started = time.time()
-    run_id = svc.submit(spec("lambda-nocap", fallbacks=("gpu_1x_a10",), placement_timeout_s=3))
-    run = ended(svc, run_id, timeout=60)
+    run_id = svc.submit(lambda_spec("lambda-nocap", fallbacks=("gpu_1x_a10",), placement_timeout_s=3))
+    run = svc.wait_ended(run_id, timeout=60)
     assert run["status"] == "failed"
     assert run["status_reason"].startswith(f"no capacity to place ty-{run_id}-")
     assert "cpu_4x_general, gpu_1x_a10 in any region" in run["status_reason"]
@@ -275,14 +167,14 @@ def test_no_capacity_anywhere_fails_after_the_wait_with_nothing_running(svc):
 
 
 def test_an_instance_that_dies_mid_run_is_replaced_and_the_run_resumes_from_node_0s_checkpoint(svc):
-    s = spec("lambda-dies", long=True)
+    s = lambda_spec("lambda-dies", long=True)
     s["training"]["max_tokens"] = 25_000  # ~200 steps: time to kill a node mid-run, and not much more
     run_id = svc.submit(s)
     svc.wait(run_id, lambda r: training(r) and r["progress"]["step"] >= 16, timeout=180, what="training")
     victim = next(i for i in sim_instances(svc, run_id) if i.name.endswith("-1"))
     admin(svc, "POST", "/faults", json={"kind": "kill_instance", "instance_id": victim.id, "status": "unhealthy"})
 
-    run = ended(svc, run_id, timeout=240)
+    run = svc.wait_ended(run_id, timeout=240)
     assert run["status"] == "succeeded", (run["status_reason"], svc.log_tail())
     text = messages(svc, run_id)
     assert f"node 1 (ty-{run_id}-1) is unhealthy at provider lambda; replacing ty-{run_id}-1 with a new node" in text
@@ -297,7 +189,7 @@ def test_an_instance_that_dies_mid_run_is_replaced_and_the_run_resumes_from_node
 
 
 def test_a_changed_host_key_is_refused(svc):
-    run_id = svc.submit(spec("lambda-hostkey", nodes=1, long=True, test_loss=False))
+    run_id = svc.submit(lambda_spec("lambda-hostkey", nodes=1, long=True, test_loss=False))
     svc.wait(run_id, training, timeout=180, what="training")
     (inst,) = sim_instances(svc, run_id)
     sshd_pid = next(m["sshd_pid"] for m in admin(svc, "GET", "/machines") if m["id"] == inst.id)
@@ -309,7 +201,7 @@ def test_a_changed_host_key_is_refused(svc):
         except OSError:
             pass
 
-    run = ended(svc, run_id, timeout=60)
+    run = svc.wait_ended(run_id, timeout=60)
     assert run["status"] == "failed", svc.log_tail()
     assert f"SSH host key of [{inst.ip}]:{svc.sim.cloud.config.ssh_port} does not match the pinned one" \
         in run["status_reason"]
@@ -323,7 +215,7 @@ def test_cancel_terminates_every_launched_instance(svc, phase):
         # one cpu node can be had, the second waits for capacity: cancel while it waits
         admin(svc, "PUT", "/capacity", json={"instance_type": "cpu_4x_general", "region": "us-east-1", "count": 1})
         admin(svc, "PUT", "/capacity", json={"instance_type": "cpu_4x_general", "region": "us-west-1", "count": 0})
-    run_id = svc.submit(spec(f"lambda-cancel-{phase}", nodes=2 if phase != "training" else 1,
+    run_id = svc.submit(lambda_spec(f"lambda-cancel-{phase}", nodes=2 if phase != "training" else 1,
                              long=True))
     if phase == "provisioning":
         svc.wait(run_id, lambda r: r["status"] == "provisioning" and len(sim_instances(svc, run_id)) == 1,
@@ -338,7 +230,7 @@ def test_cancel_terminates_every_launched_instance(svc, phase):
 
     r = svc.client.post(f"/runs/{run_id}/cancel")
     assert r.status_code == 202, r.text
-    run = ended(svc, run_id, timeout=60)
+    run = svc.wait_ended(run_id, timeout=60)
     assert (run["status"], run["status_reason"]) == ("cancelled", "cancelled by the user")
     assert_nothing_left(svc, run_id)
     assert {i.status for i in sim_instances(svc, run_id)} == {"terminated"}

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 from s3server import admin_client, iam_moto_server
 from sqlalchemy import select
-from test_e2e_lambda import admin, assert_nothing_left, ended, lambda_service, lsim, sim_instances, spec  # noqa: F401
-from test_e2e_local import REPO
 
 from orchestrator.controller.storage import data_name
 from orchestrator.db.models import Instance
 from orchestrator.spec import validate_spec
+from orchestrator_helpers import admin, assert_nothing_left, lambda_spec, sim_instances, start_lambda_service
 from trainer.artifacts import manifest as mf
 
 BUCKET = "ty-e2e"
@@ -42,7 +38,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def svc(lsim, s3, tmp_path_factory):
     url, service_key = s3
-    service = lambda_service(
+    service = start_lambda_service(
         lsim, tmp_path_factory.mktemp("s3service"),
         AWS_ACCESS_KEY_ID=service_key["access_key_id"], AWS_SECRET_ACCESS_KEY=service_key["secret_access_key"],
         AWS_DEFAULT_REGION="us-east-1",
@@ -51,20 +47,13 @@ def svc(lsim, s3, tmp_path_factory):
     )
     service.s3 = s3
     yield service
-    service.stop()
-    service.client.close()
-
-
-def checkpoints(svc, run_id: str) -> list[dict]:
-    r = svc.client.get(f"/runs/{run_id}/checkpoints")
-    assert r.status_code == 200, r.text
-    return r.json()["items"]
+    service.close()
 
 
 def stored_while_training(svc, run_id: str, at_least_step: int):
     def check(run: dict) -> bool:
         return run["status"] == "training" and any(
-            c["state"] == "stored" and c["step"] >= at_least_step for c in checkpoints(svc, run_id))
+            c["state"] == "stored" and c["step"] >= at_least_step for c in svc.checkpoints(run_id))
     return check
 
 
@@ -82,11 +71,11 @@ def node_credentials(svc, run_id: str, instance_name: str) -> dict:
 
 
 def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc, tmp_path):
-    s = spec("s3-recover", long=True)
+    s = lambda_spec("s3-recover", long=True)
     s["training"]["max_tokens"] = 25_000  # ~200 steps: time to look at it and kill a node mid-run
     run_id = svc.submit(s)
     svc.wait(run_id, stored_while_training(svc, run_id, 16), timeout=240, what="storing checkpoints in S3")
-    stored_before = max(c["step"] for c in checkpoints(svc, run_id) if c["state"] == "stored")
+    stored_before = max(c["step"] for c in svc.checkpoints(run_id) if c["state"] == "stored")
     # what a node's credentials reach: its run's folder and its data set's cache, nothing else
     url, _key = svc.s3
     creds = node_credentials(svc, run_id, f"ty-{run_id}-1")
@@ -107,7 +96,7 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     victim = next(i for i in sim_instances(svc, run_id) if i.name == f"ty-{run_id}-0")
     admin(svc, "POST", "/faults", json={"kind": "kill_instance", "instance_id": victim.id, "status": "unhealthy"})
 
-    run = ended(svc, run_id, timeout=300)
+    run = svc.wait_ended(run_id, timeout=300)
     assert run["status"] == "succeeded", (run["status_reason"], svc.log_tail())
     events = svc.events(run_id)
     messages = "\n".join(e["message"] for e in events)
@@ -117,8 +106,8 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     statuses = [e["to_status"] for e in events if e["kind"] == "status"]
     assert statuses[statuses.index("recovering"):] == ["recovering", "training", "evaluating", "succeeded"]
     # the new node 0 pulled the data from the cache and the checkpoint from the store
-    assert "builtin:corpus prepared and stored in the data cache" in messages  # the first nodes
-    assert f"ty-{run_id}-0r1: builtin:corpus pulled from the store's data cache" in messages
+    assert "stored in the data cache for later runs" in messages  # the first nodes: one of them prepared it
+    assert f"ty-{run_id}-0r1: the prepared data came from the store's data cache" in messages
     resumed = [int(m.split("resumed from step ")[1].split()[0].rstrip(",")) for m in messages.splitlines()
                if "trainer started" in m and "resumed from step" in m]
     assert resumed and resumed[-1] >= stored_before, messages
@@ -136,16 +125,14 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     assert_nothing_left(svc, run_id)
 
     # every stored checkpoint is listed with its manifest, and downloads with every hash checked
-    stored = [c for c in checkpoints(svc, run_id) if c["state"] == "stored"]
+    stored = [c for c in svc.checkpoints(run_id) if c["state"] == "stored"]
     assert stored and all(c["uri"].startswith(f"s3://{BUCKET}/trainyard/runs/{run_id}/checkpoints/step_")
                           for c in stored)
     for c in stored:
         detail = svc.client.get(f"/runs/{run_id}/checkpoints/{c['step']}").json()
         assert detail["manifest"]["step"] == c["step"] and {f["name"] for f in detail["files"]} >= {"model.safetensors"}
     latest = max(c["step"] for c in stored)
-    got = subprocess.run([sys.executable, "-m", "orchestrator.cli", "checkpoints", "download", run_id,
-                          "--out", str(tmp_path / "latest")], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "TRAINYARD_API_URL": svc.url})
+    got = svc.cli("checkpoints", "download", run_id, "--out", str(tmp_path / "latest"))
     assert got.returncode == 0, got.stderr
     assert mf.verify(tmp_path / "latest")["step"] == latest
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import artifacts
 from orchestrator.api.deps import DbDep
-from orchestrator.db.models import Checkpoint, CheckpointState
+from orchestrator.db.models import Checkpoint, CheckpointState, best_checkpoint
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.runs import get_run
 from trainer.artifacts import ArtifactError
@@ -63,8 +63,8 @@ def _rows(session: Session, run_id: str) -> list[Checkpoint]:
 
 
 def _out(rows: list[Checkpoint]) -> list[CheckpointOut]:
-    scored = [r for r in rows if r.val_loss is not None and r.state != CheckpointState.deleted.value]
-    best = min(scored, key=lambda r: (r.val_loss, -r.step)).id if scored else None
+    best_row = best_checkpoint(r for r in rows if r.state != CheckpointState.deleted.value)
+    best = best_row.id if best_row is not None else None
     return [CheckpointOut(step=r.step, tokens=r.tokens, val_loss=r.val_loss, bytes=r.bytes, uri=r.uri,
                           state=r.state, best=r.id == best, stored_at=r.stored_at, created_at=r.created_at)
             for r in rows]
