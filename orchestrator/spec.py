@@ -4,7 +4,9 @@ Strict on purpose: an unknown field or an impossible value is rejected with the 
 (HTTP 422), because a typo that is silently ignored becomes a run that did not do what its
 author thinks it did (the users' "run configs that no longer match what really ran").
 
-`training` keys are the trainer's own config keys (docs/trainer-contract.md), passed through.
+`training` is the trainer's own schema (trainer.schema.TrainingSettings, torch-free): the same
+keys, defaults and rules as the train config file (docs/trainer-contract.md), so a spec that
+passes here is a config the trainer accepts (up to the checks that need the model).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import InvalidSpecError
+from trainer.schema import TrainConfigFile, TrainingSettings, first_error
 
 MODEL_PRESETS = ("gpt2-tiny", "gpt2-small", "gpt2-medium")
 #: OpenAI's GPT-2 weights a run may evaluate instead of training (`model.pretrained`)
@@ -58,27 +61,6 @@ class DataSpec(_Strict):
     test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     #: stop tokenising after this many tokens (None: all of the source)
     max_tokens: PositiveInt | None = None
-
-
-class TrainingSpec(_Strict):
-    seq_len: PositiveInt = 128
-    micro_batch: PositiveInt | Literal["auto"] = 8
-    grad_accum: PositiveInt = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    min_lr: NonNegativeFloat = 1e-4
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: Annotated[int, Field(ge=0)] = 10
-    weight_decay: NonNegativeFloat = 0.1
-    grad_clip: NonNegativeFloat = 1.0
-    max_tokens: PositiveInt | Literal["chinchilla"] = 500_000
-    log_every: PositiveInt = 10
-    eval_every: PositiveInt = 50
-    eval_tokens: PositiveInt = 32_768
-    checkpoint_every: PositiveInt = 100
-    keep_last: PositiveInt = 3
-    seed: int = 1337
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: bool = False
 
 
 class ComputeSpec(_Strict):
@@ -145,7 +127,8 @@ class RunSpec(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    #: the train config's own schema (trainer.schema): one model, one set of defaults
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     #: where checkpoints go (file:// or s3://); default: the service's artifact store
     artifact_uri: str | None = None
@@ -164,8 +147,8 @@ class RunSpec(_Strict):
     # refused rather than ignored (model comes before these fields, so it is in `info.data`).
     @field_validator("training")
     @classmethod
-    def _pretrained_is_not_trained(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
-        if _pretrained(info) and v != TrainingSpec():
+    def _pretrained_is_not_trained(cls, v: TrainingSettings, info: ValidationInfo) -> TrainingSettings:
+        if _pretrained(info) and v != TrainingSettings():
             raise ValueError(f"a pretrained run (model.pretrained: {_pretrained(info)}) is not trained; "
                              f"leave training out")
         return v
@@ -184,14 +167,14 @@ class RunSpec(_Strict):
             raise ValueError("a pretrained run only evaluates: test_loss must be true")
         return v
 
-    def trainer_config(self, *, data_dir: str) -> dict[str, Any]:
-        """The trainer's config file contents for this spec (docs/trainer-contract.md)."""
-        return {
-            "model": self.model.preset,
-            "model_overrides": dict(self.model.overrides),
-            "data_dir": data_dir,
-            **self.training.model_dump(),
-        }
+    def trainer_config(self, *, data_dir: str, artifact_uri: str | None = None) -> dict[str, Any]:
+        """The trainer's config file contents for this spec (docs/trainer-contract.md), checked
+        against the trainer's own schema; `artifact_uri`: where rank 0 uploads checkpoints."""
+        values = {"model": self.model.preset, "model_overrides": dict(self.model.overrides),
+                  "data_dir": data_dir, **self.training.model_dump()}
+        if artifact_uri is not None:
+            values["artifact_uri"] = artifact_uri
+        return TrainConfigFile.model_validate(values).model_dump(exclude_unset=True)
 
 
 def _pretrained(info: ValidationInfo) -> str | None:
@@ -212,19 +195,9 @@ def parse_spec_yaml(text: str) -> RunSpec:
     return validate_spec(data)
 
 
-_FIELD_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def field_path(loc: tuple | list) -> str:
-    """`budget.max_usd` from a pydantic error location, leaving out the union-member tags
-    pydantic adds (`training.max_tokens.constrained-int` names the field `training.max_tokens`)."""
-    return ".".join(str(p) for p in loc if isinstance(p, int) or _FIELD_PART.fullmatch(str(p)))
-
-
 def validate_spec(data: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = field_path(first["loc"]) or None
-        raise InvalidSpecError(f"{field}: {first['msg']}" if field else first["msg"], field=field) from exc
+        field, message = first_error(exc)
+        raise InvalidSpecError(message, field=field) from exc

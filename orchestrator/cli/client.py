@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 
 from orchestrator.cli.errors import BAD_INPUT, CONFLICT, FAILURE, NOT_FOUND, UNREACHABLE, CliError
-from orchestrator.spec import field_path
+from trainer.schema import field_path
 
 _EXIT_BY_STATUS = {400: BAD_INPUT, 422: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT}
 
