@@ -8,7 +8,7 @@ Layout under the store root (settings.artifact_uri, or a spec's own `artifact_ur
     ROOT/data/<data set hash>/                    prepared token shards + manifest, shared by runs
 
 A node never receives the service's credentials. For an s3:// store it gets temporary credentials
-(trainer.artifacts.grants) that reach its own run's folder and its data set's cache folder only,
+(orchestrator/grants.py) that reach its own run's folder and its data set's cache folder only,
 written to a file on the node (`NODE_CREDENTIALS`, mode 600) rather than put on a command line,
 and renewed there while the run lives (boto3 reads the file again for every upload the trainer
 starts). A file:// store is a folder this machine (and the local provider) reads directly.
@@ -20,10 +20,11 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from orchestrator.db.models import aware
+from orchestrator.grants import NodeGrant, grant_run_access
 from orchestrator.settings import Settings
 from orchestrator.spec import RunSpec
 from trainer.artifacts import ArtifactStore, open_store, split_uri
-from trainer.artifacts.grants import NodeGrant, grant_run_access
 
 #: the node's credentials file, relative to its run directory
 NODE_CREDENTIALS = ".aws-credentials"
@@ -97,8 +98,7 @@ def node_access(settings: Settings, run_folder_uri: str, data_cache: str | None)
     env = {"AWS_DEFAULT_REGION": grant.region, "AWS_EC2_METADATA_DISABLED": "true"}
     if settings.artifact_endpoint_url:
         env["AWS_ENDPOINT_URL_S3"] = settings.artifact_endpoint_url
-    expires = grant.expiration if grant.expiration.tzinfo else grant.expiration.replace(tzinfo=timezone.utc)
-    return NodeAccess(env=env, credentials=credentials_ini(grant), expires_at=expires)
+    return NodeAccess(env=env, credentials=credentials_ini(grant), expires_at=aware(grant.expiration))
 
 
 def credentials_ini(grant: NodeGrant) -> str:

@@ -28,7 +28,7 @@ from provision.simulator.catalog import load_catalog
 from provision.simulator.sshd import address_free, find_sshd, generate_key_pair
 
 API_KEY = "sim-test-key-0123456789abcdef"
-FAST_RETRY = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05, jitter=0.5)
+FAST_RETRY = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 BOOT_S = 0.2
 MINUTE_S = 0.25
 LAUNCH_INTERVAL_S = 0.2

@@ -5,7 +5,7 @@ list, terminate, and SSH keys. The same client talks to the real API and to the 
 (`python -m provision.simulator`); only `base_url` differs.
 
 What it guarantees (see `transport.py` for how):
-- a timeout on every call; 429 and 5xx retried with capped, jittered exponential backoff;
+- a timeout on every call; 429 and 5xx retried with capped, fully jittered exponential backoff;
 - errors raised as `provision.errors` exceptions, never raw httpx ones;
 - the API key never appears in a repr, a log line or an exception message;
 - launches spaced at least `launch_interval_s` apart (Lambda allows one per 12 s), retries
@@ -120,7 +120,8 @@ class LambdaClient:
         }
         if name is not None:
             body["name"] = name
-        for attempt in range(1, max(1, self.retry.attempts) + 1):
+
+        def launch_once() -> str:
             try:
                 data = self._api.call(
                     "POST", "/api/v1/instance-operations/launch", json_body=body,
@@ -131,17 +132,18 @@ class LambdaClient:
                 if found is not None:
                     log.warning("%s; but instance %s named %r exists, so it launched", exc, found.id, name)
                     return found.id
-                if not name or attempt == self.retry.attempts:
-                    raise
-                wait = self.retry.delay(attempt)
-                log.warning("%s; no instance named %r, so launching again in %.2fs", exc, name, wait)
-                self._sleep(wait)
-                continue
+                raise
             ids = (data or {}).get("instance_ids") if isinstance(data, dict) else None
             if not ids:
                 raise ProviderServerError("Lambda API launch: the response holds no instance id")
             return str(ids[0])
-        raise AssertionError("unreachable")  # the loop either returns or raises
+
+        def on_retry(exc: BaseException | None, next_try: int, wait_s: float) -> None:
+            log.warning("%s; no instance named %r, so launching again in %.2fs", exc, name, wait_s)
+
+        # Only a named launch is sent again: without a name we cannot look whether the last one took.
+        return self.retry.run(launch_once, retry_if=lambda exc: bool(name) and isinstance(exc, AmbiguousOutcome),
+                              sleep=self._sleep, on_retry=on_retry)
 
     def terminate(self, instance_ids: list[str]) -> list[LambdaInstance]:
         """Ask Lambda to terminate the instances; returns them as Lambda reports them (terminating).

@@ -4,7 +4,8 @@ Why its own module: the endpoint methods (`client.py`) should read like the API 
 the rules that keep us safe live in one place:
 
 - Every request has a timeout (connect and read), so no call blocks forever.
-- 429 and 5xx are retried with capped, jittered exponential backoff (`RetryPolicy`). A 429 means
+- 429 and 5xx are retried with capped, fully jittered exponential backoff (`RetryPolicy`, on
+  tenacity, the same rule as the trainer's S3 transfers). A 429 means
   the request was refused, so it is always safe to repeat. A 5xx or a lost response after the
   request was sent is *ambiguous* for a call that creates something (launch, add key): it may have
   happened. Such calls are not repeated blindly; `AmbiguousOutcome` tells the caller to look first.
@@ -19,13 +20,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import tenacity
 from pydantic import SecretStr
 
 from provision.errors import (
@@ -58,26 +59,53 @@ _CODE_ERRORS: dict[str, type[ProvisionError]] = {
 }
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a call is repeated after 429, 5xx or a network failure.
 
-    The n-th retry waits `min(max_delay_s, base_delay_s * 2**(n-1))`, of which the `jitter`
-    fraction is drawn at random (so many clients do not retry in step). A `Retry-After` header, when
-    the server sends one, raises the wait to at least that (still capped by `max_delay_s`).
+    Capped exponential backoff with full jitter (tenacity's `wait_random_exponential`, so many
+    clients do not retry in step): the n-th retry waits a random time up to
+    `min(max_delay_s, base_delay_s * 2**(n-1))`. A `Retry-After` the server sent with the failure
+    raises the wait to at least that (still capped by `max_delay_s`).
     """
 
     attempts: int = 5  # tries in total, the first included
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
-    jitter: float = 0.5
 
-    def delay(self, retry_number: int, retry_after_s: float | None = None) -> float:
-        wait = min(self.max_delay_s, self.base_delay_s * (2 ** max(0, retry_number - 1)))
-        wait = wait * (1.0 - self.jitter) + wait * self.jitter * random.random()
-        if retry_after_s is not None:
-            wait = max(wait, min(retry_after_s, self.max_delay_s))
+    def run(self, fn: Callable[[], T], *, retry_if: Callable[[BaseException], bool],
+            sleep: Callable[[float], None], on_retry: Callable[[BaseException | None, int, float], None]) -> T:
+        """fn(), repeated while it raises what `retry_if` accepts, at most `attempts` tries in all;
+        the last try's exception is raised as it is. `on_retry(exc, next_try, wait_s)` logs."""
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            assert state.outcome is not None and state.next_action is not None  # tenacity sets both first
+            on_retry(state.outcome.exception(), state.attempt_number + 1, state.next_action.sleep)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, self.attempts)), wait=self._wait,
+            retry=tenacity.retry_if_exception(retry_if), sleep=sleep, before_sleep=before_sleep,
+            reraise=True)
+        return retrying(fn)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        wait = tenacity.wait_random_exponential(multiplier=self.base_delay_s, max=self.max_delay_s)(state)
+        retry_after = getattr(state.outcome.exception() if state.outcome else None, "retry_after_s", None)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_delay_s))
         return wait
+
+
+class _Transient(Exception):
+    """One try failed in a way that is safe to repeat; `error` is what the caller sees if no try
+    succeeds. Only `ApiTransport.call` raises and catches it."""
+
+    def __init__(self, error: ProvisionError, retry_after_s: float | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after_s = retry_after_s
 
 
 class _KeyAuth(httpx.Auth):
@@ -156,39 +184,40 @@ class ApiTransport:
         try (the launch spacing hooks in here, so retries keep the spacing too).
         """
         what = f"{method} {path}"
-        last: ProvisionError | None = None
-        for attempt in range(1, max(1, self.retry.attempts) + 1):
+
+        def one_try() -> Any:
             if before_each_try is not None:
                 before_each_try()
-            retry_after: float | None = None
             try:
                 resp = self._http.request(method, path, json=json_body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Nothing reached the server: always safe to try again.
-                last = ProviderServerError(self._scrub(f"Lambda API {what}: cannot connect: {exc}"))
+                err = self._scrub(f"Lambda API {what}: cannot connect: {exc}")
+                raise _Transient(ProviderServerError(err)) from None
             except httpx.TransportError as exc:
                 err = self._scrub(f"Lambda API {what}: no response ({type(exc).__name__}: {exc})")
                 if creates:
                     raise AmbiguousOutcome(err) from None
-                last = ProviderServerError(err)
-            else:
-                if resp.status_code < 400:
-                    return self._data(resp, what)
-                error = self._error(resp, what)
-                if resp.status_code == 429:
-                    retry_after = _retry_after(resp)
-                elif resp.status_code >= 500 or error.code.startswith("provider/"):
-                    if creates:
-                        raise AmbiguousOutcome(str(error)) from None
-                else:
-                    raise error
-                last = error
-            if attempt < self.retry.attempts:
-                wait = self.retry.delay(attempt, retry_after)
-                log.warning("%s; try %d of %d in %.2fs", last, attempt + 1, self.retry.attempts, wait)
-                self._sleep(wait)
-        assert last is not None
-        raise last
+                raise _Transient(ProviderServerError(err)) from None
+            if resp.status_code < 400:
+                return self._data(resp, what)
+            error = self._error(resp, what)
+            if resp.status_code == 429:
+                raise _Transient(error, _retry_after(resp))
+            if resp.status_code >= 500 or error.code.startswith("provider/"):
+                if creates:
+                    raise AmbiguousOutcome(str(error)) from None
+                raise _Transient(error)
+            raise error
+
+        def on_retry(exc: BaseException | None, next_try: int, wait_s: float) -> None:
+            log.warning("%s; try %d of %d in %.2fs", exc, next_try, self.retry.attempts, wait_s)
+
+        try:
+            return self.retry.run(one_try, retry_if=lambda exc: isinstance(exc, _Transient),
+                                  sleep=self._sleep, on_retry=on_retry)
+        except _Transient as exc:
+            raise exc.error from None
 
     # -- helpers ----------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:

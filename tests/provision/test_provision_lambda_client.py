@@ -195,3 +195,31 @@ def test_api_key_never_leaks(sim, admin, caplog):
     for text in texts:
         assert API_KEY not in text  # ...and nothing shows the key
         assert base64.b64encode(f"{API_KEY}:".encode()).decode() not in text
+
+
+class _Busy(Exception):
+    def __init__(self, retry_after_s: float | None = None):
+        super().__init__("busy")
+        self.retry_after_s = retry_after_s
+
+
+def _sleeps(policy: RetryPolicy, error: _Busy) -> list[float]:
+    """The waits `policy` takes for a call that fails every time with `error`."""
+    sleeps: list[float] = []
+
+    def fail() -> None:
+        raise error
+
+    with pytest.raises(_Busy):
+        policy.run(fail, retry_if=lambda e: isinstance(e, _Busy), sleep=sleeps.append, on_retry=lambda *a: None)
+    return sleeps
+
+
+def test_backoff_is_capped_full_jitter_and_honours_retry_after():
+    policy = RetryPolicy(attempts=5, base_delay_s=1.0, max_delay_s=4.0)
+    for _ in range(20):
+        sleeps = _sleeps(policy, _Busy())
+        assert len(sleeps) == 4 and all(0 <= s <= cap for s, cap in zip(sleeps, [1, 2, 4, 4])), sleeps
+    assert all(s >= 3 for s in _sleeps(policy, _Busy(retry_after_s=3)))  # Retry-After is a floor...
+    assert _sleeps(policy, _Busy(retry_after_s=600)) == [4.0] * 4  # ...capped by max_delay_s
+    assert _sleeps(RetryPolicy(attempts=1), _Busy()) == []

@@ -76,7 +76,7 @@ def s3_env(url: str, state_dir: Path) -> dict:
 
 
 def test_importing_the_store_loads_neither_torch_nor_boto3():
-    code = ("import sys, trainer.artifacts, trainer.artifacts.grants, trainer.artifacts.__main__\n"
+    code = ("import sys, trainer.artifacts, trainer.artifacts.__main__, orchestrator.grants\n"
             "from trainer.artifacts import open_store\n"
             "open_store('file:///tmp/ty-none')\n"
             "assert 'torch' not in sys.modules, 'torch'\n"
@@ -291,3 +291,30 @@ def test_an_interrupted_pull_keeps_what_it_fetched(store, tmp_path):
     stats = store.get_checkpoint("c", out)
     assert stats.files_skipped == 1 and stats.files_sent == 4
     assert mf.verify(out)["step"] == 1 and not tmp.exists()
+
+
+def test_transfer_retries_back_off_with_full_jitter_then_give_up():
+    from trainer.artifacts import TransferError
+    from trainer.artifacts.retry import with_retries
+
+    sleeps: list[float] = []
+    calls = []
+
+    def drop() -> None:
+        calls.append(1)
+        raise ConnectionResetError("reset by peer")
+
+    with pytest.raises(TransferError, match="GET x failed after 4 attempts: reset by peer"):
+        with_retries(drop, what="GET x", is_transient=lambda e: isinstance(e, OSError), attempts=4,
+                     base_s=0.5, cap_s=1.0, sleep=sleeps.append)
+    assert len(calls) == 4 and len(sleeps) == 3
+    assert all(0 <= s <= cap for s, cap in zip(sleeps, [0.5, 1.0, 1.0])), sleeps
+
+    def refused() -> None:  # not transient: raised as it is, at once
+        calls.append(1)
+        raise PermissionError("no")
+
+    calls.clear()
+    with pytest.raises(PermissionError):
+        with_retries(refused, what="GET y", is_transient=lambda e: isinstance(e, ConnectionError), sleep=sleeps.append)
+    assert len(calls) == 1

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from s3server import admin_client, iam_moto_server
 
+from orchestrator.grants import grant_run_access  # the service's grant is what a node gets
 from trainer import checkpoint, upload
 from trainer.artifacts import open_store
 from trainer.artifacts import manifest as mf
-from trainer.artifacts.grants import grant_run_access
 from trainer.train import main as train_main
 
 BUCKET = "ty-train"

@@ -7,8 +7,9 @@
     store.get_checkpoint("checkpoints/step_000100", "restore/step_000100")
 
 Modules: manifest (the checkpoint manifest, shared with trainer.checkpoint), store (the interface
-and the checkpoint rules), file (file://), s3 (s3://, boto3), grants (short-lived credentials
-scoped to one run's prefix, for nodes), errors, retry, and __main__ (the push/pull/list CLI).
+and the checkpoint rules), file (file://), s3 (s3://, boto3), errors, retry, and __main__ (the
+push/pull/list CLI). The short-lived credentials a node uses are minted by the service
+(orchestrator/grants.py); a node only reads them.
 
 Imports neither torch (the service imports this) nor boto3 (loaded only when an s3:// store is
 opened).

@@ -10,8 +10,9 @@
 
 URI is file:///abs/path or s3://bucket/prefix. For s3://, the endpoint comes from --endpoint-url
 or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, and credentials from boto3's usual chain (a node gets
-AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN for its run only, see
-trainer.artifacts.grants). push and pull print one JSON summary line on stdout.
+credentials for its run only, in AWS_SHARED_CREDENTIALS_FILE or AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, minted by the service's orchestrator/grants.py).
+push and pull print one JSON summary line on stdout.
 
 Exit codes: 0 ok; 2 bad input (bad URI, not a committed checkpoint, hash mismatch, access denied),
 printed as one line `error: ...` on stderr; 1 the store could not be reached after retries.

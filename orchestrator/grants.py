@@ -1,5 +1,8 @@
 """Short-lived credentials that reach only one run's prefix: what a node gets instead of ours.
 
+Service code (orchestrator/artifacts.py grants, controller/storage.py revokes): a node never mints
+credentials, it only reads the ones the service writes to it (see trainer/upload.py).
+
 The service holds the long-lived credentials. For each run it creates an IAM role whose only
 permissions are the run's objects (`arn:aws:s3:::BUCKET/PREFIX/*`: get, put, multipart; no list,
 no delete), assumes it through STS for at most `duration_s`, passing the same
@@ -25,7 +28,7 @@ service cannot mint a role stronger than that. Roles are named from the bucket a
 grant is idempotent and revoke_run_access finds the role again. AWS caps a role session at the
 role's MaxSessionDuration (1 to 12 h): the controller grants again before `expiration` for runs
 that last longer. IAM is eventually consistent; a role a few seconds old may not be assumable yet,
-so AssumeRole is retried for up to `propagation_timeout_s`.
+so AssumeRole is retried (tenacity) for up to `propagation_timeout_s`.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from trainer.artifacts.errors import ArtifactError
+import tenacity
+
+from trainer.artifacts import ArtifactError
 from trainer.artifacts.store import join_key
 
 ROLE_PATH = "/trainyard/runs/"
@@ -104,7 +108,7 @@ def role_name(bucket: str, prefix: str) -> str:
 
 
 def _clients(credentials: dict | None, endpoint_url: str | None, region: str):
-    import boto3  # only here: the service imports this module without needing boto3 until used
+    import boto3  # only here: slow to import, and a service with a file:// store never needs it
     from botocore.config import Config
 
     creds = credentials or {}
@@ -156,16 +160,14 @@ def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None =
             role_arn = iam.get_role(RoleName=name)["Role"]["Arn"]
         iam.put_role_policy(RoleName=name, PolicyName="run-prefix", PolicyDocument=policy)
         session_name = "ty-" + hashlib.sha256(prefix.encode()).hexdigest()[:16]
-        deadline = time.monotonic() + propagation_timeout_s
-        while True:
-            try:
+        # a new role takes a few seconds to become assumable on AWS: AccessDenied until then
+        not_assumable_yet = tenacity.retry_if_exception(
+            lambda e: isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "AccessDenied")
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(propagation_timeout_s),
+                                         wait=tenacity.wait_fixed(2.0), retry=not_assumable_yet, reraise=True):
+            with attempt:
                 out = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name, Policy=policy,
                                       DurationSeconds=duration_s)["Credentials"]
-                break
-            except ClientError as e:  # a new role takes a few seconds to become assumable on AWS
-                if e.response.get("Error", {}).get("Code") != "AccessDenied" or time.monotonic() > deadline:
-                    raise
-                time.sleep(2.0)
     except (ClientError, BotoCoreError) as e:
         raise ArtifactError(f"cannot grant access to s3://{bucket}/{prefix}: {e}") from None
     return NodeGrant(uri=f"s3://{bucket}/{prefix}", access_key_id=out["AccessKeyId"],

@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from s3server import admin_client, iam_moto_server
 
+from orchestrator.grants import grant_run_access, revoke_run_access, run_policy
 from trainer.artifacts import ArtifactError, open_store
 from trainer.artifacts import manifest as mf
-from trainer.artifacts.grants import grant_run_access, revoke_run_access, run_policy
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ty-scoped"
