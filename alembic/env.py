@@ -1,6 +1,8 @@
 """Alembic environment: runs migrations against the URL set by orchestrator.db.migrations."""
 
 from alembic import context
+from sqlalchemy.engine import Connection
+
 from orchestrator.db.models import Base
 from orchestrator.db.session import make_engine
 
@@ -30,7 +32,7 @@ def run_migrations_online() -> None:
         _run(connectable)
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection: Connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table instead.
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():

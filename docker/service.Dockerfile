@@ -1,5 +1,6 @@
 # The trainyard service: REST API, dashboard and controller (`trainyard serve`).
-# No torch here: the service never imports it; nodes run the trainer with their own torch.
+# No torch here: the service never imports it; nodes run the trainer with their own torch. So the
+# `local` provider (the trainer on this machine) cannot train in this image: use `lambda` or `ssh`.
 #   docker build -f docker/service.Dockerfile -t trainyard .      (from the repository root)
 FROM python:3.11-slim
 
@@ -10,8 +11,8 @@ ENV PYTHONUNBUFFERED=1 \
     TRAINYARD_PORT=8000 \
     TRAINYARD_DATA_DIR=/data
 
-# ssh client: the controller drives nodes over SSH (Fabric/paramiko also speak it natively,
-# but operators expect `ssh` in the image for debugging a node)
+# ssh client: not used by the service (the controller speaks SSH through Fabric/paramiko); it is
+# here for operators debugging a node from the container
 RUN apt-get update && apt-get install -y --no-install-recommends openssh-client \
     && rm -rf /var/lib/apt/lists/*
 
@@ -20,9 +21,11 @@ COPY pyproject.toml README.md ./
 COPY alembic ./alembic
 COPY orchestrator ./orchestrator
 COPY provision ./provision
-# the trainer's source is shipped to nodes by the controller; it is not imported here
+# the trainer: the controller builds a wheel of trainer/ (with pyproject.toml) for every node it
+# bootstraps, and the service imports trainer.artifacts (the artifact store; loads no torch)
 COPY trainer ./trainer
-# editable, so the migrations stay beside the package where orchestrator.db.migrations finds them
+# editable, so alembic/ and trainer/ stay beside the packages, where orchestrator.db.migrations
+# and provision.bootstrap (the node wheel) find them
 RUN pip install -e . \
     && useradd --create-home --uid 1000 trainyard \
     && mkdir -p /data && chown trainyard /data

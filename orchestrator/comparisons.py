@@ -20,8 +20,15 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import (UNSUCCESSFUL_ENDINGS, ComparisonRequest, ComparisonStatus, Evaluation, Run, RunStatus,
-                                     utcnow)
+from orchestrator.db.models import (
+    UNSUCCESSFUL_ENDINGS,
+    ComparisonRequest,
+    ComparisonStatus,
+    Evaluation,
+    Run,
+    RunStatus,
+    utcnow,
+)
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.judge.errors import InvalidComparisonError
 from orchestrator.judge.schemas import Item
@@ -109,7 +116,7 @@ def find_baseline(session: Session, spec: RunSpec, name: str) -> Run | None:
     same = [r for r in candidates if baseline_key(RunSpec.model_validate(r.spec)) == wanted]
     done = [r for r in same if r.status == RunStatus.succeeded.value and ift_evaluation(session, r.id)]
     alive = [r for r in same if not RunStatus(r.status).is_terminal]
-    return (done or alive or [None])[0]
+    return (done or alive)[0] if done or alive else None
 
 
 def _label(run: Run, used: set[str], name: str | None = None) -> str:
@@ -143,13 +150,13 @@ def create(session: Session, run_ids: list[str], baselines: list[str], *, mode: 
     spec = RunSpec.model_validate(first_run.spec)
     comparison_id = uuid.uuid4().hex[:12]
     for name in baselines:
-        run = find_baseline(session, spec, name)
-        if run is None:
-            run = create_run(session, baseline_spec(spec, name))
-            add_event(session, run.id, "info", f"submitted as the {name} baseline of comparison {comparison_id}")
-        if run.id in run_ids:
+        baseline = find_baseline(session, spec, name)
+        if baseline is None:
+            baseline = create_run(session, baseline_spec(spec, name))
+            add_event(session, baseline.id, "info", f"submitted as the {name} baseline of comparison {comparison_id}")
+        if baseline.id in run_ids:
             continue  # named as a run already: it is compared once
-        models.append({"label": _label(run, used, name), "run_id": run.id, "baseline": name})
+        models.append({"label": _label(baseline, used, name), "run_id": baseline.id, "baseline": name})
     if mode == "comparative" and len(models) < 2:
         raise InvalidComparisonError("comparative judging sets models against each other: name at least "
                                      "two runs, or a run and a --baseline (or use mode pointwise)", field="runs")

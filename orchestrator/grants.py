@@ -39,6 +39,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 import tenacity
 
@@ -107,7 +109,8 @@ def role_name(bucket: str, prefix: str) -> str:
     return f"ty-{tail}-{digest}" if tail else f"ty-{digest}"
 
 
-def _clients(credentials: dict | None, endpoint_url: str | None, region: str):
+def _clients(credentials: dict | None, endpoint_url: str | None, region: str) -> tuple[Any, Any]:
+    """boto3's IAM and STS clients (untyped: boto3 ships no types)."""
     import boto3  # only here: slow to import, and a service with a file:// store never needs it
     from botocore.config import Config
 
@@ -184,8 +187,8 @@ def revoke_run_access(bucket: str, run_prefix: str, *, credentials: dict | None 
     iam, _ = _clients(credentials, endpoint_url, region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     name = role_name(bucket, run_prefix)
     try:
-        for call in (lambda: iam.delete_role_policy(RoleName=name, PolicyName="run-prefix"),
-                     lambda: iam.delete_role(RoleName=name)):
+        for call in (partial(iam.delete_role_policy, RoleName=name, PolicyName="run-prefix"),
+                     partial(iam.delete_role, RoleName=name)):
             try:
                 call()
             except ClientError as e:

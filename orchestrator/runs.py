@@ -7,11 +7,12 @@ the only writer of a run's status and progress, under its lease.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Run, RunEvent, RunStatus, utcnow
+from orchestrator.db.models import Instance, Run, RunEvent, RunStatus, utcnow
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.spec import RunSpec
 
@@ -28,7 +29,7 @@ def instance_name(run_id: str, rank: int, replacement: int = 0) -> str:
     return f"ty-{run_id}-{rank}" + (f"r{replacement}" if replacement else "")
 
 
-def next_instance_name(run_id: str, rank: int, rows) -> str:  # noqa: ANN001 - Instance rows
+def next_instance_name(run_id: str, rank: int, rows: Iterable[Instance]) -> str:
     """The name of the next machine for `rank`, given every instance row the run has had."""
     return instance_name(run_id, rank, sum(1 for r in rows if r.rank == rank))
 

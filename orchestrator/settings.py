@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     ssh_connect_timeout_s: float = 10.0
     #: pinned host keys (trust on first use, a changed key refused); default: in the data dir
     known_hosts_file: Path | None = None
-    #: the `ssh` provider's machines (YAML; see provision/ssh/provider.py)
+    #: the `ssh` provider's machines (YAML; see provision/ssh_hosts.py)
     ssh_hosts_file: Path | None = None
 
     # what runs on a rented node

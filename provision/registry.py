@@ -11,6 +11,7 @@ that is built but cannot reach its API fails later, per call, with retryable err
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from provision.node import Node
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type hints only
     from orchestrator.settings import Settings
+    from provision.transport.connection import SshTimeouts
 
 
 def _local(settings: "Settings") -> Provider:
@@ -39,13 +41,15 @@ def _require(provider: str, **values: Any) -> None:
 
 
 def _key_file(settings: "Settings") -> Path:
+    if settings.ssh_private_key_file is None:
+        raise InvalidRequest("provider needs TRAINYARD_SSH_PRIVATE_KEY_FILE")
     path = Path(settings.ssh_private_key_file).expanduser()
     if not path.is_file():
         raise InvalidRequest(f"TRAINYARD_SSH_PRIVATE_KEY_FILE {path} is not a file")
     return path
 
 
-def _ssh_timeouts(settings: "Settings"):
+def _ssh_timeouts(settings: "Settings") -> SshTimeouts:
     from provision.transport.connection import SshTimeouts
 
     return SshTimeouts(connect_s=settings.ssh_connect_timeout_s)
@@ -59,14 +63,16 @@ def _lambda(settings: "Settings") -> Provider:
     from provision.transport.known_hosts import PinnedHostKeys
 
     key_file = _key_file(settings)
+    api_key, ssh_key_name = settings.lambda_api_key, settings.lambda_ssh_key_name
+    assert api_key is not None and ssh_key_name is not None  # checked by _require
     client = LambdaClient(
-        settings.lambda_api_key, base_url=settings.lambda_api_url,
+        api_key, base_url=settings.lambda_api_url,
         retry=RetryPolicy(attempts=settings.lambda_retry_attempts,
                           base_delay_s=settings.lambda_retry_base_delay_s,
                           max_delay_s=settings.lambda_retry_max_delay_s),
         launch_interval_s=settings.lambda_launch_interval_s,
     )
-    return LambdaProvider(client, ssh_key_name=settings.lambda_ssh_key_name, private_key_file=key_file,
+    return LambdaProvider(client, ssh_key_name=ssh_key_name, private_key_file=key_file,
                           known_hosts=PinnedHostKeys(settings.resolved_known_hosts_file),
                           ssh_user=settings.ssh_user, ssh_port=settings.lambda_ssh_port,
                           ssh_timeouts=_ssh_timeouts(settings))
@@ -76,9 +82,10 @@ def _ssh(settings: "Settings") -> Provider:
     _require("ssh", ssh_hosts_file=settings.ssh_hosts_file)
     from pydantic import ValidationError
 
-    from provision.transport.known_hosts import PinnedHostKeys
     from provision.ssh_hosts import SshProvider, load_hosts
+    from provision.transport.known_hosts import PinnedHostKeys
 
+    assert settings.ssh_hosts_file is not None  # checked by _require
     path = Path(settings.ssh_hosts_file).expanduser()
     try:
         hosts = load_hosts(path)
@@ -90,7 +97,7 @@ def _ssh(settings: "Settings") -> Provider:
                        ssh_timeouts=_ssh_timeouts(settings))
 
 
-_FACTORIES: dict[str, Callable[[Any], Provider]] = {
+_FACTORIES: dict[str, Callable[[Settings], Provider]] = {
     "local": _local,
     "lambda": _lambda,
     "ssh": _ssh,
@@ -133,10 +140,10 @@ class UnavailableProvider(Provider):
     def get(self, instance_id: str) -> Instance | None:
         raise self.refusal
 
-    def list(self) -> list[Instance]:
+    def list(self) -> builtins.list[Instance]:
         raise self.refusal
 
-    def terminate(self, instance_ids: list[str]) -> None:
+    def terminate(self, instance_ids: builtins.list[str]) -> None:
         raise self.refusal
 
     def node(self, instance: Instance) -> Node:

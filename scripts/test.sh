@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Lint, formatting and types (configured in pyproject.toml): any finding fails the run.
+echo "test: ruff check" >&2
+.venv/bin/ruff check .
+echo "test: ruff format --check" >&2
+.venv/bin/ruff format --check .
+echo "test: mypy" >&2
+.venv/bin/mypy
 # The Lambda simulator's machines in the tests are real OpenSSH servers.
 bash scripts/install-sshd.sh
 bash scripts/services.sh

@@ -33,7 +33,7 @@ from safetensors.torch import load_model, save_model
 
 # The manifest helpers live in a torch-free module so the artifact store (and the service) can
 # check checkpoints with exactly the same rules without importing torch.
-from trainer.artifacts.manifest import FORMAT, MANIFEST, REQUIRED, verify  # noqa: F401 (re-exported)
+from trainer.artifacts.manifest import FORMAT, MANIFEST, REQUIRED, verify  # used here, and re-exported
 from trainer.artifacts.manifest import fsync_file as _fsync_file
 from trainer.artifacts.manifest import fsync_write as _fsync_write
 from trainer.artifacts.manifest import sha256_file as _sha256
@@ -176,6 +176,6 @@ def load_training(ckpt: Path, model: torch.nn.Module) -> tuple[dict, dict]:
     try:
         opt_sd = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # verified bytes that still do not unpickle: written by something else
+    except Exception as e:  # noqa: BLE001 - verified bytes that still do not unpickle: written by something else
         raise CheckpointError(f"checkpoint {ckpt}: cannot read its state: {e}") from None
     return opt_sd, state

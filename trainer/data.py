@@ -96,14 +96,6 @@ def load_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SplitTokens:
     """One split's shards as a single read-only token stream (memory-mapped)."""
 

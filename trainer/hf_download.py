@@ -15,7 +15,6 @@ once. Progress goes to stderr for files over a few MB.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.client
 import os
@@ -26,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 from trainer.errors import CheckpointError, TrainerError
 
@@ -63,8 +64,7 @@ def fetch_repo(repo: str, files: tuple[str, ...] = FILES, timeout: float = TIMEO
         dest = folder / name
         if dest.is_file():
             continue
-        with open(folder / f".{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching it: wait for it
+        with FileLock(folder / f".{name}.lock"):  # another process may be fetching it: wait for it
             if not dest.is_file():
                 _download(f"{endpoint()}/{repo}/resolve/main/{name}", dest, timeout, log)
     return folder

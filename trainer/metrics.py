@@ -11,6 +11,7 @@ the same writer as the training loop, each line whole, and a line logged after c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -74,7 +75,8 @@ class Metrics:
         self.active = active
         self.run_dir = run_dir
         self.step = 0
-        self._f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if active else None
+        metrics_path = run_dir / "metrics.jsonl"
+        self._f = open(metrics_path, "a", encoding="utf-8") if active else None  # noqa: SIM115 - close() closes it
         self._lock = threading.Lock()  # log() is called from the training loop and the upload thread
         self._stop = threading.Event()
         self._thread = None
@@ -103,10 +105,9 @@ class Metrics:
 
     def _beat_loop(self, every: float) -> None:
         while not self._stop.wait(every):
-            try:
+            # a full disk must not kill training from a side thread; the next beat retries
+            with contextlib.suppress(OSError):
                 self._beat()
-            except OSError:
-                pass  # a full disk must not kill training from a side thread; the next beat retries
 
     def close(self) -> None:
         if not self.active:

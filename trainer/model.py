@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -263,7 +263,3 @@ def from_hf_pretrained(folder: str | Path) -> GPT:
     model = GPT(cfg)
     load_hf_state_dict(model, load_file(str(folder / "model.safetensors")))
     return model
-
-
-def config_dict(cfg: GPTConfig) -> dict:
-    return asdict(cfg)

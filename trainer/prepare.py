@@ -209,7 +209,7 @@ def prepare(source: str, out: str | Path, fmt: str = "auto", val_fraction: float
     writers = {s: ShardWriter(out, s, shard_tokens) for s in SPLITS}
     total, docs, t0 = 0, 0, time.time()
     for batch in _batched(iter_documents(source, fmt, field), 256):
-        for text, ids in zip(batch, enc.encode_ordinary_batch(batch, num_threads=4)):
+        for text, ids in zip(batch, enc.encode_ordinary_batch(batch, num_threads=4), strict=True):
             ids.append(tokenizer.EOT)
             if max_tokens is not None and total + len(ids) > max_tokens:
                 break
@@ -344,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared cache of this prepared dataset (file:// or s3:// folder): "
                          "downloaded when it holds a manifest, else filled after preparing")
     args = ap.parse_args(argv)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
     options = (args.format, args.val_fraction, args.test_fraction, args.shard_tokens,
                args.max_tokens, args.field)
     if args.cache:

@@ -6,9 +6,11 @@
     # 1 node, 8 GPUs
     torchrun --standalone --nproc_per_node=8 -m trainer.train config.yaml --run-dir run
 
-    # 2 nodes x 8 GPUs: run on EVERY node; HOST0 is the first node's address
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-id=run42 --rdzv-backend=c10d \
-        --rdzv-endpoint=HOST0:29500 -m trainer.train config.yaml --run-dir run
+    # 2 nodes x 8 GPUs: run on EVERY node with its own --node_rank (0 on HOST0, 1 on the other).
+    # Static rendezvous on HOST0 (node 0's private address), as the controller launches it
+    # (provision/launch.py): node rank 0 always holds global rank 0, the rank that writes.
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=R --master_addr=HOST0 --master_port=29500 \
+        --max_restarts=0 -m trainer.train config.yaml --run-dir run
 
 Options: --set key=value overrides a config key (dotted keys reach into model_overrides);
 --stop-at-step N stops after step N with a checkpoint, as a preemption would (no DONE file);
@@ -41,17 +43,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint, config as config_mod
+from trainer import checkpoint
+from trainer import config as config_mod
 from trainer.artifacts import ArtifactError, split_uri
 from trainer.data import SplitTokens, TrainBatches, eval_windows
 from trainer.errors import CheckpointError, ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
 from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes
 from trainer.model import GPT
-from trainer.runtime import (all_sum, autotune_micro_batch, init_distributed, rng_state,
-                             seed_rank, set_rng_state)
+from trainer.runtime import all_sum, autotune_micro_batch, init_distributed, rng_state, seed_rank, set_rng_state
 from trainer.upload import CheckpointUploader, pull_for_resume
-
 
 # ---------------------------------------------------------------- schedule
 
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         _record_failure(run_dir, rank, str(e), e.exit_code, type(e).__name__)
         return e.exit_code
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any other failure is recorded for the controller, exit 1
         traceback.print_exc()
         _record_failure(run_dir, rank, f"{type(e).__name__}: {e}", 1, type(e).__name__)
         return 1

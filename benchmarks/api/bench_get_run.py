@@ -25,9 +25,11 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, when not pip-installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed.py
+from seed import run_ids, seed_postgres, seed_sqlite
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # seed.py, and the checkout when not pip-installed
-from seed import run_ids, seed_postgres, seed_sqlite  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("TRAINYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -31,13 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # s3server.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, when not pip-installed
 
-from s3server import ACCESS_KEY, SECRET_KEY, moto_server  # noqa: E402
-
-from trainer.artifacts import open_store  # noqa: E402
-from trainer.artifacts import manifest as mf  # noqa: E402
+from s3server import ACCESS_KEY, SECRET_KEY, moto_server
+from trainer.artifacts import manifest as mf
+from trainer.artifacts import open_store
 
 MiB = 1 << 20
 BUCKET = "ty-bench"

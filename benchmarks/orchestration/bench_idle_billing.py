@@ -38,14 +38,15 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, when not pip-installed
 
-from orchestrator.db.migrations import upgrade  # noqa: E402
-from provision.lambda_cloud import LambdaClient  # noqa: E402
-from provision.simulator import SimConfig, SimulatorServer  # noqa: E402
-from provision.simulator.catalog import load_catalog  # noqa: E402
-from provision.simulator.sshd import address_free, find_sshd, generate_key_pair  # noqa: E402
+from orchestrator.db.migrations import upgrade
+from provision.lambda_cloud import LambdaClient
+from provision.simulator import SimConfig, SimulatorServer
+from provision.simulator.catalog import load_catalog
+from provision.simulator.sshd import address_free, find_sshd, generate_key_pair
+
+REPO = Path(__file__).resolve().parents[2]
 
 API_KEY = "bench-idle-billing-key-0123456789"
 KEY_NAME = "trainyard-bench"
@@ -145,8 +146,8 @@ def main() -> None:
            "TRAINYARD_SSH_USER": getpass.getuser(), "TRAINYARD_NODE_PYTHON": NODE_PYTHON,
            "TRAINYARD_NODE_TORCH_SITE_PACKAGES": TORCH_SITE, "TRAINYARD_NODE_SOCKET_IFNAME": "lo",
            "TRAINYARD_NODE_ENV": json.dumps({"OMP_NUM_THREADS": "1"}), "TRAINYARD_NODE_ACTIVE_POLL_S": "0.5"}
-    log = open(work / "service.log", "w")
-    service = subprocess.Popen([*SERVE], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    with open(work / "service.log", "w") as log:  # the service writes through its own copy
+        service = subprocess.Popen([*SERVE], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
     results: list[list[dict]] = []
     try:

@@ -47,12 +47,13 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, when not pip-installed
 
-from orchestrator.controller import commands  # noqa: E402
-from orchestrator.db.migrations import upgrade  # noqa: E402
-from orchestrator.spec import validate_spec  # noqa: E402
+from orchestrator.controller import commands
+from orchestrator.db.migrations import upgrade
+from orchestrator.spec import validate_spec
+
+REPO = Path(__file__).resolve().parents[2]
 
 SPEC = {
     "name": "bench-overhead",
@@ -125,7 +126,10 @@ def via_service(client: httpx.Client, data_dir: Path) -> tuple[tuple[float, floa
     first, done = _metric_times(run_dir)
     submitted, finished = _ts(run["created_at"]), _ts(run["finished_at"])
     events = client.get(f"/runs/{run['id']}/events", params={"limit": 1000}).json()["events"]
-    mtime = lambda name: (run_dir / name).stat().st_mtime  # noqa: E731
+
+    def mtime(name: str) -> float:
+        return (run_dir / name).stat().st_mtime
+
     gaps = [
         _event_time(events, "preparing data") - submitted,
         _event_time(events, "trainer launched") - mtime("data/manifest.json"),

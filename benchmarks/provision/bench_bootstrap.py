@@ -4,7 +4,8 @@
 
 Starts a simulator in-process (boot delay 0, no rate limits). Each run rents a FRESH instance and
 times, from the moment it is active: SSH answering, `provision.bootstrap.bootstrap` (each phase),
-the config upload and `provision.launch.start_torchrun` (1 node x 1 process), and the first
+the config upload (`Node.write_json`) and the trainer's start (`provision.launch.torchrun_command`,
+1 node x 1 process, through `Node.start_detached` as the controller does), and the first
 `train` line in metrics.jsonl (`log_every: 1`, so that is step 1, timed by the line's own
 timestamp). Then it stops the trainer and terminates the instance.
 
@@ -35,15 +36,16 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from provision.bootstrap import REPO_ROOT, BootstrapSpec, WheelCache, bootstrap
+from provision.bootstrap import BootstrapSpec, bootstrap
 from provision.lambda_cloud import LambdaClient, LambdaProvider, RetryPolicy
-from provision.launch import NodeTarget, put_config, start_torchrun, stop_torchrun
+from provision.launch import torchrun_command
 from provision.placement import place
 from provision.simulator import SimConfig, SimulatorServer
 from provision.simulator.catalog import load_catalog
 from provision.simulator.sshd import address_free, find_sshd, generate_key_pair
-from provision.ssh.connection import SshTimeouts
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.transport.connection import SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
+from provision.wheels import REPO_ROOT, WheelCache
 
 KEY = "bench-key"
 #: the simulated nodes are this machine: its base interpreter, and the .venv's torch (see
@@ -52,7 +54,7 @@ NODE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
 TORCH_SITE = str(Path(importlib.util.find_spec("torch").origin).parent.parent)
 CONFIG = {
     "model": "gpt2-tiny", "model_overrides": {"n_layer": 1, "n_embd": 64, "n_head": 2},
-    "data_dir": "overridden", "seq_len": 64, "micro_batch": 4, "max_tokens": 12288, "warmup_steps": 2,
+    "data_dir": "set per node", "seq_len": 64, "micro_batch": 4, "max_tokens": 12288, "warmup_steps": 2,
     "log_every": 1, "eval_every": 1000, "eval_tokens": 256, "checkpoint_every": 1000,
     "device": "cpu", "dtype": "fp32",
 }
@@ -71,11 +73,10 @@ def one_run(provider: LambdaProvider, wheels: WheelCache, name: str, data: str, 
                          prepare_args=("--max-tokens", "60000"))
     result = bootstrap(node, spec, wheels=wheels)
     boot_at = time.time()
-    target = NodeTarget(node=node, private_ip=inst.private_ip, python=result.python, run_dir=result.run_dir,
-                        data_dir=result.data_dir)
-    put_config(node, CONFIG, f"{result.run_dir}/config.json")
-    start_torchrun([target], config="config.json", nproc_per_node=1, master_port=_free_port(inst.private_ip),
-                   socket_ifname="lo", env={"OMP_NUM_THREADS": "1"})
+    config = f"{result.run_dir}/config.json"
+    node.write_json(config, {**CONFIG, "data_dir": result.data_dir})
+    node.start_detached(torchrun_command(python=result.python, nproc_per_node=1, config=config, run_dir=result.run_dir,
+                                         env={"OMP_NUM_THREADS": "1"}), workdir=result.run_dir, name="train")
     started_at = time.time()
     first_step = None
     deadline = time.monotonic() + 180
@@ -89,7 +90,7 @@ def one_run(provider: LambdaProvider, wheels: WheelCache, name: str, data: str, 
                 break
         else:
             time.sleep(0.1)
-    stop_torchrun([target], grace_s=5)
+    node.stop(workdir=result.run_dir, name="train", grace_s=5)
     node.close()
     provider.terminate([inst.id])
     return {
@@ -101,14 +102,6 @@ def one_run(provider: LambdaProvider, wheels: WheelCache, name: str, data: str, 
         "wheel_built": "wheel" in result.done,
         "phases": {k: round(v, 2) for k, v in result.timings.items()},
     }
-
-
-def _free_port(host: str) -> int:
-    rng = random.Random()
-    while True:
-        port = rng.randrange(30000, 60000)
-        if address_free("0.0.0.0", port) and address_free(host, port):
-            return port
 
 
 def main() -> None:

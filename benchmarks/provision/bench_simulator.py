@@ -24,8 +24,8 @@ from provision.lambda_cloud import LambdaClient, RetryPolicy
 from provision.simulator import SimConfig, SimulatorServer
 from provision.simulator.catalog import load_catalog
 from provision.simulator.sshd import find_sshd, generate_key_pair
-from provision.ssh.connection import SshNode, SshTarget
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.transport.connection import SshNode, SshTarget
+from provision.transport.known_hosts import PinnedHostKeys
 
 KEY = "bench-key"
 

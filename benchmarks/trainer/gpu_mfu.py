@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.metrics import peak_flops, peak_memory_bytes  # noqa: E402
-from trainer.model import GPT, make_config  # noqa: E402
-from trainer.runtime import autotune_micro_batch  # noqa: E402
-from trainer.train import make_optimizer  # noqa: E402
+from trainer.config import TrainConfig
+from trainer.metrics import peak_flops, peak_memory_bytes
+from trainer.model import GPT, make_config
+from trainer.runtime import autotune_micro_batch
+from trainer.train import make_optimizer
 
 
 def measure(args, compiled: bool, device: torch.device) -> dict:

@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 
@@ -58,8 +59,9 @@ class SqliteDatabase(Database):
         self._writes = make_sessionmaker(self.engine)
         self._reads = make_sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         # as many writer threads as pooled connections: more would make the pool open and close
-        # overflow connections (re-running the SQLite pragmas each time)
-        self._limiter = CapacityLimiter(max(2, self.engine.pool.size()))  # type: ignore[attr-defined]
+        # overflow connections (re-running the SQLite pragmas each time). A file database has a QueuePool.
+        pool = self.engine.pool
+        self._limiter = CapacityLimiter(max(2, pool.size() if isinstance(pool, QueuePool) else 0))
 
     def _write_sync(self, fn: Callable[..., T], *args: object) -> T:
         with transaction(self._writes) as session:

@@ -11,7 +11,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from orchestrator.db.models import aware
 from orchestrator.spec import RunSpec
 
-
 #: SQLite hands back naive datetimes; every time is stored as UTC, so say so on the wire
 UtcDatetime = Annotated[datetime, AfterValidator(aware)]
 

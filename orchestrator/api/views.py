@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeAlias
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator import runs
-from orchestrator.costs import (booked_cents_of_run, live_instances_cents, runs_cost_cents,
-                                unbooked_instances_of_run)
+from orchestrator.api import schemas
+from orchestrator.costs import booked_cents_of_run, live_instances_cents, runs_cost_cents, unbooked_instances_of_run
 from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, aware, utcnow
 from orchestrator.errors import NotFoundError
-from orchestrator.api import schemas
 from orchestrator.spec import RunSpec
 
 _ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.bootstrapping.value}
@@ -37,7 +37,11 @@ _GET_RUN = select(
 ).where(_runs.c.id == bindparam("run_id"))
 
 
-def progress_of(run) -> schemas.RunProgress:  # noqa: ANN001 - a Run or a row of its columns
+#: a Run, or a row of its public columns (what `_GET_RUN` and `list_runs` read)
+RunOrRow: TypeAlias = "Run | Row"
+
+
+def progress_of(run: RunOrRow) -> schemas.RunProgress:
     done, target, tps = run.tokens_done or 0, run.target_tokens, run.tokens_per_s
     fraction = min(1.0, done / target) if target else None
     eta = None
@@ -50,7 +54,7 @@ def progress_of(run) -> schemas.RunProgress:  # noqa: ANN001 - a Run or a row of
     )
 
 
-def _public_fields(run, cost_cents: float, now: datetime) -> dict:  # noqa: ANN001 - Run or row
+def _public_fields(run: RunOrRow, cost_cents: float, now: datetime) -> dict:
     created = aware(run.created_at)
     end = aware(run.finished_at) or now
     return dict(
@@ -63,7 +67,7 @@ def _public_fields(run, cost_cents: float, now: datetime) -> dict:  # noqa: ANN0
     )
 
 
-def run_detail(session: Session, run, now: datetime | None = None) -> schemas.RunDetail:  # noqa: ANN001
+def run_detail(session: Session, run: Run, now: datetime | None = None) -> schemas.RunDetail:
     now = now or utcnow()
     cost = runs_cost_cents(session, [run.id], now)[run.id]
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
@@ -152,7 +156,7 @@ def logs_page(
         rows = list(reversed(session.scalars(base.order_by(LogChunk.id.desc()).limit(tail)).all()))
         page, has_more = rows, False
     else:
-        rows = session.scalars(base.order_by(LogChunk.id).limit(limit + 1)).all()
+        rows = list(session.scalars(base.order_by(LogChunk.id).limit(limit + 1)))
         page, has_more = rows[:limit], len(rows) > limit
     return schemas.LogsPage(
         chunks=[schemas.LogChunkPublic.model_validate(c) for c in page],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from orchestrator.cli import context
+from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import BAD_INPUT, CONFLICT, FAILURE, CliError, cli_errors
 from orchestrator.cli.output import Format, FormatOpt, err, integer, message, num, out, print_json
 
@@ -108,7 +110,7 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
                 f"every SHA-256 checked against the manifest")
 
 
-def _fetch(api, run_id: str, step: int, f: dict, into: Path, advance) -> None:  # noqa: ANN001
+def _fetch(api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance: Callable[[int], None]) -> None:
     digest, size = hashlib.sha256(), 0
     with (into / f["name"]).open("wb") as handle:
         def write(chunk: bytes) -> None:

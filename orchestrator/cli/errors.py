@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
 
@@ -56,20 +56,21 @@ def debug_enabled() -> bool:
     return os.environ.get("TRAINYARD_DEBUG", "") not in ("", "0", "false")
 
 
-def fail(message: str, exit_code: int) -> None:
+def fail(message: str, exit_code: int) -> NoReturn:
     first_line = " ".join(str(message).split("\n")[0].split()) or "failed"
     print(f"error: {first_line}", file=sys.stderr)
     raise typer.Exit(exit_code)
 
 
-F = TypeVar("F", bound=Callable)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def cli_errors(func: F) -> F:
+def cli_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Wrap a command so that known errors become `error: ...` plus the matching exit code."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
@@ -77,7 +78,7 @@ def cli_errors(func: F) -> F:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(INTERRUPTED) from None
-        except Exception as exc:  # the edge: everything becomes one line and an exit code
+        except Exception as exc:  # noqa: BLE001 - the edge: everything becomes one line and an exit code
             if debug_enabled():
                 traceback.print_exc()
             if isinstance(exc, CliError):
@@ -88,4 +89,4 @@ def cli_errors(func: F) -> F:
             hint = "" if debug_enabled() else " (run with --debug for the traceback)"
             fail(f"{type(exc).__name__}: {exc}{hint}", FAILURE)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

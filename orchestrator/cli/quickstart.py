@@ -9,7 +9,6 @@ cost) and the dashboard's address. It stops the service it started when done, un
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -11,14 +11,18 @@ import logging
 import signal
 import sys
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from sqlalchemy import Engine
 
 from orchestrator.cli.errors import FAILURE, CliError, cli_errors
 from orchestrator.cli.output import Format, FormatOpt, message, print_json
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # pragma: no cover - imported when needed: the controller is optional
+    from orchestrator.controller.worker import Worker
 
 log = logging.getLogger("trainyard.serve")
 
@@ -32,7 +36,7 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def checked_engine(settings: Settings):
+def checked_engine(settings: Settings) -> Engine:
     """An engine on the configured database, after checking its schema is current."""
     from orchestrator.db.migrations import ensure_current
 
@@ -45,12 +49,12 @@ def checked_engine(settings: Settings):
     return engine
 
 
-def _describe_db(engine) -> str:  # noqa: ANN001
+def _describe_db(engine: Engine) -> str:
     # hide_password: the URL may carry PostgreSQL credentials, which must never be logged
     return engine.url.render_as_string(hide_password=True)
 
 
-def make_worker(settings: Settings, engine):  # noqa: ANN001, ANN201
+def make_worker(settings: Settings, engine: Engine) -> Worker:
     try:
         from orchestrator.controller.worker import Worker
     except ModuleNotFoundError as exc:

@@ -53,7 +53,7 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         if row.python is not None:
             continue
         ready, pending = run_task(ctx, f"bootstrap-{row.rank}", f"bootstrapping {row.name}",
-                                  partial(_install, ctx, run, row))
+                                  partial(_install, ctx, row))
         if pending is not None:
             if pending is not WAITING:
                 return pending
@@ -67,7 +67,7 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
 
 
 # -- 1. install -----------------------------------------------------------------------------------
-def _install(ctx: RunContext, run: Run, row: Instance, cancel: threading.Event) -> NodeReady:
+def _install(ctx: RunContext, row: Instance, cancel: threading.Event) -> NodeReady:
     """The task: the node able to run the trainer, with an empty run directory."""
     inst = ctx.provider.get(row.provider_instance_id) if row.provider_instance_id else None
     lost = lost_reason(row, inst, ctx.provider.name)
@@ -98,7 +98,7 @@ def _install(ctx: RunContext, run: Run, row: Instance, cancel: threading.Event) 
 
 def _record_ready(ctx: RunContext, run: Run, row: Instance, ready: NodeReady) -> None:
     with ctx.write() as (session, _fresh):
-        fresh = session.get(Instance, row.id)
+        fresh = session.get_one(Instance, row.id)
         fresh.workdir, fresh.python = ready.run_dir, ready.python
         add_event(session, run.id, "bootstrap", f"{row.name} {ready.note}, run directory {ready.run_dir}")
 

@@ -18,9 +18,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from orchestrator.spec import RunSpec
 from provision.launch import DEFAULT_MASTER_PORT, env_prefix, torchrun_command
 from provision.node import Node, ProcessStatus
-from orchestrator.spec import RunSpec
 
 DATA = "data"
 CONFIG = "config.json"

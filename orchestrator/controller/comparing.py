@@ -22,7 +22,8 @@ import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +34,7 @@ from orchestrator.db.models import ComparisonRequest, ComparisonStatus, Run, Run
 from orchestrator.db.session import transaction
 from orchestrator.judge import judge_answers
 from orchestrator.judge.errors import JudgeError
+from orchestrator.judge.schemas import Mode
 from orchestrator.settings import Settings
 
 log = logging.getLogger("trainyard.controller")
@@ -76,7 +78,7 @@ class Comparisons:
             try:
                 self._write(cid, j.token, status=ComparisonStatus.pending.value, lease_owner=None,
                             lease_token=None, lease_expires_at=None)
-            except Exception:  # the lease expires by itself
+            except Exception:  # noqa: BLE001 - the lease expires by itself
                 log.warning("could not release the lease on comparison %s", cid)
         self._held.clear()
 
@@ -116,26 +118,26 @@ class Comparisons:
                        finished_at=now, lease_owner=None, lease_token=None, lease_expires_at=None):
             log.info("comparison %s %s%s", cid, status.value, f": {reason}" if reason else "")
 
-    def _write(self, cid: str, token: str, **values) -> bool:
+    def _write(self, cid: str, token: str, **values: object) -> bool:
         """A write fenced by our lease token; False when the lease is not ours any more."""
         with transaction(self.factory) as session:
             return lease.compare_and_set(session, ComparisonRequest, cid, ComparisonRequest.lease_token == token,
                                          updated_at=utcnow(), **values)
 
-    def _expiry(self):
+    def _expiry(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.lease_s)
 
     # -- requests waiting ---------------------------------------------------------------------------
     def _advance(self) -> None:
         now = utcnow()
         with self.factory() as session:
-            waiting = session.scalars(
+            rows = session.scalars(
                 select(ComparisonRequest).where(
                     ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value]),
                     lease.is_free(ComparisonRequest, now),
                 ).order_by(ComparisonRequest.created_at).limit(_SCAN)
             ).all()
-            waiting = [(c.id, list(c.models)) for c in waiting]
+            waiting = [(c.id, list(c.models)) for c in rows]
         for cid, models in waiting:
             if len(self._held) >= MAX_JUDGING:
                 return
@@ -199,13 +201,15 @@ def judge(factory: sessionmaker[Session], settings: Settings, comparison_id: str
     """Judge a comparison's answers together (the judge's calls: network, no transaction open).
     Returns the report id; raises ComparisonFailed when the answers cannot be judged together."""
     with factory() as session:
-        request = session.get(ComparisonRequest, comparison_id)
-        models, mode, k, seed = list(request.models), request.mode, request.k, request.seed
-        answers = {m["label"]: answers_of(session, m["run_id"]) for m in models}
-    missing = [m for m in models if answers[m["label"]] is None]
+        request = session.get_one(ComparisonRequest, comparison_id)
+        # a judge Mode: the API accepts no other (api/comparison_schemas.py)
+        models, mode, k, seed = list(request.models), cast(Mode, request.mode), request.k, request.seed
+        found = {m["label"]: answers_of(session, m["run_id"]) for m in models}
+    missing = [m for m in models if found[m["label"]] is None]
     if missing:
         m = missing[0]
         raise ComparisonFailed(f"{m['label']} (run {m['run_id']}) succeeded without IFT answers")
+    answers = {label: a for label, a in found.items() if a is not None}
     first = answers[models[0]["label"]]
     for m in models[1:]:
         if answers[m["label"]].item_set_hash != first.item_set_hash:

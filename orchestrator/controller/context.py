@@ -8,24 +8,26 @@ The run and instance objects a step reads are detached snapshots: changing them 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from orchestrator.controller import lease
 from orchestrator.controller.policy import NodeLost
 from orchestrator.controller.tasks import TaskOutcome, TaskPool
-from orchestrator.db.models import Instance, Run, RunStatus, utcnow
+from orchestrator.db.models import Instance, Run
 from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus, Provider
-from provision.wheels import WheelCache
 from provision.node import Node
+from provision.wheels import WheelCache
 
 log = logging.getLogger("trainyard.controller")
 #: seconds a provider's view of an instance is trusted before asking again
@@ -104,11 +106,12 @@ class RunContext:
         if cached is not None and time.monotonic() - cached[0] < HANDLE_TTL_S:
             inst, node = cached[1], cached[2]
         else:
-            inst = self.provider.get(pid)
-            lost = lost_reason(row, inst, self.provider.name)
-            if lost:
+            found = self.provider.get(pid)
+            lost = lost_reason(row, found, self.provider.name)
+            if lost or found is None:  # lost_reason names a missing instance too
                 self.forget(pid)
-                raise NodeLost(lost)
+                raise NodeLost(lost or f"node {row.rank} ({row.name}) is not at provider {self.provider.name}")
+            inst = found
             node = cached[2] if cached is not None else self.provider.node(inst)
             self.handles[pid] = (time.monotonic(), inst, node)
         return NodeHandle(inst, node, row.workdir, row.python, dict(self.settings.node_env))
@@ -119,7 +122,7 @@ class RunContext:
         if cached is not None:
             cached[2].close()
 
-    def task(self, key: str, work, *, may_launch: bool = False) -> TaskOutcome:
+    def task(self, key: str, work: Callable[[threading.Event], Any], *, may_launch: bool = False) -> TaskOutcome:
         """Start or look at this run's background task `key` (see tasks.TaskPool.poll)."""
         if self.tasks is None:
             raise RuntimeError("this RunContext has no task pool (the worker gives one)")

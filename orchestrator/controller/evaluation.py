@@ -19,6 +19,7 @@ the fine-tuning runs. The answers are judged later by the service, never on the 
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from orchestrator.controller import commands as cmd
 from orchestrator.controller.context import NodeHandle, RunContext, load_run, node_handles
@@ -33,12 +34,12 @@ from orchestrator.spec import RunSpec
 ANSWER_KEYS = ("instruction", "input", "output", "model_response")
 
 
-def _keep_log(session, run_id: str, text: str) -> None:
+def _keep_log(session: Session, run_id: str, text: str) -> None:
     if text.strip():
         session.add(LogChunk(run_id=run_id, rank=0, text=text))
 
 
-def _checkpoint_id(session, run_id: str, step: object) -> int | None:
+def _checkpoint_id(session: Session, run_id: str, step: object) -> int | None:
     if step is None:
         return None
     return session.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.step == step)
@@ -94,7 +95,7 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
 
 
 def _record_test_loss(result: dict, eval_log: str) -> Record:
-    def record(session, fresh: Run) -> None:
+    def record(session: Session, fresh: Run) -> None:
         session.add(Evaluation(
             run_id=fresh.id, checkpoint_id=_checkpoint_id(session, fresh.id, result.get("step")),
             kind="test_loss", test_loss=float(result["test_loss"]),
@@ -137,7 +138,7 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
         return Failed(f"instruction fine-tuning exited 0 but {problem or 'ift.json is missing or not a JSON object'}")
     items = [Item(instruction=a["instruction"], input=a["input"], output=a["output"]) for a in answers]
 
-    def record(session, fresh: Run) -> None:
+    def record(session: Session, fresh: Run) -> None:
         session.add(Evaluation(
             run_id=fresh.id, checkpoint_id=_checkpoint_id(session, fresh.id, evaluated.get("step")),
             kind="ift", details={"summary": summary, "item_set_hash": item_set_hash(items),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -123,7 +124,7 @@ def record_output(ctx: RunContext, handle: NodeHandle, new: NewOutput) -> bool:
     return True
 
 
-def apply_lines(session: Session, run: Run, lines: list[dict], uri_of) -> None:
+def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[[str], str]) -> None:
     """Turn metrics lines into rows and keep the run's progress columns current."""
     points: list[dict] = []
     for m in lines:

@@ -22,10 +22,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from typing import Any
-
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import TERMINAL_VALUES, Instance, Run, utcnow
@@ -52,7 +51,8 @@ def compare_and_set(session: Session, model: Any, row_id: str, condition: Column
         update(model).where(model.id == row_id, condition).values(**values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    # an UPDATE's result is a CursorResult (it has a rowcount); Session.execute is typed for any statement
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: float) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -83,7 +84,8 @@ def _place_until_active(ctx: RunContext, run: Run, spec: RunSpec, rank: int, nam
     return _wait_active(ctx, inst, sleep)
 
 
-def _wait_active(ctx: RunContext, inst: ProviderInstance, sleep) -> tuple[ProviderInstance, datetime]:
+def _wait_active(ctx: RunContext, inst: ProviderInstance,
+                 sleep: Callable[[float], None]) -> tuple[ProviderInstance, datetime]:
     """Poll until the provider shows the instance active. Returns it and when it turned active.
 
     Billing starts when an instance turns active, and the API does not say when that was: only

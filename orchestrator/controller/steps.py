@@ -32,8 +32,14 @@ from orchestrator.controller import storage
 from orchestrator.controller.bootstrapping import bootstrapping
 from orchestrator.controller.context import RunContext, load_run, log, spec_of
 from orchestrator.controller.evaluation import evaluating
-from orchestrator.controller.lifecycle import adopt_unrecorded, book_terminations, budget_exceeded, cleanup, \
-    release_workers, terminate_instances
+from orchestrator.controller.lifecycle import (
+    adopt_unrecorded,
+    book_terminations,
+    budget_exceeded,
+    cleanup,
+    release_workers,
+    terminate_instances,
+)
 from orchestrator.controller.outcomes import Done, Failed, Killed, Lost, Outcome, Record, Waiting
 from orchestrator.controller.placement import placement
 from orchestrator.controller.policy import Action, classify, one_line

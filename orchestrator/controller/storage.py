@@ -151,15 +151,16 @@ def apply_retention(ctx: RunContext, run: Run, spec: RunSpec) -> None:
             Checkpoint.run_id == run.id,
             Checkpoint.state.in_([CheckpointState.stored.value, CheckpointState.deleting.value]))))
         referenced = {i for i in session.scalars(select(Evaluation.checkpoint_id).where(
-            Evaluation.run_id == run.id, Evaluation.checkpoint_id.is_not(None)))}
+            Evaluation.run_id == run.id, Evaluation.checkpoint_id.is_not(None))) if i is not None}
     victims = retention_victims(rows, spec.training.keep_last, referenced)
-    if not victims:
+    uri = checkpoints_uri(ctx, run, spec)
+    if not victims or uri is None:  # None: the nodes upload nowhere, so nothing is in a store
         return
     ids = [v.id for v in victims]
     with ctx.write() as (session, _fresh):
         for row in session.scalars(select(Checkpoint).where(Checkpoint.id.in_(ids))):
             row.state = CheckpointState.deleting.value
-    store = artifacts.open_run_store(ctx.settings, checkpoints_uri(ctx, run, spec))
+    store = artifacts.open_run_store(ctx.settings, uri)
     deleted: list[Checkpoint] = []
     for victim in victims:
         try:

@@ -16,6 +16,7 @@ stopped (they cannot go on without their peer), a lost node terminated, one more
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -24,8 +25,14 @@ from sqlalchemy.orm import Session
 from orchestrator.controller import commands as cmd
 from orchestrator.controller import storage
 from orchestrator.controller.bootstrapping import bootstrapping
-from orchestrator.controller.context import NodeHandle, RunContext, load_run, lost_reason, node_handles, \
-    usable_instances
+from orchestrator.controller.context import (
+    NodeHandle,
+    RunContext,
+    load_run,
+    lost_reason,
+    node_handles,
+    usable_instances,
+)
 from orchestrator.controller.ingest import read_new, record_output
 from orchestrator.controller.lifecycle import book_terminations, terminate_instances
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Killed, Outcome, Record
@@ -100,7 +107,7 @@ def start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles: list[tuple[
                                 resume_from=resume[1] if resume is not None else None)
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
-        session.get(Instance, row.id).trainer_pid = pid
+        session.get_one(Instance, row.id).trainer_pid = pid
         add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})"
                   + (f"; it resumes from step {resume[0]} unless it holds a newer checkpoint"
                      if resume is not None else ""))
@@ -158,8 +165,11 @@ def recovering(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
     # A lost node's replacement is placed, installed and given its data as at the start (on task
     # threads); on nodes that kept theirs, both stages find everything done and cost a look.
     record = None
-    for stage in (lambda r: placement(ctx, r, spec, since=_recovery_began(ctx, r)),
-                  lambda r: bootstrapping(ctx, r, spec)):
+    stages: list[Callable[[Run], Outcome]] = [
+        lambda r: placement(ctx, r, spec, since=_recovery_began(ctx, r)),
+        lambda r: bootstrapping(ctx, r, spec),
+    ]
+    for stage in stages:
         outcome = stage(run)
         if not isinstance(outcome, Done):
             return outcome

@@ -34,11 +34,10 @@ from orchestrator.runs import add_event
 from orchestrator.settings import Settings
 from provision.base import Instance as ProviderInstance
 from provision.base import Provider
-from provision.registry import UnavailableProvider
-from provision.wheels import WheelCache
 from provision.errors import ProvisionError
 from provision.node import Node
-from provision.registry import get_provider
+from provision.registry import UnavailableProvider, get_provider
+from provision.wheels import WheelCache
 
 #: consecutive failed steps on one run (policy.Action.COUNT; RETRY errors mean "state unknown"
 #: and are retried forever) before the worker fails the run
@@ -89,7 +88,7 @@ class Worker:
                 started = time.monotonic()
                 try:
                     self.reconcile_once()
-                except Exception:  # the database may be briefly away; the next pass retries
+                except Exception:  # noqa: BLE001 - the database may be briefly away; the next pass retries
                     log.exception("worker %s: reconcile pass failed", self.owner)
                 stop.wait(max(0.0, self.settings.reconcile_interval_s - (time.monotonic() - started)))
         finally:
@@ -104,7 +103,7 @@ class Worker:
             held.disconnect()
             try:
                 lease.release(self.factory, run_id, held.token)
-            except Exception:
+            except Exception:  # noqa: BLE001 - the lease expires by itself
                 log.warning("worker %s: could not release the lease on %s", self.owner, run_id)
         self._held.clear()
         for provider in self.providers.values():
@@ -161,7 +160,7 @@ class Worker:
             ctx = self._context(run_id, held)
             done = True if ctx is None else reconcile(ctx)
             held.errors = 0
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - policy.classify decides what any error means
             if isinstance(exc, ProvisionError):
                 # a node or the provider failed us: ask the provider afresh about every node next
                 # pass, so a node that died is seen as such at once (not when the cache expires)
@@ -219,5 +218,5 @@ class Worker:
             run = load_run(self.factory, run_id)
             if ctx is not None and run is not None and not RunStatus(run.status).is_terminal:
                 end_run(ctx, run, RunStatus.failed, reason)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; a later pass tries again
             log.exception("run %s: could not record the failure", run_id)

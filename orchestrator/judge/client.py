@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from orchestrator.settings import Settings
 
@@ -74,10 +76,14 @@ class JudgeClient:
             raise CallFailed(self._describe(exc)) from None
 
     def _create(self, messages: list[dict[str, str]], json_object: bool) -> Completion:
-        extra = {"response_format": {"type": "json_object"}} if json_object else {}
-        resp = self._client.chat.completions.create(
-            model=self.model, messages=messages, temperature=0, **extra
-        )
+        # the judge's messages are plain {"role", "content"} dicts: what the API takes
+        api_messages = cast(list[ChatCompletionMessageParam], messages)
+        if json_object:
+            resp = self._client.chat.completions.create(
+                model=self.model, messages=api_messages, temperature=0, response_format={"type": "json_object"}
+            )
+        else:
+            resp = self._client.chat.completions.create(model=self.model, messages=api_messages, temperature=0)
         text = (resp.choices[0].message.content or "") if resp.choices else ""
         usage = resp.usage
         return Completion(

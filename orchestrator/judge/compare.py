@@ -1,6 +1,7 @@
-"""`compare`: judge several models' answers to the same test items and report the scores.
+"""`judge_answers`: judge several models' answers to the same test items and report the scores.
 
-The one entry point the CLI and the API call. It plans every judge call (pure), runs them
+The judge's one entry point; the worker calls it (controller/comparing.py) for a comparison that
+`trainyard compare` or POST /comparisons asked for. It plans every judge call (pure), runs them
 (cache first; network outside any transaction), then in one transaction books the judge's token
 cost to the runs compared, stores the report as a `comparisons` row and records each run's score
 with its judge version as an `evaluations` row.
@@ -27,7 +28,11 @@ from orchestrator.judge.errors import InvalidComparisonError, JudgeNotConfigured
 from orchestrator.judge.prompts import TEMPLATE_HASHES
 from orchestrator.judge.schemas import ComparisonReport, Item, JudgeVersion, Mode, Usage
 from orchestrator.judge.scoring import (
-    differences, item_reports, missing_counts, model_scores, observations,
+    differences,
+    item_reports,
+    missing_counts,
+    model_scores,
+    observations,
 )
 from orchestrator.settings import Settings
 
@@ -76,20 +81,20 @@ def _check_runs_exist(factory: sessionmaker[Session], run_ids: dict[str, str]) -
         raise InvalidComparisonError(f"no such runs: {missing}", field="run_ids")
 
 
-def _usage(outcomes: list[runner.Outcome], prices: cost.Prices, booked: float) -> Usage:
-    paid_in = sum(o.paid_input_tokens for o in outcomes)
-    paid_out = sum(o.paid_output_tokens for o in outcomes)
+def _usage(verdicts: list[runner.Verdict], prices: cost.Prices, booked: float) -> Usage:
+    paid_in = sum(o.paid_input_tokens for o in verdicts)
+    paid_out = sum(o.paid_output_tokens for o in verdicts)
     return Usage(
-        calls_made=sum(o.calls_made for o in outcomes),
-        calls_cached=sum(o.calls_cached for o in outcomes),
-        input_tokens=sum(o.input_tokens for o in outcomes),
-        output_tokens=sum(o.output_tokens for o in outcomes),
+        calls_made=sum(o.calls_made for o in verdicts),
+        calls_cached=sum(o.calls_cached for o in verdicts),
+        input_tokens=sum(o.input_tokens for o in verdicts),
+        output_tokens=sum(o.output_tokens for o in verdicts),
         paid_input_tokens=paid_in, paid_output_tokens=paid_out,
         cost_cents=cost.token_cost_cents(paid_in, paid_out, prices), booked_cents=booked,
     )
 
 
-def compare(
+def judge_answers(
     session_factory: sessionmaker[Session],
     settings: Settings,
     items: Sequence[Item | dict[str, Any]],
@@ -109,46 +114,46 @@ def compare(
     their judge cost is booked to them and their score recorded as an evaluation.
     Same arguments and judge model again: answered from the cache, no new calls.
     """
-    items = [i if isinstance(i, Item) else Item.model_validate(i) for i in items]
+    checked = [i if isinstance(i, Item) else Item.model_validate(i) for i in items]
     run_ids = dict(run_ids or {})
-    _check(items, answers, k, mode, run_ids)
+    _check(checked, answers, k, mode, run_ids)
     _check_runs_exist(session_factory, run_ids)
     own_client = client is None
     client = client or make_client(settings)
     try:
-        return _compare(session_factory, settings, items, answers, k, seed, mode, run_ids, client)
+        return _judge(session_factory, settings, checked, answers, k, seed, mode, run_ids, client)
     finally:
         if own_client:
             client.close()
 
 
-def _compare(session_factory: sessionmaker[Session], settings: Settings, items: list[Item],
-             answers: dict[str, list[str]], k: int, seed: int, mode: Mode,
-             run_ids: dict[str, str], client: JudgeClient) -> ComparisonReport:
+def _judge(session_factory: sessionmaker[Session], settings: Settings, items: list[Item],
+           answers: dict[str, list[str]], k: int, seed: int, mode: Mode,
+           run_ids: dict[str, str], client: JudgeClient) -> ComparisonReport:
     template_hash = TEMPLATE_HASHES[mode]
     version = JudgeVersion(mode=mode, model=client.model, template_hash=template_hash,
                            item_set_hash=item_set_hash(items), k=k, seed=seed)
     is_comparative = mode == "comparative"
     planned = (comparative.plan(items, answers, k=k, seed=seed) if is_comparative
                else pointwise.plan(items, answers, k=k))
-    ctx = runner.RunContext(client=client, mode=mode, template_hash=template_hash,
-                            attempts=max(1, settings.judge_attempts))
-    outcomes = runner.run(session_factory, ctx, planned, settings.judge_concurrency)
+    setup = runner.JudgeSetup(client=client, mode=mode, template_hash=template_hash,
+                              attempts=max(1, settings.judge_attempts))
+    verdicts = runner.run(session_factory, setup, planned, settings.judge_concurrency)
 
     models = list(answers)
-    obs = observations(outcomes, is_comparative)
+    obs = observations(verdicts, is_comparative)
     comparison_id = uuid.uuid4().hex
     prices = cost.Prices.from_settings(settings)
     with transaction(session_factory) as session:
-        booked = cost.book(session, outcomes, run_ids, prices,
+        booked = cost.book(session, verdicts, run_ids, prices,
                            f"judge ({mode}, {client.model}) for comparison {comparison_id}")
-        n_missing = sum(o.scores is None for o in outcomes)
+        n_missing = sum(o.scores is None for o in verdicts)
         report = ComparisonReport(
             id=comparison_id, created_at=utcnow(), judge=version,
             models=model_scores(obs, models, run_ids), differences=differences(obs, models),
-            n_expected=len(outcomes), n_missing=n_missing, missing_reasons=missing_counts(outcomes),
-            consistency=consistency(obs, models, k), usage=_usage(outcomes, prices, booked),
-            items=item_reports(items, outcomes, is_comparative),
+            n_expected=len(verdicts), n_missing=n_missing, missing_reasons=missing_counts(verdicts),
+            consistency=consistency(obs, models, k), usage=_usage(verdicts, prices, booked),
+            items=item_reports(items, verdicts, is_comparative),
         )
         judge = version.model_dump(mode="json")
         session.add(Comparison(id=comparison_id, mode=mode, judge_model=client.model,
@@ -163,5 +168,5 @@ def _compare(session_factory: sessionmaker[Session], settings: Settings, items: 
                 ))
     log.info("judge comparison %s: %d models, %d items x %d repeats, %d of %d judgements missing, "
              "%d calls made, %d from cache", comparison_id, len(models), len(items), k, n_missing,
-             len(outcomes), report.usage.calls_made, report.usage.calls_cached)
+             len(verdicts), report.usage.calls_made, report.usage.calls_cached)
     return report

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from statistics import fmean
 
 from orchestrator.judge.schemas import ConsistencyReport, ModelConsistency, PositionStat
 from orchestrator.judge.scoring import Obs
@@ -25,14 +26,14 @@ def _spread(values: list[float]) -> float | None:
 
 
 def _model_consistency(obs: list[Obs], model: str, k: int) -> ModelConsistency:
-    mine = [o for o in obs if o.model == model and o.score is not None]
-    repeat_means = [mean_or_none([o.score for o in mine if o.repeat == r]) for r in range(k)]
+    mine = [(o, o.score) for o in obs if o.model == model and o.score is not None]
+    repeat_means = [mean_or_none([s for o, s in mine if o.repeat == r]) for r in range(k)]
     by_item: dict[int, list[float]] = defaultdict(list)
     by_pos: dict[int, list[float]] = defaultdict(list)
-    for o in mine:
-        by_item[o.item].append(o.score)
+    for o, s in mine:
+        by_item[o.item].append(s)
         if o.position is not None:
-            by_pos[o.position].append(o.score)
+            by_pos[o.position].append(s)
     item_stds = [s for s in (sample_std(v) for v in by_item.values()) if s is not None]
     mean_by_position = {str(p): sum(v) / len(v) for p, v in sorted(by_pos.items())}
     return ModelConsistency(
@@ -44,21 +45,21 @@ def _model_consistency(obs: list[Obs], model: str, k: int) -> ModelConsistency:
 
 
 def _positions(obs: list[Obs]) -> list[PositionStat]:
-    scored = [o for o in obs if o.score is not None and o.position is not None]
+    scored = [(o, o.score, o.position) for o in obs if o.score is not None and o.position is not None]
     if not scored:
         return []
-    grand = sum(o.score for o in scored) / len(scored)
-    model_mean = {m: mean_or_none([o.score for o in scored if o.model == m])
-                  for m in {o.model for o in scored}}
+    grand = sum(s for _o, s, _p in scored) / len(scored)
+    model_mean = {m: fmean([s for o, s, _p in scored if o.model == m])
+                  for m in {o.model for o, _s, _p in scored}}
     by_judgement: dict[int, list[float]] = defaultdict(list)
-    for o in scored:
-        by_judgement[o.judgement].append(o.score)
+    for o, s, _p in scored:
+        by_judgement[o.judgement].append(s)
     call_mean = {j: sum(v) / len(v) for j, v in by_judgement.items()}
     raw: dict[int, list[float]] = defaultdict(list)
     effects: dict[int, list[float]] = defaultdict(list)
-    for o in scored:
-        raw[o.position].append(o.score)
-        effects[o.position].append(o.score - model_mean[o.model] - (call_mean[o.judgement] - grand))
+    for o, s, p in scored:
+        raw[p].append(s)
+        effects[p].append(s - model_mean[o.model] - (call_mean[o.judgement] - grand))
     return [
         PositionStat(position=p, n=len(raw[p]), mean_score=mean_or_none(raw[p]),
                      effect=mean_or_none(effects[p]))

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db.models import CostEntry
 from orchestrator.judge import cache
-from orchestrator.judge.runner import Outcome
+from orchestrator.judge.runner import Verdict
 from orchestrator.settings import Settings
 
 
@@ -48,11 +48,11 @@ def run_shares(amount: float, models: list[str], run_ids: dict[str, str]) -> dic
     return dict(shares)
 
 
-def book(session: Session, outcomes: list[Outcome], run_ids: dict[str, str], prices: Prices,
+def book(session: Session, verdicts: list[Verdict], run_ids: dict[str, str], prices: Prices,
          description: str) -> float:
     """Write cost entries for the judgements used that are not booked yet; returns the cents
     booked. Call inside the transaction that stores the comparison."""
-    models_of_key = {key: o.planned.order for o in outcomes for key in o.keys}
+    models_of_key = {key: o.planned.order for o in verdicts for key in o.keys}
     cents: dict[str, float] = defaultdict(float)
     tokens: dict[str, float] = defaultdict(float)
     for key, (tin, tout) in cache.claim_unbooked(session, models_of_key).items():

@@ -8,6 +8,7 @@ The book dropped unparseable answers silently; here they are retried and then co
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from orchestrator.judge.prompts import pointwise_messages
 from orchestrator.judge.runner import Malformed, Planned
@@ -41,6 +42,6 @@ def plan(items: list[Item], answers: dict[str, list[str]], *, k: int) -> list[Pl
                 planned.append(Planned(
                     item=i, repeat=repeat, order=[model], shuffle_seed=None,
                     messages=pointwise_messages(item, answers[model][i]), json_object=False,
-                    parse=lambda text, m=model: _parse(m, text),
+                    parse=partial(_parse, model),
                 ))
     return planned

@@ -43,7 +43,9 @@ class Planned:
 
 
 @dataclass
-class Outcome:
+class Verdict:
+    """What one planned judgement came to: the scores (or why they are missing) and its tokens."""
+
     planned: Planned
     #: model -> (score, comments); None when the judgement is missing
     scores: dict[str, tuple[float, str]] | None = None
@@ -61,24 +63,28 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class RunContext:
+class JudgeSetup:
+    """What every judgement of one comparison shares: the client, the mode and its template's
+    hash (both part of the cache key), and how many answers to ask for before giving up."""
+
     client: JudgeClient
     mode: str
     template_hash: str
     attempts: int
 
 
-def _keys(ctx: RunContext, p: Planned) -> list[str]:
+def _keys(setup: JudgeSetup, p: Planned) -> list[str]:
     return [
-        cache.cache_key(model=ctx.client.model, template_hash=ctx.template_hash,
+        cache.cache_key(model=setup.client.model, template_hash=setup.template_hash,
                         messages=p.messages, repeat=p.repeat, attempt=a)
-        for a in range(ctx.attempts)
+        for a in range(setup.attempts)
     ]
 
 
-def _judge_one(ctx: RunContext, p: Planned, keys: list[str],
-               cached: dict[str, cache.CachedAnswer]) -> tuple[Outcome, list[cache.NewAnswer]]:
-    out, new = Outcome(planned=p), []
+def _judge_one(setup: JudgeSetup, p: Planned, keys: list[str],
+               cached: dict[str, cache.CachedAnswer]) -> tuple[Verdict, list[cache.NewAnswer]]:
+    out = Verdict(planned=p)
+    new: list[cache.NewAnswer] = []
     for key in keys:
         out.attempts += 1
         hit = cached.get(key)
@@ -87,7 +93,7 @@ def _judge_one(ctx: RunContext, p: Planned, keys: list[str],
             out.calls_cached += 1
         else:
             try:
-                c = ctx.client.complete(p.messages, json_object=p.json_object)
+                c = setup.client.complete(p.messages, json_object=p.json_object)
             except CallFailed as exc:
                 # the client already retried timeouts and server errors; nothing was answered,
                 # so nothing is cached and a re-run asks again
@@ -104,12 +110,12 @@ def _judge_one(ctx: RunContext, p: Planned, keys: list[str],
             stored, scores = p.parse(text)
             error = None
         except Malformed as exc:
-            stored, scores, error = None, None, ctx.client.scrub(str(exc))[:1000]
+            stored, scores, error = None, None, setup.client.scrub(str(exc))[:1000]
         if hit is None:
             new.append(cache.NewAnswer(
-                key=key, mode=ctx.mode, model=ctx.client.model, template_hash=ctx.template_hash,
-                messages=p.messages, text=text, parsed=stored, error=error,
-                input_tokens=tin, output_tokens=tout,
+                key=key, mode=setup.mode, model=setup.client.model,
+                template_hash=setup.template_hash, messages=p.messages, text=text, parsed=stored,
+                error=error, input_tokens=tin, output_tokens=tout,
             ))
         if scores is not None:
             out.scores, out.error = scores, None
@@ -119,23 +125,23 @@ def _judge_one(ctx: RunContext, p: Planned, keys: list[str],
     return out, new
 
 
-def run(factory: sessionmaker[Session], ctx: RunContext, planned: list[Planned],
-        concurrency: int) -> list[Outcome]:
-    """Judge every planned call; the outcomes come back in the planned order."""
-    keys = [_keys(ctx, p) for p in planned]
+def run(factory: sessionmaker[Session], setup: JudgeSetup, planned: list[Planned],
+        concurrency: int) -> list[Verdict]:
+    """Judge every planned call; the verdicts come back in the planned order."""
+    keys = [_keys(setup, p) for p in planned]
     cached = cache.load(factory, (k for ks in keys for k in ks))
-    outcomes: list[Outcome | None] = [None] * len(planned)
+    verdicts: list[Verdict | None] = [None] * len(planned)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="judge") as pool:
         futures = {
-            pool.submit(_judge_one, ctx, p, ks, cached): i
-            for i, (p, ks) in enumerate(zip(planned, keys))
+            pool.submit(_judge_one, setup, p, ks, cached): i
+            for i, (p, ks) in enumerate(zip(planned, keys, strict=True))
         }
         for fut in as_completed(futures):
-            outcome, new = fut.result()
+            verdict, new = fut.result()
             cache.store(factory, new)
-            if outcome.missing_reason:
-                p = outcome.planned
+            if verdict.missing_reason:
+                p = verdict.planned
                 log.warning("judgement missing (item %d, repeat %d, %s): %s",
-                            p.item, p.repeat, outcome.missing_reason, outcome.error)
-            outcomes[futures[fut]] = outcome
-    return [o for o in outcomes if o is not None]
+                            p.item, p.repeat, verdict.missing_reason, verdict.error)
+            verdicts[futures[fut]] = verdict
+    return [o for o in verdicts if o is not None]

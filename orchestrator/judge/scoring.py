@@ -11,9 +11,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 
-from orchestrator.judge.runner import Outcome
+from orchestrator.judge.runner import Verdict
 from orchestrator.judge.schemas import (
-    Difference, Item, ItemReport, JudgementRecord, ModelScore, ScoreEntry,
+    Difference,
+    Item,
+    ItemReport,
+    JudgementRecord,
+    ModelScore,
+    ScoreEntry,
 )
 from orchestrator.judge.stats import mean_ci
 
@@ -27,12 +32,12 @@ class Obs:
     model: str
     score: float | None
     position: int | None  # 1-based, comparative only
-    judgement: int  # index of the outcome it came from
+    judgement: int  # index of the verdict it came from
 
 
-def observations(outcomes: list[Outcome], comparative: bool) -> list[Obs]:
+def observations(verdicts: list[Verdict], comparative: bool) -> list[Obs]:
     obs = []
-    for j, o in enumerate(outcomes):
+    for j, o in enumerate(verdicts):
         p = o.planned
         for pos, model in enumerate(p.order):
             score = o.scores[model][0] if o.scores is not None else None
@@ -75,9 +80,9 @@ def differences(obs: list[Obs], models: list[str]) -> list[Difference]:
     return result
 
 
-def item_reports(items: list[Item], outcomes: list[Outcome], comparative: bool) -> list[ItemReport]:
+def item_reports(items: list[Item], verdicts: list[Verdict], comparative: bool) -> list[ItemReport]:
     records: dict[int, list[JudgementRecord]] = defaultdict(list)
-    for o in outcomes:
+    for o in verdicts:
         p = o.planned
         scores = {
             model: ScoreEntry(
@@ -99,9 +104,9 @@ def item_reports(items: list[Item], outcomes: list[Outcome], comparative: bool) 
     ]
 
 
-def missing_counts(outcomes: list[Outcome]) -> dict[str, int]:
+def missing_counts(verdicts: list[Verdict]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
-    for o in outcomes:
+    for o in verdicts:
         if o.missing_reason:
             counts[o.missing_reason] += 1
     return dict(counts)

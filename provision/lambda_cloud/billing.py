@@ -9,7 +9,6 @@ simulator's ledger does the same, and the tests compare the two to the cent).
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_UP, Decimal
 
 MINUTE_S = 60.0
 
@@ -19,13 +18,3 @@ def billed_minutes(up_seconds: float, *, minute_s: float = MINUTE_S) -> int:
     if up_seconds <= 0:
         return 0
     return math.ceil(round(up_seconds / minute_s, 9))
-
-
-def cost_cents(price_cents_per_hour: int, up_seconds: float, *, minute_s: float = MINUTE_S) -> Decimal:
-    """What `up_seconds` of an instance at `price_cents_per_hour` costs, in (fractional) cents."""
-    return Decimal(price_cents_per_hour) * billed_minutes(up_seconds, minute_s=minute_s) / 60
-
-
-def to_usd(cents: Decimal) -> Decimal:
-    """Cents to dollars, rounded to the cent."""
-    return (cents / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)

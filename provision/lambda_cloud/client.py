@@ -138,7 +138,7 @@ class LambdaClient:
                 raise ProviderServerError("Lambda API launch: the response holds no instance id")
             return str(ids[0])
 
-        def on_retry(exc: BaseException | None, next_try: int, wait_s: float) -> None:
+        def on_retry(exc: BaseException | None, _next_try: int, wait_s: float) -> None:
             log.warning("%s; no instance named %r, so launching again in %.2fs", exc, name, wait_s)
 
         # Only a named launch is sent again: without a name we cannot look whether the last one took.

@@ -7,6 +7,7 @@ caller derives from the run (`ty-<run>-<rank>`).
 
 from __future__ import annotations
 
+import builtins
 import logging
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InsufficientCapacity, InvalidRequest, NodeUnreachable, NotFound
 from provision.lambda_cloud.client import LambdaClient
 from provision.lambda_cloud.models import LambdaInstance
-from provision.ssh.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.transport.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
 
 log = logging.getLogger("provision.lambda_cloud")
 
@@ -131,7 +132,7 @@ class LambdaProvider(Provider):
     def list(self) -> list[Instance]:
         return [to_instance(raw, ssh_port=self.ssh_port) for raw in self.client.list_instances()]
 
-    def terminate(self, instance_ids: list[str]) -> None:
+    def terminate(self, instance_ids: builtins.list[str]) -> None:
         ids = list(dict.fromkeys(instance_ids))
         if not ids:
             return

@@ -21,8 +21,9 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -114,7 +115,7 @@ class _KeyAuth(httpx.Auth):
     def __init__(self, key: SecretStr):
         self._key = key
 
-    def auth_flow(self, request: httpx.Request):
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
         yield request
 
@@ -254,9 +255,9 @@ class ApiTransport:
         if suggestion:
             text += f" ({suggestion})"
         exc = cls(self._scrub(text))
-        exc.code = code  # type: ignore[attr-defined]
-        exc.http_status = status  # type: ignore[attr-defined]
-        exc.suggestion = self._scrub(suggestion)  # type: ignore[attr-defined]
+        exc.code = code
+        exc.http_status = status
+        exc.suggestion = self._scrub(suggestion)
         return exc
 
     def __repr__(self) -> str:

@@ -22,7 +22,7 @@ from provision.simulator.catalog import DEFAULT_CATALOG, load_catalog
 from provision.simulator.cloud import Cloud, SimConfig
 from provision.simulator.server import create_app
 from provision.simulator.sshd import find_sshd
-from provision.ssh.files import atomic_write_text
+from provision.state_files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,12 +13,14 @@ Billing (`ledger.py`) runs from `active` until the terminate call (or a preempti
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import ipaddress
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +209,7 @@ class Cloud:
                               region=inst.region, at=time.time(),
                               price_cents_per_hour=self.catalog.instance_types[inst.instance_type].price_cents_per_hour)
 
-    def _free_addresses(self):
+    def _free_addresses(self) -> Iterator[str]:
         first = int(ipaddress.IPv4Address(self.config.first_ip))
         last = int(ipaddress.IPv4Address(self.config.last_ip))
         for n in range(first, last + 1):
@@ -279,7 +281,7 @@ class Cloud:
         with self.lock:
             return [self.instance_json(i) for i in sorted(self.instances.values(), key=lambda i: i.launched_at)]
 
-    def terminate(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+    def terminate(self, instance_ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
         """All or nothing: any unknown id fails the whole request with 404."""
         with self.lock:
             missing = [i for i in instance_ids if i not in self.instances]
@@ -326,7 +328,7 @@ class Cloud:
             return inst.machine.rotate_host_key(sshd=self.config.sshd)
 
     # -- SSH keys ---------------------------------------------------------------------------------
-    def list_keys(self) -> list[dict[str, str]]:
+    def list_keys(self) -> builtins.list[dict[str, str]]:
         with self.lock:
             return [dict(k) for k in self.ssh_keys.values()]
 
@@ -380,7 +382,7 @@ class Cloud:
             data.update(ip=inst.ip, private_ip=inst.ip, hostname=inst.hostname or inst.ip)
         return data
 
-    def machines(self) -> list[dict[str, Any]]:
+    def machines(self) -> builtins.list[dict[str, Any]]:
         """Simulator-only view: where each instance's sshd and disk are."""
         with self.lock:
             return [{

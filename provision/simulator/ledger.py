@@ -19,7 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from provision.ssh.files import read_json, write_json
+from provision.state_files import read_json, write_json
 
 
 @dataclass

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up. Thread-safe."""
 
-    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock
@@ -47,7 +48,7 @@ class TokenBucket:
 class LaunchLimiter:
     """At most one launch request per `interval_s` seconds (refused ones do not count)."""
 
-    def __init__(self, interval_s: float, clock=time.monotonic):
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
         self.interval_s = interval_s
         self._clock = clock
         self._last: float | None = None

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provision.simulator import admin, api
@@ -25,7 +25,7 @@ from provision.simulator.cloud import ApiError, Cloud, SimConfig
 
 def create_app(sim: Cloud) -> FastAPI:
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sim.start()
         try:
             yield
@@ -38,11 +38,11 @@ def create_app(sim: Cloud) -> FastAPI:
     app.include_router(admin.router)
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
         return api.error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             err = ApiError(404, "global/not-found", "The requested resource was not found.")
         else:

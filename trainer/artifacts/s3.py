@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -46,8 +47,14 @@ from typing import Any, Iterator
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError, HTTPClientError,
-                                 IncompleteReadError, NoCredentialsError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+)
 
 from trainer.artifacts import manifest as mf
 from trainer.artifacts.errors import ArtifactError, IntegrityError, TransferError
@@ -424,10 +431,8 @@ class _MultipartUpload:
 
     def _abort(self, upload_id: str) -> None:
         self.journal.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(ClientError, BotoCoreError):  # best effort: the lifecycle rule collects the rest
             self.s.client.abort_multipart_upload(Bucket=self.bucket, Key=self.obj, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
-            pass  # best effort: the lifecycle rule collects what is left
 
 
 __all__ = ["S3Store", "TransferError", "is_transient", "client_config", "MIN_PART_SIZE"]

@@ -4,7 +4,9 @@ file against the manifest's SHA-256, so the service passes bytes on without hold
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -18,11 +20,11 @@ from orchestrator.api.deps import DbDep
 from orchestrator.db.models import Checkpoint, CheckpointState, best_checkpoint
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.runs import get_run
-from trainer.artifacts import ArtifactError
+from trainer.artifacts import ArtifactError, ArtifactStore
 
 router = APIRouter(prefix="/runs/{run_id}/checkpoints", tags=["checkpoints"])
 
-_ERRORS = {404: {"description": "no such run, checkpoint or file"},
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "no such run, checkpoint or file"},
            409: {"description": "the checkpoint is not in the store (not uploaded yet, or deleted)"}}
 
 
@@ -81,7 +83,7 @@ def _stored(session: Session, run_id: str, step: int) -> tuple[CheckpointOut, st
     return out, out.uri
 
 
-def _store_and_name(request: Request, uri: str):
+def _store_and_name(request: Request, uri: str) -> tuple[ArtifactStore, str]:
     parent, name = uri.rstrip("/").rsplit("/", 1)
     return artifacts.open_run_store(request.app.state.settings, parent), name
 
@@ -93,7 +95,7 @@ async def list_checkpoints(run_id: str, db: DbDep) -> CheckpointList:
     return CheckpointList(run_id=run_id, items=_out(rows))
 
 
-def _read_manifest(store, name: str, uri: str) -> dict:
+def _read_manifest(store: ArtifactStore, name: str, uri: str) -> dict:
     try:
         manifest = store.read_manifest(name)
     except ArtifactError as exc:
@@ -129,7 +131,7 @@ async def get_checkpoint_file(run_id: str, step: int, name: str, db: DbDep, requ
     except ArtifactError as exc:
         raise ConflictError(str(exc)) from None
 
-    def body():
+    def body() -> Iterator[bytes]:
         yield first
         yield from chunks
 

@@ -7,7 +7,7 @@ failed: its rows are the table (model, test loss, score +- CI, cost).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 
@@ -21,7 +21,7 @@ from orchestrator.settings import Settings
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 answers_router = APIRouter(prefix="/runs", tags=["runs"])
 
-_NOT_FOUND = {404: {"description": "no comparison with this id"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no comparison with this id"}}
 
 
 async def _settings(request: Request) -> Settings:

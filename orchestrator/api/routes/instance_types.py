@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from orchestrator.api.schemas import InstanceTypePublic, InstanceTypeList
+from orchestrator.api.schemas import InstanceTypeList, InstanceTypePublic
 from orchestrator.errors import InvalidSpecError, TrainyardError
 from orchestrator.spec import PROVIDERS
 from provision.errors import InvalidCredentials, InvalidRequest, ProvisionError

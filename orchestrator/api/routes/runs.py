@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 
@@ -10,7 +10,7 @@ from orchestrator.db.models import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
-_ERRORS = {404: {"description": "no run with this id"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "no run with this id"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.RunDetail)

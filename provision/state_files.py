@@ -1,32 +1,28 @@
-"""Small, safe file helpers for the state trainyard keeps on disk (pinned host keys, host claims).
+"""Small, safe file helpers for the state provision keeps on this machine: pinned host keys, the
+`ssh` provider's host claims, the simulator's ledger and state.
 
 Several processes (the service, workers, the CLI) may touch the same file, so every
-read-modify-write holds an exclusive `fcntl` lock on a side file, and every write goes to a
+read-modify-write holds an exclusive lock on a side file (`locked`), and every write goes to a
 temporary file that is then renamed over the old one: a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from filelock import FileLock
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock tied to `path` (on `<path>.lock`) for the duration of the block."""
+def locked(path: Path) -> FileLock:
+    """An exclusive lock, across processes and threads, for read-modify-writes of `path` (held on
+    `<path>.lock`, private like the state it guards). Use as `with locked(path): ...`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return FileLock(f"{path}.lock", mode=0o600)
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:

@@ -14,6 +14,7 @@ retries opening until a deadline, which is how a caller waits for a booting mach
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -26,9 +27,9 @@ from paramiko.config import SSHConfig
 
 from provision.errors import HostKeyMismatch, NodeError, NodeUnreachable
 from provision.node import DEFAULT_COMMAND_TIMEOUT, Node
-from provision.ssh.known_hosts import PinnedHostKeys, host_key_name
+from provision.transport.known_hosts import PinnedHostKeys, host_key_name
 
-log = logging.getLogger("provision.ssh")
+log = logging.getLogger("provision.transport")
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,9 @@ def wait_for_ssh(conn: Connection, known_hosts: PinnedHostKeys, *, deadline: flo
 
 
 def _close_quietly(conn: Connection) -> None:
-    try:
+    # closing a half-open client may fail in many ways; none matters here
+    with contextlib.suppress(Exception):
         conn.close()
-    except Exception:  # closing a half-open client may fail in many ways; none matters here
-        pass
 
 
 class SshNode(Node):

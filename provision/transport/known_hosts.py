@@ -23,9 +23,9 @@ from pathlib import Path
 import paramiko
 
 from provision.errors import HostKeyMismatch
-from provision.ssh.files import locked
+from provision.state_files import locked
 
-log = logging.getLogger("provision.ssh")
+log = logging.getLogger("provision.transport")
 
 
 def host_key_name(host: str, port: int) -> str:

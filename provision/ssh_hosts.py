@@ -25,6 +25,7 @@ before terminating, since the machine is not ours to wipe.
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 import time
@@ -35,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InsufficientCapacity, InvalidRequest
-from provision.ssh.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
-from provision.ssh.files import locked, read_json, write_json
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.state_files import locked, read_json, write_json
+from provision.transport.connection import DEFAULT_SSH_TIMEOUTS, SshNode, SshTarget, SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
 
 
 class SshHost(BaseModel):
@@ -160,7 +161,7 @@ class SshProvider(Provider):
     def list(self) -> list[Instance]:
         return [self._instance(self.by_name[h], c) for h, c in self._claims().items() if h in self.by_name]
 
-    def terminate(self, instance_ids: list[str]) -> None:
+    def terminate(self, instance_ids: builtins.list[str]) -> None:
         wanted = set(instance_ids)
         if not wanted:
             return

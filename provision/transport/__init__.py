@@ -1,0 +1,3 @@
+"""The SSH transport every provider's nodes use: pinned host keys (`known_hosts`) and Fabric
+connections with timeouts and typed errors (`connection`: `SshNode`, `wait_for_ssh`).
+"""
