@@ -91,9 +91,14 @@ def node_access(settings: Settings, run_folder_uri: str, data_cache: str | None)
         c_scheme, c_bucket, c_prefix = split_uri(data_cache)
         if c_scheme == "s3" and c_bucket == bucket:
             extra.append(c_prefix)
-    grant = grant_run_access(bucket, run_prefix, endpoint_url=settings.artifact_endpoint_url,
-                             region=settings.artifact_region, duration_s=settings.artifact_grant_s,
-                             extra_prefixes=tuple(extra))
+    grant = grant_run_access(
+        bucket,
+        run_prefix,
+        endpoint_url=settings.artifact_endpoint_url,
+        region=settings.artifact_region,
+        duration_s=settings.artifact_grant_s,
+        extra_prefixes=tuple(extra),
+    )
     # no instance-metadata lookups: the file is the node's only source of credentials
     env = {"AWS_DEFAULT_REGION": grant.region, "AWS_EC2_METADATA_DISABLED": "true"}
     if settings.artifact_endpoint_url:
@@ -103,7 +108,9 @@ def node_access(settings: Settings, run_folder_uri: str, data_cache: str | None)
 
 def credentials_ini(grant: NodeGrant) -> str:
     """The grant as an AWS shared credentials file (its default profile)."""
-    return ("[default]\n"
-            f"aws_access_key_id = {grant.access_key_id}\n"
-            f"aws_secret_access_key = {grant.secret_access_key}\n"
-            f"aws_session_token = {grant.session_token}\n")
+    return (
+        "[default]\n"
+        f"aws_access_key_id = {grant.access_key_id}\n"
+        f"aws_secret_access_key = {grant.secret_access_key}\n"
+        f"aws_session_token = {grant.session_token}\n"
+    )

@@ -53,8 +53,10 @@ class Answers:
 def ift_evaluation(session: Session, run_id: str) -> Evaluation | None:
     """The run's latest IFT evaluation (its summary and answers), if it has one."""
     return session.scalars(
-        select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.kind == IFT_KIND)
-        .order_by(Evaluation.id.desc()).limit(1)
+        select(Evaluation)
+        .where(Evaluation.run_id == run_id, Evaluation.kind == IFT_KIND)
+        .order_by(Evaluation.id.desc())
+        .limit(1)
     ).first()
 
 
@@ -64,7 +66,8 @@ def answers_of(session: Session, run_id: str) -> Answers | None:
         return None
     rows = ev.details.get("answers") or []
     return Answers(
-        run_id=run_id, item_set_hash=ev.details["item_set_hash"],
+        run_id=run_id,
+        item_set_hash=ev.details["item_set_hash"],
         items=[Item(instruction=a["instruction"], input=a["input"], output=a["output"]) for a in rows],
         responses=[a["model_response"] for a in rows],
     )
@@ -77,13 +80,14 @@ def _comparable(session: Session, run_id: str) -> tuple[Run, Answers]:
         raise NotFoundError(f"no run with id {run_id!r}")
     if run.status != RunStatus.succeeded.value:
         why = f" ({run.status_reason})" if run.status_reason and RunStatus(run.status).is_terminal else ""
-        raise ConflictError(f"run {run_id} ({run.name}) is {run.status}{why}: only a succeeded run "
-                            f"with IFT answers can be compared")
+        raise ConflictError(
+            f"run {run_id} ({run.name}) is {run.status}{why}: only a succeeded run with IFT answers can be compared"
+        )
     answers = answers_of(session, run_id)
     if answers is None:
         raise InvalidComparisonError(
-            f"run {run_id} ({run.name}) has no IFT answers: it ran without evaluation.ift.enabled",
-            field="runs")
+            f"run {run_id} ({run.name}) has no IFT answers: it ran without evaluation.ift.enabled", field="runs"
+        )
     return run, answers
 
 
@@ -98,11 +102,17 @@ def baseline_spec(spec: RunSpec, name: str) -> RunSpec:
     evaluation, provider, instance types and budget; one node; no training."""
     base = spec.model_dump(mode="json")
     compute = {**base["compute"], "nodes": 1, "procs_per_node": 1}
-    return validate_spec({
-        "name": f"baseline {name}", "model": {"pretrained": name}, "data": base["data"],
-        "compute": compute, "artifact_uri": base["artifact_uri"], "evaluation": base["evaluation"],
-        "budget": base["budget"],
-    })
+    return validate_spec(
+        {
+            "name": f"baseline {name}",
+            "model": {"pretrained": name},
+            "data": base["data"],
+            "compute": compute,
+            "artifact_uri": base["artifact_uri"],
+            "evaluation": base["evaluation"],
+            "budget": base["budget"],
+        }
+    )
 
 
 def find_baseline(session: Session, spec: RunSpec, name: str) -> Run | None:
@@ -110,7 +120,8 @@ def find_baseline(session: Session, spec: RunSpec, name: str) -> Run | None:
     may still: one in flight is waited for rather than paid for twice); None if there is none."""
     wanted = baseline_key(spec)
     candidates = session.scalars(
-        select(Run).where(Run.spec[("model", "pretrained")].as_string() == name, Run.status.not_in(_DEAD))
+        select(Run)
+        .where(Run.spec[("model", "pretrained")].as_string() == name, Run.status.not_in(_DEAD))
         .order_by(Run.created_at.desc())
     ).all()
     same = [r for r in candidates if baseline_key(RunSpec.model_validate(r.spec)) == wanted]
@@ -127,8 +138,9 @@ def _label(run: Run, used: set[str], name: str | None = None) -> str:
     return label
 
 
-def create(session: Session, run_ids: list[str], baselines: list[str], *, mode: str, k: int,
-           seed: int) -> ComparisonRequest:
+def create(
+    session: Session, run_ids: list[str], baselines: list[str], *, mode: str, k: int, seed: int
+) -> ComparisonRequest:
     """Check what is asked, find or submit the baseline runs, record the request (pending)."""
     for field, values in (("runs", run_ids), ("baselines", baselines)):
         twice = sorted({v for v in values if values.count(v) > 1})
@@ -143,7 +155,9 @@ def create(session: Session, run_ids: list[str], baselines: list[str], *, mode: 
             raise InvalidComparisonError(
                 f"runs {first_run.id} ({first_run.name}) and {run.id} ({run.name}) answered different "
                 f"test items (their evaluation.ift data or limit_test differ); compare runs that "
-                f"answered the same items", field="runs")
+                f"answered the same items",
+                field="runs",
+            )
 
     used: set[str] = set()
     models = [{"label": _label(run, used), "run_id": run.id, "baseline": None} for run, _a in compared]
@@ -158,12 +172,21 @@ def create(session: Session, run_ids: list[str], baselines: list[str], *, mode: 
             continue  # named as a run already: it is compared once
         models.append({"label": _label(baseline, used, name), "run_id": baseline.id, "baseline": name})
     if mode == "comparative" and len(models) < 2:
-        raise InvalidComparisonError("comparative judging sets models against each other: name at least "
-                                     "two runs, or a run and a --baseline (or use mode pointwise)", field="runs")
+        raise InvalidComparisonError(
+            "comparative judging sets models against each other: name at least "
+            "two runs, or a run and a --baseline (or use mode pointwise)",
+            field="runs",
+        )
     now = utcnow()
     request = ComparisonRequest(
-        id=comparison_id, status=ComparisonStatus.pending.value, mode=mode, k=k, seed=seed,
-        models=models, created_at=now, updated_at=now,
+        id=comparison_id,
+        status=ComparisonStatus.pending.value,
+        mode=mode,
+        k=k,
+        seed=seed,
+        models=models,
+        created_at=now,
+        updated_at=now,
     )
     session.add(request)
     session.flush()

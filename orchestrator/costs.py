@@ -71,15 +71,23 @@ _BOOKED_SUMS = (
     .group_by(_entries_t.c.run_id)
 )
 # An instance is "unbooked" while it has no "instance" cost entry: its cost is still live.
-_NOT_BOOKED = ~select(_entries_t.c.id).where(
-    _entries_t.c.run_id == _instances_t.c.run_id,
-    _entries_t.c.instance_id == _instances_t.c.id,
-    _entries_t.c.kind == "instance",
-).exists()
+_NOT_BOOKED = (
+    ~select(_entries_t.c.id)
+    .where(
+        _entries_t.c.run_id == _instances_t.c.run_id,
+        _entries_t.c.instance_id == _instances_t.c.id,
+        _entries_t.c.kind == "instance",
+    )
+    .exists()
+)
 
 _UNBOOKED_INSTANCES = select(
-    _instances_t.c.run_id, _instances_t.c.active_at, _instances_t.c.terminate_requested_at,
-    _instances_t.c.terminated_at, _instances_t.c.price_cents_per_hour, _instances_t.c.billing_minute_s,
+    _instances_t.c.run_id,
+    _instances_t.c.active_at,
+    _instances_t.c.terminate_requested_at,
+    _instances_t.c.terminated_at,
+    _instances_t.c.price_cents_per_hour,
+    _instances_t.c.billing_minute_s,
 ).where(_instances_t.c.run_id.in_(bindparam("run_ids", expanding=True)), _NOT_BOOKED)
 
 

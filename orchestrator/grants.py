@@ -65,14 +65,22 @@ class NodeGrant:
 
     def credentials(self) -> dict:
         """For open_store(uri, credentials=...)."""
-        return {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key,
-                "session_token": self.session_token, "region": self.region}
+        return {
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "session_token": self.session_token,
+            "region": self.region,
+        }
 
     def env(self) -> dict[str, str]:
         """Environment for the node's `python -m trainer.artifacts ...` (boto3 reads these)."""
-        env = {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-               "AWS_SESSION_TOKEN": self.session_token, "AWS_DEFAULT_REGION": self.region,
-               "TRAINYARD_ARTIFACT_URI": self.uri}
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_SESSION_TOKEN": self.session_token,
+            "AWS_DEFAULT_REGION": self.region,
+            "TRAINYARD_ARTIFACT_URI": self.uri,
+        }
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL_S3"] = self.endpoint_url
         return env
@@ -94,10 +102,12 @@ def run_policy(bucket: str, prefix: str, partition: str = "aws", extra_prefixes:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "RunObjects", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
-                        "s3:ListMultipartUploadParts"],
-             "Resource": resources[0] if len(resources) == 1 else resources},
+            {
+                "Sid": "RunObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": resources[0] if len(resources) == 1 else resources,
+            },
         ],
     }
 
@@ -116,11 +126,16 @@ def _clients(credentials: dict | None, endpoint_url: str | None, region: str) ->
 
     creds = credentials or {}
     session = boto3.session.Session(
-        aws_access_key_id=creds.get("access_key_id"), aws_secret_access_key=creds.get("secret_access_key"),
-        aws_session_token=creds.get("session_token"), region_name=region)
+        aws_access_key_id=creds.get("access_key_id"),
+        aws_secret_access_key=creds.get("secret_access_key"),
+        aws_session_token=creds.get("session_token"),
+        region_name=region,
+    )
     cfg = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 5, "mode": "standard"})
-    return (session.client("iam", endpoint_url=endpoint_url, config=cfg),
-            session.client("sts", endpoint_url=endpoint_url, config=cfg))
+    return (
+        session.client("iam", endpoint_url=endpoint_url, config=cfg),
+        session.client("sts", endpoint_url=endpoint_url, config=cfg),
+    )
 
 
 def _trust_principal(caller_arn: str) -> str:
@@ -130,10 +145,18 @@ def _trust_principal(caller_arn: str) -> str:
     return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}" if m else caller_arn
 
 
-def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None = None,
-                     endpoint_url: str | None = None, region: str | None = None,
-                     duration_s: int = 3600, permissions_boundary: str | None = None,
-                     propagation_timeout_s: float = 30.0, extra_prefixes: tuple[str, ...] = ()) -> NodeGrant:
+def grant_run_access(
+    bucket: str,
+    run_prefix: str,
+    *,
+    credentials: dict | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    duration_s: int = 3600,
+    permissions_boundary: str | None = None,
+    propagation_timeout_s: float = 30.0,
+    extra_prefixes: tuple[str, ...] = (),
+) -> NodeGrant:
     """Temporary credentials limited to s3://bucket/run_prefix/ and the `extra_prefixes`
     (idempotent per bucket+prefix).
 
@@ -149,14 +172,24 @@ def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None =
         caller = sts.get_caller_identity()["Arn"]
         partition = caller.split(":")[1]
         policy = json.dumps(run_policy(bucket, prefix, partition, extra_prefixes))
-        trust = json.dumps({"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"AWS": _trust_principal(caller)}, "Action": "sts:AssumeRole"}]})
+        trust = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"AWS": _trust_principal(caller)}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        )
         kw = {"PermissionsBoundary": permissions_boundary} if permissions_boundary else {}
         try:
-            role_arn = iam.create_role(RoleName=name, Path=ROLE_PATH, AssumeRolePolicyDocument=trust,
-                                       MaxSessionDuration=max(3600, min(duration_s, 43200)),
-                                       Description=f"trainyard run s3://{bucket}/{prefix}",
-                                       **kw)["Role"]["Arn"]
+            role_arn = iam.create_role(
+                RoleName=name,
+                Path=ROLE_PATH,
+                AssumeRolePolicyDocument=trust,
+                MaxSessionDuration=max(3600, min(duration_s, 43200)),
+                Description=f"trainyard run s3://{bucket}/{prefix}",
+                **kw,
+            )["Role"]["Arn"]
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") != "EntityAlreadyExists":
                 raise
@@ -165,30 +198,50 @@ def grant_run_access(bucket: str, run_prefix: str, *, credentials: dict | None =
         session_name = "ty-" + hashlib.sha256(prefix.encode()).hexdigest()[:16]
         # a new role takes a few seconds to become assumable on AWS: AccessDenied until then
         not_assumable_yet = tenacity.retry_if_exception(
-            lambda e: isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "AccessDenied")
-        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(propagation_timeout_s),
-                                         wait=tenacity.wait_fixed(2.0), retry=not_assumable_yet, reraise=True):
+            lambda e: isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "AccessDenied"
+        )
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(propagation_timeout_s),
+            wait=tenacity.wait_fixed(2.0),
+            retry=not_assumable_yet,
+            reraise=True,
+        ):
             with attempt:
-                out = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name, Policy=policy,
-                                      DurationSeconds=duration_s)["Credentials"]
+                out = sts.assume_role(
+                    RoleArn=role_arn, RoleSessionName=session_name, Policy=policy, DurationSeconds=duration_s
+                )["Credentials"]
     except (ClientError, BotoCoreError) as e:
         raise ArtifactError(f"cannot grant access to s3://{bucket}/{prefix}: {e}") from None
-    return NodeGrant(uri=f"s3://{bucket}/{prefix}", access_key_id=out["AccessKeyId"],
-                     secret_access_key=out["SecretAccessKey"], session_token=out["SessionToken"],
-                     expiration=out["Expiration"], region=region, endpoint_url=endpoint_url,
-                     role_arn=role_arn)
+    return NodeGrant(
+        uri=f"s3://{bucket}/{prefix}",
+        access_key_id=out["AccessKeyId"],
+        secret_access_key=out["SecretAccessKey"],
+        session_token=out["SessionToken"],
+        expiration=out["Expiration"],
+        region=region,
+        endpoint_url=endpoint_url,
+        role_arn=role_arn,
+    )
 
 
-def revoke_run_access(bucket: str, run_prefix: str, *, credentials: dict | None = None,
-                      endpoint_url: str | None = None, region: str | None = None) -> None:
+def revoke_run_access(
+    bucket: str,
+    run_prefix: str,
+    *,
+    credentials: dict | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> None:
     """Delete the run's role: its sessions lose every permission at once. Idempotent."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     iam, _ = _clients(credentials, endpoint_url, region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     name = role_name(bucket, run_prefix)
     try:
-        for call in (partial(iam.delete_role_policy, RoleName=name, PolicyName="run-prefix"),
-                     partial(iam.delete_role, RoleName=name)):
+        for call in (
+            partial(iam.delete_role_policy, RoleName=name, PolicyName="run-prefix"),
+            partial(iam.delete_role, RoleName=name),
+        ):
             try:
                 call()
             except ClientError as e:

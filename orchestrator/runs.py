@@ -44,7 +44,11 @@ def add_event(
     to_status: str | None = None,
 ) -> RunEvent:
     event = RunEvent(
-        run_id=run_id, kind=kind, message=message, from_status=from_status, to_status=to_status,
+        run_id=run_id,
+        kind=kind,
+        message=message,
+        from_status=from_status,
+        to_status=to_status,
         time=utcnow(),
     )
     session.add(event)

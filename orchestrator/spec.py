@@ -32,8 +32,9 @@ MODEL_PRESETS = ("gpt2-tiny", "gpt2-small", "gpt2-medium")
 #: OpenAI's GPT-2 weights a run may evaluate instead of training (`model.pretrained`)
 PRETRAINED_MODELS = ("gpt2", "gpt2-medium")
 #: the book's instruction data (chapter 7), downloaded on the node at run time
-BOOK_INSTRUCTION_DATA = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/"
-                         "01_main-chapter-code/instruction-data.json")
+BOOK_INSTRUCTION_DATA = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
+)
 PROVIDERS = ("local", "lambda", "ssh")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -54,8 +55,9 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _pretrained_has_no_architecture(self) -> "ModelSpec":
         if self.pretrained is not None and (self.overrides or self.preset != "gpt2-tiny"):
-            raise ValueError(f"pretrained: {self.pretrained} is OpenAI's architecture and weights; "
-                             f"leave out preset and overrides")
+            raise ValueError(
+                f"pretrained: {self.pretrained} is OpenAI's architecture and weights; leave out preset and overrides"
+            )
         return self
 
 
@@ -119,8 +121,10 @@ class EvaluationSpec(_Strict):
     @model_validator(mode="after")
     def _ift_follows_the_test_loss(self) -> "EvaluationSpec":
         if self.ift.enabled and not self.test_loss:
-            raise ValueError("ift.enabled needs test_loss: true (the fine-tuning follows the test loss "
-                             "on the node, and a comparison shows both)")
+            raise ValueError(
+                "ift.enabled needs test_loss: true (the fine-tuning follows the test loss "
+                "on the node, and a comparison shows both)"
+            )
         return self
 
 
@@ -155,8 +159,9 @@ class RunSpec(_Strict):
     @classmethod
     def _pretrained_is_not_trained(cls, v: TrainingSettings, info: ValidationInfo) -> TrainingSettings:
         if _pretrained(info) and v != TrainingSettings():
-            raise ValueError(f"a pretrained run (model.pretrained: {_pretrained(info)}) is not trained; "
-                             f"leave training out")
+            raise ValueError(
+                f"a pretrained run (model.pretrained: {_pretrained(info)}) is not trained; leave training out"
+            )
         return v
 
     @field_validator("compute")
@@ -176,8 +181,12 @@ class RunSpec(_Strict):
     def trainer_config(self, *, data_dir: str, artifact_uri: str | None = None) -> dict[str, Any]:
         """The trainer's config file contents for this spec (docs/trainer-contract.md), checked
         against the trainer's own schema; `artifact_uri`: where rank 0 uploads checkpoints."""
-        values = {"model": self.model.preset, "model_overrides": dict(self.model.overrides),
-                  "data_dir": data_dir, **self.training.model_dump()}
+        values = {
+            "model": self.model.preset,
+            "model_overrides": dict(self.model.overrides),
+            "data_dir": data_dir,
+            **self.training.model_dump(),
+        }
         if artifact_uri is not None:
             values["artifact_uri"] = artifact_uri
         return TrainConfigFile.model_validate(values).model_dump(exclude_unset=True)

@@ -106,15 +106,15 @@ class BootstrapResult:
         return not self.done
 
 
-def bootstrap(node: Node, spec: BootstrapSpec, *, wheels: WheelCache | None = None,
-              on_event: Callable[[str], None] | None = None) -> BootstrapResult:
+def bootstrap(
+    node: Node, spec: BootstrapSpec, *, wheels: WheelCache | None = None, on_event: Callable[[str], None] | None = None
+) -> BootstrapResult:
     """Prepare `node` to run the trainer (see the module docstring). Idempotent; blocks throughout."""
     return _Bootstrap(node, spec, wheels or WheelCache(), on_event).run()
 
 
 class _Bootstrap:
-    def __init__(self, node: Node, spec: BootstrapSpec, wheels: WheelCache,
-                 on_event: Callable[[str], None] | None):
+    def __init__(self, node: Node, spec: BootstrapSpec, wheels: WheelCache, on_event: Callable[[str], None] | None):
         self.node, self.spec, self.wheels, self.on_event = node, spec, wheels, on_event
         self.timings: dict[str, float] = {}
         self.done: list[str] = []
@@ -153,8 +153,12 @@ class _Bootstrap:
         def at(rel: str) -> str:  # absolute path on the node
             return posixpath.join(home, rel)
 
-        venv, wheel_remote, data_dir, run_dir = at(posixpath.join(spec.root, "venv")), at(wheel_rel), \
-            at(data_rel), at(spec.run_dir)
+        venv, wheel_remote, data_dir, run_dir = (
+            at(posixpath.join(spec.root, "venv")),
+            at(wheel_rel),
+            at(data_rel),
+            at(spec.run_dir),
+        )
         vpy = posixpath.join(venv, "bin", "python")
         ready = _parse_json(state.get("ready"))
 
@@ -175,9 +179,11 @@ class _Bootstrap:
             if installed:
                 self.done.append("requirements")
             with self.phase("install"):
-                self.sh(f"{shlex.quote(vpy)} -m pip install --no-deps --no-index --force-reinstall "
-                        f"--no-input --disable-pip-version-check -q {shlex.quote(wheel_remote)}",
-                        timeout=spec.install_timeout_s)
+                self.sh(
+                    f"{shlex.quote(vpy)} -m pip install --no-deps --no-index --force-reinstall "
+                    f"--no-input --disable-pip-version-check -q {shlex.quote(wheel_remote)}",
+                    timeout=spec.install_timeout_s,
+                )
             self.done.append("install")
             with self.phase("verify"):
                 torch_version = self._verify(vpy, venv)
@@ -197,10 +203,18 @@ class _Bootstrap:
 
         if not self.done:
             self.event("already bootstrapped; nothing to do")
-        return BootstrapResult(home=home, venv=venv, python=vpy,
-                               data_dir=data_dir if data_token is not None else None, run_dir=run_dir,
-                               wheel_key=wheel.key, torch_version=torch_version, timings=dict(self.timings),
-                               done=tuple(self.done), installed_requirements=installed)
+        return BootstrapResult(
+            home=home,
+            venv=venv,
+            python=vpy,
+            data_dir=data_dir if data_token is not None else None,
+            run_dir=run_dir,
+            wheel_key=wheel.key,
+            torch_version=torch_version,
+            timings=dict(self.timings),
+            done=tuple(self.done),
+            installed_requirements=installed,
+        )
 
     # -- phases -----------------------------------------------------------------------------------
     def _probe(self, wheel_rel: str, data_rel: str) -> dict[str, str]:
@@ -229,8 +243,11 @@ class _Bootstrap:
     def _venv(self, venv: str, *, clear: bool) -> None:
         spec, q = self.spec, shlex.quote
         vpy = posixpath.join(venv, "bin", "python")
-        pth = (f"printf '%s\\n' {q(spec.torch_site_packages)} > \"$sp/{_PTH_NAME}\""
-               if spec.torch_site_packages else f"rm -f \"$sp/{_PTH_NAME}\"")
+        pth = (
+            f"printf '%s\\n' {q(spec.torch_site_packages)} > \"$sp/{_PTH_NAME}\""
+            if spec.torch_site_packages
+            else f'rm -f "$sp/{_PTH_NAME}"'
+        )
         self.sh(
             "set -e; "
             f"{q(spec.python)} -m venv --system-site-packages --without-pip {'--clear ' if clear else ''}{q(venv)}; "
@@ -238,8 +255,10 @@ class _Bootstrap:
             f"{q(vpy)} -m pip --version >/dev/null 2>&1 || {q(vpy)} -m ensurepip --default-pip >/dev/null",
             timeout=spec.install_timeout_s,
         )
-        self.event(f"created venv {venv} from {spec.python} (system site-packages"
-                   f"{', + ' + spec.torch_site_packages if spec.torch_site_packages else ''})")
+        self.event(
+            f"created venv {venv} from {spec.python} (system site-packages"
+            f"{', + ' + spec.torch_site_packages if spec.torch_site_packages else ''})"
+        )
 
     def _requirements(self, vpy: str) -> tuple[str, ...]:
         """Install only the trainer requirements the venv cannot import yet. torch is never installed."""
@@ -254,14 +273,17 @@ class _Bootstrap:
         if missing:
             specs = [reqs[m] for m in missing]
             self.event(f"installing missing trainer requirements: {', '.join(specs)}")
-            self.sh(f"{shlex.quote(vpy)} -m pip install --no-input --disable-pip-version-check -q "
-                    f"--timeout 30 --retries 2 {' '.join(shlex.quote(s) for s in specs)}",
-                    timeout=self.spec.install_timeout_s)
+            self.sh(
+                f"{shlex.quote(vpy)} -m pip install --no-input --disable-pip-version-check -q "
+                f"--timeout 30 --retries 2 {' '.join(shlex.quote(s) for s in specs)}",
+                timeout=self.spec.install_timeout_s,
+            )
         return tuple(reqs[m] for m in missing)
 
     def _verify(self, vpy: str, venv: str) -> str:
-        code = ("import json, trainer, torch; "
-                "print(json.dumps({'trainer': trainer.__file__, 'torch': torch.__version__}))")
+        code = (
+            "import json, trainer, torch; print(json.dumps({'trainer': trainer.__file__, 'torch': torch.__version__}))"
+        )
         out = self.sh(f"cd / && {shlex.quote(vpy)} -c {shlex.quote(code)}", timeout=self.spec.install_timeout_s)
         try:
             found = json.loads(out.strip().splitlines()[-1])
@@ -291,23 +313,30 @@ class _Bootstrap:
             files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "manifest.json")
             for path in [*files, local / "manifest.json"]:  # the manifest last: it commits the folder
                 self.node.put(path, posixpath.join(tmp, path.name))
-            self.sh(f"rm -rf {q(data_dir)} && mv {q(tmp)} {q(data_dir)} && "
-                    f"printf '%s\\n' {q(token)} > {q(data_dir)}.staged")
+            self.sh(
+                f"rm -rf {q(data_dir)} && mv {q(tmp)} {q(data_dir)} && printf '%s\\n' {q(token)} > {q(data_dir)}.staged"
+            )
             self.event(f"uploaded prepared data {local} to {data_dir} ({len(files) + 1} files)")
         else:
             assert spec.data_source is not None  # else _data_token gave no token and nothing is staged
             args = " ".join(q(a) for a in spec.prepare_args)
-            env = "env " + " ".join(q(f"{k}={v}") for k, v in spec.prepare_env.items()) + " " \
-                if spec.prepare_env else ""
-            out = self.sh(f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
-                          f"{env}{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} "
-                          f"{args} > {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged"
-                          f" && cat {q(data_dir)}.prepare.json", timeout=spec.install_timeout_s)
+            env = (
+                "env " + " ".join(q(f"{k}={v}") for k, v in spec.prepare_env.items()) + " " if spec.prepare_env else ""
+            )
+            out = self.sh(
+                f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
+                f"{env}{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} "
+                f"{args} > {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged"
+                f" && cat {q(data_dir)}.prepare.json",
+                timeout=spec.install_timeout_s,
+            )
             text = (out or "").strip()  # prepare's summary: one JSON object (on one line, or not)
             summary = _parse_json(text) or _parse_json(text.splitlines()[-1] if text else None)
             cache = str(summary.get("cache", ""))
-            how = {"hit": "pulled from the store's data cache (not tokenised again)",
-                   "miss": "prepared and stored in the data cache"}.get(cache, "prepared")
+            how = {
+                "hit": "pulled from the store's data cache (not tokenised again)",
+                "miss": "prepared and stored in the data cache",
+            }.get(cache, "prepared")
             self.event(f"{spec.data_source} {how} on the node into {data_dir}")
 
 

@@ -78,13 +78,34 @@ def torchrun_command(
         if socket_ifname:
             variables.update(GLOO_SOCKET_IFNAME=socket_ifname, NCCL_SOCKET_IFNAME=socket_ifname)
         launcher = [
-            "--nnodes", str(nnodes), "--nproc_per_node", str(nproc_per_node), "--node_rank", str(node_rank),
-            "--master_addr", master_addr, "--master_port", str(master_port),
-            "--rdzv_conf", f"timeout={int(rendezvous_timeout_s)}", "--max_restarts", "0",
+            "--nnodes",
+            str(nnodes),
+            "--nproc_per_node",
+            str(nproc_per_node),
+            "--node_rank",
+            str(node_rank),
+            "--master_addr",
+            master_addr,
+            "--master_port",
+            str(master_port),
+            "--rdzv_conf",
+            f"timeout={int(rendezvous_timeout_s)}",
+            "--max_restarts",
+            "0",
         ]
     variables.update(env or {})
-    args = [python, "-m", "torch.distributed.run", *launcher, "-m", "trainer.train", config, "--run-dir", run_dir,
-            *train_args]
+    args = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        *launcher,
+        "-m",
+        "trainer.train",
+        config,
+        "--run-dir",
+        run_dir,
+        *train_args,
+    ]
     return start + env_prefix(variables) + shlex.join(args)
 
 

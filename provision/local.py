@@ -67,13 +67,13 @@ class LocalProvider(Provider):
         if not _NAME.match(name):
             raise InvalidRequest(f"instance name {name!r} is not a valid directory name")
         if instance_type != INSTANCE_TYPE:
-            raise InvalidRequest(f"the local provider has one instance type, {INSTANCE_TYPE!r}, "
-                                 f"not {instance_type!r}")
+            raise InvalidRequest(f"the local provider has one instance type, {INSTANCE_TYPE!r}, not {instance_type!r}")
         path = self.runs_dir / name
         path.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        self._write_record(path, {"name": name, "status": InstanceStatus.active.value,
-                                  "launched_at": now, "active_at": now})
+        self._write_record(
+            path, {"name": name, "status": InstanceStatus.active.value, "launched_at": now, "active_at": now}
+        )
         inst = self._instance(path)
         if inst is None:
             raise NodeError(f"the local instance record in {path} cannot be read back")

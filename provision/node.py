@@ -64,7 +64,10 @@ class Node:
         """Run `command` with bash; return stdout. Raises NodeError on a non-zero exit when `check`."""
         try:
             result = self.runner.run(
-                command, hide=True, warn=True, in_stream=False,
+                command,
+                hide=True,
+                warn=True,
+                in_stream=False,
                 timeout=timeout or self.command_timeout,
             )
         except ProvisionError:  # already typed (HostKeyMismatch, NodeUnreachable): keep it
@@ -182,7 +185,7 @@ class Node:
         out = self.run(
             f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null); "
             f"if [ -f {name}.exit ]; then echo exit $(cat {name}.exit); "
-            f"elif [ -n \"$pid\" ] && {_alive('$pid')}; then echo running; else echo gone; fi"
+            f'elif [ -n "$pid" ] && {_alive("$pid")}; then echo running; else echo gone; fi'
         ).split()
         if out and out[0] == "running":
             return ProcessStatus(running=True, exit_code=None)
@@ -194,7 +197,7 @@ class Node:
         """Stop the detached process group: SIGTERM, then SIGKILL after `grace_s`. Idempotent."""
         wd = shlex.quote(workdir)
         self.run(
-            f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null) && [ -n \"$pid\" ] || exit 0; "
+            f'cd {wd} && pid=$(cat {name}.pid 2>/dev/null) && [ -n "$pid" ] || exit 0; '
             f"kill -TERM -- -$pid 2>/dev/null; "
             f"for i in $(seq {grace_s * 5}); do {_group_alive('$pid')} || exit 0; sleep 0.2; done; "
             f"kill -KILL -- -$pid 2>/dev/null; exit 0",

@@ -68,8 +68,10 @@ def place(
 
     existing = provider.find_by_name(name)
     if existing is not None:
-        event(f"instance {name} already exists ({existing.instance_type} in {existing.region}, "
-              f"{existing.status.value}); not launching another")
+        event(
+            f"instance {name} already exists ({existing.instance_type} in {existing.region}, "
+            f"{existing.status.value}); not launching another"
+        )
         return existing
 
     deadline = clock() + timeout_s
@@ -119,11 +121,13 @@ def _where(allowed: list[str]) -> str:
     return ", ".join(allowed) if allowed else "any region"
 
 
-def _failure_message(name: str, wanted: list[str], allowed: list[str], tried: dict[str, set[str]],
-                     timeout_s: float, polls: int) -> str:
+def _failure_message(
+    name: str, wanted: list[str], allowed: list[str], tried: dict[str, set[str]], timeout_s: float, polls: int
+) -> str:
     attempts = "; ".join(
-        f"{t}: launch refused in {', '.join(sorted(tried[t]))}" if tried[t] else f"{t}: no capacity"
-        for t in wanted
+        f"{t}: launch refused in {', '.join(sorted(tried[t]))}" if tried[t] else f"{t}: no capacity" for t in wanted
     )
-    return (f"no capacity to place {name} after {timeout_s:g}s ({polls} capacity checks): "
-            f"instance types {', '.join(wanted)} in {_where(allowed)} ({attempts})")
+    return (
+        f"no capacity to place {name} after {timeout_s:g}s ({polls} capacity checks): "
+        f"instance types {', '.join(wanted)} in {_where(allowed)} ({attempts})"
+    )

@@ -33,9 +33,13 @@ def _local(settings: "Settings") -> Provider:
 
 def _require(provider: str, **values: Any) -> None:
     """Raise naming every missing setting (as its environment variable) at once."""
-    missing = [f"TRAINYARD_{name.upper()}" for name, value in values.items()
-               if value is None or (hasattr(value, "get_secret_value") and not value.get_secret_value().strip())
-               or (isinstance(value, str) and not value.strip())]
+    missing = [
+        f"TRAINYARD_{name.upper()}"
+        for name, value in values.items()
+        if value is None
+        or (hasattr(value, "get_secret_value") and not value.get_secret_value().strip())
+        or (isinstance(value, str) and not value.strip())
+    ]
     if missing:
         raise InvalidRequest(f"provider {provider} needs {' and '.join(missing)}")
 
@@ -56,9 +60,12 @@ def _ssh_timeouts(settings: "Settings") -> SshTimeouts:
 
 
 def _lambda(settings: "Settings") -> Provider:
-    _require("lambda", lambda_api_key=settings.lambda_api_key,
-             lambda_ssh_key_name=settings.lambda_ssh_key_name,
-             ssh_private_key_file=settings.ssh_private_key_file)
+    _require(
+        "lambda",
+        lambda_api_key=settings.lambda_api_key,
+        lambda_ssh_key_name=settings.lambda_ssh_key_name,
+        ssh_private_key_file=settings.ssh_private_key_file,
+    )
     from provision.lambda_cloud import LambdaClient, LambdaProvider, RetryPolicy
     from provision.transport.known_hosts import PinnedHostKeys
 
@@ -66,16 +73,24 @@ def _lambda(settings: "Settings") -> Provider:
     api_key, ssh_key_name = settings.lambda_api_key, settings.lambda_ssh_key_name
     assert api_key is not None and ssh_key_name is not None  # checked by _require
     client = LambdaClient(
-        api_key, base_url=settings.lambda_api_url,
-        retry=RetryPolicy(attempts=settings.lambda_retry_attempts,
-                          base_delay_s=settings.lambda_retry_base_delay_s,
-                          max_delay_s=settings.lambda_retry_max_delay_s),
+        api_key,
+        base_url=settings.lambda_api_url,
+        retry=RetryPolicy(
+            attempts=settings.lambda_retry_attempts,
+            base_delay_s=settings.lambda_retry_base_delay_s,
+            max_delay_s=settings.lambda_retry_max_delay_s,
+        ),
         launch_interval_s=settings.lambda_launch_interval_s,
     )
-    return LambdaProvider(client, ssh_key_name=ssh_key_name, private_key_file=key_file,
-                          known_hosts=PinnedHostKeys(settings.resolved_known_hosts_file),
-                          ssh_user=settings.ssh_user, ssh_port=settings.lambda_ssh_port,
-                          ssh_timeouts=_ssh_timeouts(settings))
+    return LambdaProvider(
+        client,
+        ssh_key_name=ssh_key_name,
+        private_key_file=key_file,
+        known_hosts=PinnedHostKeys(settings.resolved_known_hosts_file),
+        ssh_user=settings.ssh_user,
+        ssh_port=settings.lambda_ssh_port,
+        ssh_timeouts=_ssh_timeouts(settings),
+    )
 
 
 def _ssh(settings: "Settings") -> Provider:
@@ -92,9 +107,12 @@ def _ssh(settings: "Settings") -> Provider:
     except (OSError, ValueError, ValidationError) as exc:  # yaml and json errors are ValueErrors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(f"TRAINYARD_SSH_HOSTS_FILE {path} cannot be used: {first}") from None
-    return SshProvider(hosts, state_file=settings.data_dir / "ssh-claims.json",
-                       known_hosts=PinnedHostKeys(settings.resolved_known_hosts_file),
-                       ssh_timeouts=_ssh_timeouts(settings))
+    return SshProvider(
+        hosts,
+        state_file=settings.data_dir / "ssh-claims.json",
+        known_hosts=PinnedHostKeys(settings.resolved_known_hosts_file),
+        ssh_timeouts=_ssh_timeouts(settings),
+    )
 
 
 _FACTORIES: dict[str, Callable[[Settings], Provider]] = {
@@ -114,8 +132,7 @@ def get_provider(name: str, settings: "Settings") -> Provider:
     factory = _FACTORIES.get(name)
     if factory is None:
         raise InvalidRequest(
-            f"provider {name!r} is not available in this service "
-            f"(available: {', '.join(available_providers())})"
+            f"provider {name!r} is not available in this service (available: {', '.join(available_providers())})"
         )
     return factory(settings)
 

@@ -97,8 +97,14 @@ class SshProvider(Provider):
     name = "ssh"
     keeps_machines = True  # releasing a host leaves it running: the caller stops its processes
 
-    def __init__(self, hosts: SshHostsConfig | list[SshHost], *, state_file: str | Path,
-                 known_hosts: PinnedHostKeys, ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS):
+    def __init__(
+        self,
+        hosts: SshHostsConfig | list[SshHost],
+        *,
+        state_file: str | Path,
+        known_hosts: PinnedHostKeys,
+        ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS,
+    ):
         self.hosts = hosts.hosts if isinstance(hosts, SshHostsConfig) else list(hosts)
         self.by_name = {h.name: h for h in self.hosts}
         self.state_file = Path(state_file)
@@ -112,9 +118,15 @@ class SshProvider(Provider):
 
     def _instance(self, host: SshHost, claim: dict) -> Instance:
         return Instance(
-            id=claim["instance_id"], name=claim["name"], instance_type=host.type_name, region=host.region,
-            status=InstanceStatus.active, price_cents_per_hour=host.price_cents_per_hour,
-            public_ip=host.host, private_ip=host.host, ssh_port=host.port,
+            id=claim["instance_id"],
+            name=claim["name"],
+            instance_type=host.type_name,
+            region=host.region,
+            status=InstanceStatus.active,
+            price_cents_per_hour=host.price_cents_per_hour,
+            public_ip=host.host,
+            private_ip=host.host,
+            ssh_port=host.port,
             extra={"host_name": host.name, "user": host.user, "claimed_at": claim["claimed_at"], "gpus": host.gpus},
         )
 
@@ -140,8 +152,9 @@ class SshProvider(Provider):
         with locked(self.state_file):
             state = read_json(self.state_file, {})
             claims = state.setdefault("claims", {})
-            free = [h for h in self.hosts
-                    if h.type_name == instance_type and h.region == region and h.name not in claims]
+            free = [
+                h for h in self.hosts if h.type_name == instance_type and h.region == region and h.name not in claims
+            ]
             if not free:
                 if not any(h.type_name == instance_type for h in self.hosts):
                     raise InvalidRequest(f"no listed host has instance type {instance_type!r}")

@@ -55,8 +55,14 @@ class WheelCache:
     _memo: dict[tuple[str, str], BuiltWheel] = {}
     _memo_lock = threading.Lock()
 
-    def __init__(self, cache_dir: Path | str | None = None, *, source_root: Path | str = REPO_ROOT,
-                 python: str = sys.executable, build_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        cache_dir: Path | str | None = None,
+        *,
+        source_root: Path | str = REPO_ROOT,
+        python: str = sys.executable,
+        build_timeout_s: float = 300.0,
+    ):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.source_root = Path(source_root)
         self.python = python
@@ -64,8 +70,11 @@ class WheelCache:
 
     def source_files(self) -> list[Path]:
         """What the wheel is built from (and what its key hashes): `trainer/` and `pyproject.toml`."""
-        files = [p for p in sorted((self.source_root / "trainer").rglob("*"))
-                 if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+        files = [
+            p
+            for p in sorted((self.source_root / "trainer").rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        ]
         return [self.source_root / "pyproject.toml", *files]
 
     def key(self) -> str:
@@ -117,20 +126,33 @@ class WheelCache:
         with tempfile.TemporaryDirectory(prefix="trainyard-wheel-", dir=self.cache_dir) as tmp:
             stage, out = Path(tmp) / "src", Path(tmp) / "out"
             stage.mkdir()
-            shutil.copytree(self.source_root / "trainer", stage / "trainer",
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
-            (stage / "pyproject.toml").write_text(_node_pyproject(
-                (self.source_root / "pyproject.toml").read_text()))
+            shutil.copytree(
+                self.source_root / "trainer",
+                stage / "trainer",
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"),
+            )
+            (stage / "pyproject.toml").write_text(_node_pyproject((self.source_root / "pyproject.toml").read_text()))
             (stage / "README.md").write_text("trainyard's trainer, as installed on a training node.\n")
-            cmd = [self.python, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-input",
-                   "--disable-pip-version-check", "-q", str(stage), "-w", str(out)]
+            cmd = [
+                self.python,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-index",
+                "--no-input",
+                "--disable-pip-version-check",
+                "-q",
+                str(stage),
+                "-w",
+                str(out),
+            ]
             if self._has_setuptools():  # build with what is installed: no download
                 cmd.insert(4, "--no-build-isolation")
             else:  # an isolated build fetches setuptools from the package index
                 cmd.remove("--no-index")
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s,
-                                      cwd=tmp)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s, cwd=tmp)
             except subprocess.TimeoutExpired:
                 raise NodeError(f"building the trainer wheel took over {self.build_timeout_s:g}s") from None
             if proc.returncode != 0:

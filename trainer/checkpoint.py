@@ -52,9 +52,18 @@ def step_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
-         optimizer: torch.optim.Optimizer, state: dict, config: dict, metrics: dict,
-         keep_last: int, protect: Container[str] = ()) -> tuple[Path, int]:
+def save(
+    run_dir: str | Path,
+    step: int,
+    tokens: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    config: dict,
+    metrics: dict,
+    keep_last: int,
+    protect: Container[str] = (),
+) -> tuple[Path, int]:
     """Write and commit a checkpoint; returns (its folder, total bytes). Rank 0 only.
     `protect`: folder names pruning must keep (checkpoints waiting to be uploaded)."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -74,8 +83,13 @@ def save(run_dir: str | Path, step: int, tokens: int, model: torch.nn.Module,
     for f in REQUIRED:
         _fsync_file(tmp / f)
         files[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
-    manifest = {"format": FORMAT, "step": step, "tokens": tokens, "files": files,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    manifest = {
+        "format": FORMAT,
+        "step": step,
+        "tokens": tokens,
+        "files": files,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _fsync_write(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
@@ -98,8 +112,7 @@ def committed(ckpt_root: Path) -> list[Path]:
     """Committed checkpoint folders (a manifest present), oldest first."""
     if not ckpt_root.is_dir():
         return []
-    found = [p for p in ckpt_root.iterdir()
-             if p.is_dir() and _STEP_DIR.match(p.name) and (p / MANIFEST).is_file()]
+    found = [p for p in ckpt_root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / MANIFEST).is_file()]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
@@ -162,11 +175,12 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     try:
         missing, unexpected = load_model(model, str(Path(ckpt) / "model.safetensors"), strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt}: weights do not fit the model: "
-                              f"{str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {ckpt}: weights do not fit the model: {str(e).splitlines()[0]}") from None
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {ckpt}: weights do not fit the model "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise CheckpointError(
+            f"checkpoint {ckpt}: weights do not fit the model "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
 
 
 def load_training(ckpt: Path, model: torch.nn.Module) -> tuple[dict, dict]:

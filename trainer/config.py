@@ -105,8 +105,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"artifact_uri: {e}") from None
     mcfg = cfg.model_config()  # checks model_overrides keys and types
     if cfg.seq_len > mcfg.block_size:
-        raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's context of {mcfg.block_size} "
-                          f"(set model_overrides.block_size)")
+        raise ConfigError(
+            f"seq_len {cfg.seq_len} exceeds the model's context of {mcfg.block_size} (set model_overrides.block_size)"
+        )
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

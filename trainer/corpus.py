@@ -21,8 +21,18 @@ from typing import Iterator
 
 # packages left out: tests and demos (code, not prose), the GUI, vendored copies
 _SKIP_DIRS = {
-    "site-packages", "dist-packages", "test", "tests", "idlelib", "turtledemo", "tkinter",
-    "lib2to3", "ensurepip", "__pycache__", "venv", "pydoc_data",
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "turtledemo",
+    "tkinter",
+    "lib2to3",
+    "ensurepip",
+    "__pycache__",
+    "venv",
+    "pydoc_data",
 }
 _MIN_CHARS = 200  # a module with less documentation than this adds nothing but noise
 
@@ -55,9 +65,7 @@ def _stdlib_files() -> Iterator[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     for dirpath, dirnames, filenames in os.walk(root):
         # sorted in place so os.walk visits folders in a fixed order
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("config-")
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("config-"))
         for f in sorted(filenames):
             if f.endswith(".py"):
                 yield Path(dirpath) / f

@@ -70,9 +70,7 @@ class ShardWriter:
         name = f"{self.split}_{len(self.shards):06d}.bin"
         (self.out_dir / name).write_bytes(data)
         self._hash.update(data)
-        self.shards.append(
-            {"file": name, "tokens": len(shard), "sha256": hashlib.sha256(data).hexdigest()}
-        )
+        self.shards.append({"file": name, "tokens": len(shard), "sha256": hashlib.sha256(data).hexdigest()})
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
@@ -84,8 +82,9 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
 def load_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{data_dir} holds no prepared data ({MANIFEST} is missing); "
-                        f"run python -m trainer.prepare first")
+        raise DataError(
+            f"{data_dir} holds no prepared data ({MANIFEST} is missing); run python -m trainer.prepare first"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -115,8 +114,10 @@ class SplitTokens:
             if not path.is_file():
                 raise DataError(f"shard {path} listed in the manifest is missing")
             if path.stat().st_size != shard["tokens"] * DTYPE.itemsize:
-                raise DataError(f"shard {path} is {path.stat().st_size} bytes, the manifest says "
-                                f"{shard['tokens']} tokens ({shard['tokens'] * DTYPE.itemsize} bytes)")
+                raise DataError(
+                    f"shard {path} is {path.stat().st_size} bytes, the manifest says "
+                    f"{shard['tokens']} tokens ({shard['tokens'] * DTYPE.itemsize} bytes)"
+                )
             if verify_hash:
                 with open(path, "rb") as f:
                     data = f.read()
@@ -139,15 +140,16 @@ class SplitTokens:
     def read(self, start: int, n: int) -> np.ndarray:
         """Tokens [start, start + n) across shard boundaries, as int64."""
         if start < 0 or start + n > self.n_tokens:
-            raise DataError(f"read of tokens [{start}, {start + n}) past the end of the "
-                            f"{self.split} split ({self.n_tokens} tokens)")
+            raise DataError(
+                f"read of tokens [{start}, {start + n}) past the end of the {self.split} split ({self.n_tokens} tokens)"
+            )
         out = np.empty(n, dtype=np.int64)  # (n,)
         filled, pos = 0, start
         i = int(np.searchsorted(self._starts, pos, side="right")) - 1
         while filled < n:
             m, s0 = self._maps[i], self._starts[i]
             take = min(n - filled, len(m) - (pos - s0))
-            out[filled:filled + take] = m[pos - s0: pos - s0 + take]
+            out[filled : filled + take] = m[pos - s0 : pos - s0 + take]
             filled, pos, i = filled + take, pos + take, i + 1
         return out
 
@@ -161,8 +163,16 @@ class TrainBatches:
     anything but the offset, so a resumed run reads exactly what an uninterrupted one would.
     """
 
-    def __init__(self, tokens: SplitTokens, seq_len: int, micro_batch: int, grad_accum: int,
-                 world: int, rank: int, device: torch.device):
+    def __init__(
+        self,
+        tokens: SplitTokens,
+        seq_len: int,
+        micro_batch: int,
+        grad_accum: int,
+        world: int,
+        rank: int,
+        device: torch.device,
+    ):
         self.tokens, self.T, self.B = tokens, seq_len, micro_batch
         self.accum, self.world, self.rank, self.device = grad_accum, world, rank, device
         self.tokens_per_step = seq_len * micro_batch * grad_accum * world
@@ -179,8 +189,10 @@ class TrainBatches:
         x = torch.from_numpy(buf[:-1].reshape(self.B, self.T))  # (B, T)
         y = torch.from_numpy(buf[1:].reshape(self.B, self.T))  # (B, T)
         if self.device.type == "cuda":
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
+            return (
+                x.pin_memory().to(self.device, non_blocking=True),
+                y.pin_memory().to(self.device, non_blocking=True),
+            )
         return x, y
 
 

@@ -35,13 +35,18 @@ from trainer.data import DTYPE, SplitTokens, eval_windows, load_manifest
 from trainer.errors import CheckpointError, DataError, run_cli
 from trainer.model import GPT, GPTConfig, from_hf_pretrained
 
-HF_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
-            "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
+HF_REPOS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
 
 
 @torch.no_grad()
-def cross_entropy_sum(model: GPT, tokens, windows: list[tuple[int, int]], batch_size: int,
-                      device: torch.device, amp) -> tuple[float, int, int]:
+def cross_entropy_sum(
+    model: GPT, tokens, windows: list[tuple[int, int]], batch_size: int, device: torch.device, amp
+) -> tuple[float, int, int]:
     """(sum of CE in nats, number of predicted tokens, their UTF-8 bytes) over the windows."""
     was_training = model.training
     model.eval()
@@ -50,7 +55,7 @@ def cross_entropy_sum(model: GPT, tokens, windows: list[tuple[int, int]], batch_
     i = 0
     while i < len(windows):
         length = windows[i][1]
-        group = [w for w in windows[i:i + batch_size] if w[1] == length]  # same-length batch
+        group = [w for w in windows[i : i + batch_size] if w[1] == length]  # same-length batch
         i += len(group)
         buf = np.stack([tokens.read(s, length + 1) for s, _ in group])  # (B, T+1)
         x = torch.from_numpy(buf[:, :-1]).to(device)  # (B, T)
@@ -78,7 +83,7 @@ class _ShardTokens:
         return len(self.array)
 
     def read(self, start: int, n: int) -> np.ndarray:
-        return self.array[start:start + n].astype(np.int64)
+        return self.array[start : start + n].astype(np.int64)
 
 
 def open_test_set(path: str | Path):
@@ -96,8 +101,9 @@ def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
         folder = hf_dir
         if folder is None:
             if name not in HF_REPOS:
-                raise CheckpointError(f"unknown Hugging Face model {name!r} (known: "
-                                      f"{', '.join(HF_REPOS)}); pass --hf-dir")
+                raise CheckpointError(
+                    f"unknown Hugging Face model {name!r} (known: {', '.join(HF_REPOS)}); pass --hf-dir"
+                )
             folder = hf_download.fetch_repo(HF_REPOS[name])
         return from_hf_pretrained(folder), {"checkpoint": spec, "step": None}
     ckpt = checkpoint.resolve(spec)
@@ -109,21 +115,29 @@ def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
     return model, {"checkpoint": str(ckpt), "step": manifest["step"]}
 
 
-def evaluate(spec: str, test_set: str, expect_sha256: str | None = None, max_tokens: int | None = None,
-             hf_dir: str | None = None, batch_size: int = 8, device: str = "auto",
-             seq_len: int | None = None) -> dict:
+def evaluate(
+    spec: str,
+    test_set: str,
+    expect_sha256: str | None = None,
+    max_tokens: int | None = None,
+    hf_dir: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    seq_len: int | None = None,
+) -> dict:
     tokens = open_test_set(test_set)
     if expect_sha256 and tokens.sha256 != expect_sha256.lower():
-        raise DataError(f"test set {test_set} has sha256 {tokens.sha256}, expected {expect_sha256}: "
-                        f"not the same test set")
+        raise DataError(
+            f"test set {test_set} has sha256 {tokens.sha256}, expected {expect_sha256}: not the same test set"
+        )
     if len(tokens) < 2:
         raise DataError(f"test set {test_set} holds {len(tokens)} tokens; nothing to evaluate")
     model, info = load_model(spec, hf_dir)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     model.to(dev)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-           else contextlib.nullcontext())
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     windows = eval_windows(len(tokens), seq_len or model.config.block_size, max_tokens)
     nats, count, n_bytes = cross_entropy_sum(model, tokens, windows, batch_size, dev, amp)
     return {
@@ -139,21 +153,33 @@ def evaluate(spec: str, test_set: str, expect_sha256: str | None = None, max_tok
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m trainer.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("checkpoint", help="checkpoint folder, run folder (its latest), or hf:gpt2 / hf:gpt2-medium")
     ap.add_argument("--test-set", required=True, help="prepared data folder (its test split) or a .bin shard")
     ap.add_argument("--expect-sha256", default=None)
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N predictions")
-    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models "
-                    "(default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)")
+    ap.add_argument(
+        "--hf-dir",
+        default=None,
+        help="local Hugging Face folder for hf: models (default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args(argv)
-    result = evaluate(args.checkpoint, args.test_set, args.expect_sha256, args.max_tokens,
-                      args.hf_dir, args.batch_size, args.device, args.seq_len)
+    result = evaluate(
+        args.checkpoint,
+        args.test_set,
+        args.expect_sha256,
+        args.max_tokens,
+        args.hf_dir,
+        args.batch_size,
+        args.device,
+        args.seq_len,
+    )
     text = json.dumps(result)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -53,8 +53,12 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "trainyard" / "hf"
 
 
-def fetch_repo(repo: str, files: tuple[str, ...] = FILES, timeout: float = TIMEOUT_S,
-               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
+def fetch_repo(
+    repo: str,
+    files: tuple[str, ...] = FILES,
+    timeout: float = TIMEOUT_S,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> Path:
     """The local folder holding `files` of `repo`, downloading those not cached yet."""
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo) or ".." in repo:
         raise CheckpointError(f"invalid Hugging Face repo id {repo!r}")
@@ -111,15 +115,16 @@ def _download(url: str, dest: Path, timeout: float, log: Callable[[str], None]) 
                 now = time.monotonic()
                 if total and total >= _PROGRESS_MIN_BYTES and (now - shown >= 2 or got == total):
                     shown = now
-                    log(f"download {dest.name}: {got / 1e6:.1f}/{total / 1e6:.1f} MB "
-                        f"({100 * got / total:.0f}%, {got / 1e6 / max(now - t0, 1e-6):.1f} MB/s)")
+                    log(
+                        f"download {dest.name}: {got / 1e6:.1f}/{total / 1e6:.1f} MB "
+                        f"({100 * got / total:.0f}%, {got / 1e6 / max(now - t0, 1e-6):.1f} MB/s)"
+                    )
             out.flush()
             os.fsync(out.fileno())
         if total is not None and got != total:
             raise DownloadError(f"{url}: the connection ended after {got} of {total} bytes")
         if sha256 is not None and h.hexdigest() != sha256:
-            raise DownloadError(f"{url}: the bytes received have sha256 {h.hexdigest()}, the server "
-                                f"announced {sha256}")
+            raise DownloadError(f"{url}: the bytes received have sha256 {h.hexdigest()}, the server announced {sha256}")
         os.replace(part, dest)
     except urllib.error.HTTPError as e:
         part.unlink(missing_ok=True)

@@ -41,8 +41,9 @@ from trainer.errors import ConfigError, DataError, run_cli
 from trainer.evaluate import load_model
 from trainer.model import GPT
 
-BOOK_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/"
-                 "01_main-chapter-code/instruction-data.json")
+BOOK_DATA_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
+)
 KEYS = ("instruction", "input", "output")
 PAD = tokenizer.EOT  # the book pads with <|endoftext|> ...
 IGNORE = -100  # ... and masks padding targets with cross_entropy's default ignore_index
@@ -51,11 +52,14 @@ DOWNLOAD_TIMEOUT_S = 60
 
 # ---- data --------------------------------------------------------------------------------------
 
+
 def format_input(entry: dict) -> str:
     """The book's Alpaca prompt, without the response; the input section only when there is input."""
-    text = ("Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request."
-            f"\n\n### Instruction:\n{entry['instruction']}")
+    text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
     if entry["input"]:
         text += f"\n\n### Input:\n{entry['input']}"
     return text
@@ -100,7 +104,7 @@ def split_data(data: list) -> tuple[list, list, list]:
     """(train, test, val) in file order, as the book: 85% / 10% / the rest (1,100 -> 935/110/55)."""
     n_train = int(len(data) * 0.85)
     n_test = int(len(data) * 0.1)
-    return data[:n_train], data[n_train:n_train + n_test], data[n_train + n_test:]
+    return data[:n_train], data[n_train : n_train + n_test], data[n_train + n_test :]
 
 
 def collate(batch: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,13 +129,15 @@ def collate(batch: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.T
 
 def batches(items: list[list[int]], batch_size: int, max_len: int, generator: torch.Generator | None = None):
     """(inputs, targets) batches; shuffled with `generator`, in order without one."""
-    order = (torch.randperm(len(items), generator=generator).tolist() if generator is not None
-             else list(range(len(items))))
+    order = (
+        torch.randperm(len(items), generator=generator).tolist() if generator is not None else list(range(len(items)))
+    )
     for i in range(0, len(order), batch_size):
-        yield collate([items[j] for j in order[i:i + batch_size]], max_len)
+        yield collate([items[j] for j in order[i : i + batch_size]], max_len)
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------
+
 
 def snapshot_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the weights that later training cannot touch.
@@ -156,10 +162,20 @@ def mean_loss(model: GPT, items: list[list[int]], batch_size: int, device: torch
     return sum(losses) / len(losses)
 
 
-def finetune(model: GPT, train: list[list[int]], val: list[list[int]], *, epochs_max: int,
-             patience: int, batch_size: int, lr: float, seed: int, device: torch.device,
-             val_loss_fn: Callable[[GPT, int], float] | None = None,
-             on_epoch: Callable[[int, GPT], None] | None = None) -> dict:
+def finetune(
+    model: GPT,
+    train: list[list[int]],
+    val: list[list[int]],
+    *,
+    epochs_max: int,
+    patience: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    val_loss_fn: Callable[[GPT, int], float] | None = None,
+    on_epoch: Callable[[int, GPT], None] | None = None,
+) -> dict:
     """Train until validation loss has not fallen for `patience` epochs; leave the best epoch loaded.
 
     val_loss_fn(model, epoch) replaces the measured validation loss (tests use it to script a
@@ -179,8 +195,7 @@ def finetune(model: GPT, train: list[list[int]], val: list[list[int]], *, epochs
             optimizer.step()
             losses.append(loss.item())
         train_losses.append(sum(losses) / len(losses))
-        val_loss = (val_loss_fn(model, epoch) if val_loss_fn is not None
-                    else mean_loss(model, val, batch_size, device))
+        val_loss = val_loss_fn(model, epoch) if val_loss_fn is not None else mean_loss(model, val, batch_size, device)
         val_losses.append(val_loss)
         print(f"epoch {epoch}: train loss {train_losses[-1]:.4f}, val loss {val_loss:.4f}", flush=True)
         if on_epoch is not None:
@@ -194,15 +209,26 @@ def finetune(model: GPT, train: list[list[int]], val: list[list[int]], *, epochs
                 break
     model.load_state_dict(best["state"])
     model.eval()
-    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs_run": len(val_losses),
-            "val_losses": val_losses, "train_losses": train_losses}
+    return {
+        "best_epoch": best["epoch"],
+        "best_val_loss": best["loss"],
+        "epochs_run": len(val_losses),
+        "val_losses": val_losses,
+        "train_losses": train_losses,
+    }
 
 
 # ---- generation --------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def generate(model: torch.nn.Module, ids: list[int], max_new_tokens: int, eos_id: int = tokenizer.EOT,
-             device: torch.device | str = "cpu") -> list[int]:
+def generate(
+    model: torch.nn.Module,
+    ids: list[int],
+    max_new_tokens: int,
+    eos_id: int = tokenizer.EOT,
+    device: torch.device | str = "cpu",
+) -> list[int]:
     """Greedy decoding: the new token ids (the end-of-text that stops it is not included)."""
     context = model.config.block_size
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
@@ -229,6 +255,7 @@ def answer(model: GPT, entry: dict, max_new_tokens: int, device: torch.device) -
 
 # ---- command line ------------------------------------------------------------------------------
 
+
 def write_json_atomic(path: Path, obj) -> None:
     """Readers see the old file or the whole new one, never a half-written one."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -239,14 +266,30 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run(spec: str, data: str, out: str | Path, *, epochs_max: int = 10, patience: int = 1,
-        batch_size: int = 8, lr: float = 5e-5, max_new_tokens: int = 256, limit_test: int | None = None,
-        seed: int = 123, hf_dir: str | None = None, device: str = "auto",
-        val_loss_fn: Callable[[GPT, int], float] | None = None,
-        on_epoch: Callable[[int, GPT], None] | None = None) -> dict:
+def run(
+    spec: str,
+    data: str,
+    out: str | Path,
+    *,
+    epochs_max: int = 10,
+    patience: int = 1,
+    batch_size: int = 8,
+    lr: float = 5e-5,
+    max_new_tokens: int = 256,
+    limit_test: int | None = None,
+    seed: int = 123,
+    hf_dir: str | None = None,
+    device: str = "auto",
+    val_loss_fn: Callable[[GPT, int], float] | None = None,
+    on_epoch: Callable[[int, GPT], None] | None = None,
+) -> dict:
     """Fine-tune, answer the test items, write answers.json and ift.json; returns the summary."""
-    for name, value in (("epochs-max", epochs_max), ("patience", patience), ("batch-size", batch_size),
-                        ("max-new-tokens", max_new_tokens)):
+    for name, value in (
+        ("epochs-max", epochs_max),
+        ("patience", patience),
+        ("batch-size", batch_size),
+        ("max-new-tokens", max_new_tokens),
+    ):
         if value < 1:
             raise ConfigError(f"--{name} must be at least 1, got {value}")
     if limit_test is not None and limit_test < 0:
@@ -254,8 +297,10 @@ def run(spec: str, data: str, out: str | Path, *, epochs_max: int = 10, patience
     entries, data_sha256 = read_data(data)
     train, test, val = split_data(entries)
     if not train or not val:
-        raise DataError(f"{data} holds {len(entries)} entries: too few for a train and a validation "
-                        f"split ({len(train)} train, {len(val)} val)")
+        raise DataError(
+            f"{data} holds {len(entries)} entries: too few for a train and a validation "
+            f"split ({len(train)} train, {len(val)} val)"
+        )
     if limit_test is not None:
         test = test[:limit_test]
     out = Path(out)
@@ -263,17 +308,27 @@ def run(spec: str, data: str, out: str | Path, *, epochs_max: int = 10, patience
 
     torch.manual_seed(seed)
     model, info = load_model(spec, hf_dir)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     model.to(dev)
     train_ids = [tokenizer.encode(format_example(e)) for e in train]
     val_ids = [tokenizer.encode(format_example(e)) for e in val]
-    result = finetune(model, train_ids, val_ids, epochs_max=epochs_max, patience=patience,
-                      batch_size=batch_size, lr=lr, seed=seed, device=dev,
-                      val_loss_fn=val_loss_fn, on_epoch=on_epoch)
+    result = finetune(
+        model,
+        train_ids,
+        val_ids,
+        epochs_max=epochs_max,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=dev,
+        val_loss_fn=val_loss_fn,
+        on_epoch=on_epoch,
+    )
 
-    answers = [{**{k: e[k] for k in KEYS}, "model_response": answer(model, e, max_new_tokens, dev)}
-               for e in test]
+    answers = [{**{k: e[k] for k in KEYS}, "model_response": answer(model, e, max_new_tokens, dev)} for e in test]
     write_json_atomic(out / "answers.json", answers)
     summary = {
         **result,
@@ -297,11 +352,15 @@ def run(spec: str, data: str, out: str | Path, *, epochs_max: int = 10, patience
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.ift", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m trainer.ift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("checkpoint", help="checkpoint folder, run folder (its latest), or hf:gpt2 / hf:gpt2-medium")
-    ap.add_argument("--data", default=BOOK_DATA_URL, help="instruction JSON file or http(s) URL "
-                    "(default: the book's instruction-data.json)")
+    ap.add_argument(
+        "--data",
+        default=BOOK_DATA_URL,
+        help="instruction JSON file or http(s) URL (default: the book's instruction-data.json)",
+    )
     ap.add_argument("--out", required=True, help="folder for answers.json and ift.json")
     ap.add_argument("--epochs-max", type=int, default=10)
     ap.add_argument("--patience", type=int, default=1, help="epochs without a lower val loss before stopping")
@@ -310,14 +369,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--limit-test", type=int, default=None, help="answer only the first N test items")
     ap.add_argument("--seed", type=int, default=123)
-    ap.add_argument("--hf-dir", default=None, help="local Hugging Face folder for hf: models "
-                    "(default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)")
+    ap.add_argument(
+        "--hf-dir",
+        default=None,
+        help="local Hugging Face folder for hf: models (default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)",
+    )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
-    summary = run(args.checkpoint, args.data, args.out, epochs_max=args.epochs_max,
-                  patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                  max_new_tokens=args.max_new_tokens, limit_test=args.limit_test, seed=args.seed,
-                  hf_dir=args.hf_dir, device=args.device)
+    summary = run(
+        args.checkpoint,
+        args.data,
+        args.out,
+        epochs_max=args.epochs_max,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_new_tokens=args.max_new_tokens,
+        limit_test=args.limit_test,
+        seed=args.seed,
+        hf_dir=args.hf_dir,
+        device=args.device,
+    )
     print(json.dumps({k: summary[k] for k in ("best_epoch", "val_losses", "train_items", "test_items")}))
     return 0
 

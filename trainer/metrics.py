@@ -82,8 +82,9 @@ class Metrics:
         self._thread = None
         if active:
             self._beat()
-            self._thread = threading.Thread(target=self._beat_loop, args=(heartbeat_every,),
-                                             daemon=True, name="heartbeat")
+            self._thread = threading.Thread(
+                target=self._beat_loop, args=(heartbeat_every,), daemon=True, name="heartbeat"
+            )
             self._thread.start()
 
     def log(self, kind: str, **fields) -> None:
@@ -100,8 +101,10 @@ class Metrics:
             print(text, file=sys.stderr, flush=True)
 
     def _beat(self) -> None:
-        _atomic_write(self.run_dir / "heartbeat.json",
-                      json.dumps({"time": round(time.time(), 3), "step": self.step, "pid": os.getpid()}))
+        _atomic_write(
+            self.run_dir / "heartbeat.json",
+            json.dumps({"time": round(time.time(), 3), "step": self.step, "pid": os.getpid()}),
+        )
 
     def _beat_loop(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -121,8 +124,7 @@ class Metrics:
             self.active = False
 
 
-def format_progress(step: int, steps: int, loss: float, lr: float, tok_s: float,
-                    mfu: float | None, eta: float) -> str:
+def format_progress(step: int, steps: int, loss: float, lr: float, tok_s: float, mfu: float | None, eta: float) -> str:
     parts = [f"step {step}/{steps}", f"loss {loss:.4f}", f"lr {lr:.2e}", f"{tok_s:,.0f} tok/s"]
     if mfu is not None:
         parts.append(f"mfu {100 * mfu:.1f}%")

@@ -226,9 +226,7 @@ def load_hf_state_dict(model: GPT, hf_sd: dict[str, torch.Tensor]) -> None:
         if name.endswith(_HF_TRANSPOSED):
             tensor = tensor.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
         if tuple(tensor.shape) != tuple(ours[name].shape):
-            raise CheckpointError(
-                f"{key}: shape {tuple(tensor.shape)} does not fit ours {tuple(ours[name].shape)}"
-            )
+            raise CheckpointError(f"{key}: shape {tuple(tensor.shape)} does not fit ours {tuple(ours[name].shape)}")
         with torch.no_grad():
             ours[name].copy_(tensor)
         seen.add(name)

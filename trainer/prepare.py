@@ -93,8 +93,7 @@ def _hf_docs(spec: str, field: str) -> Iterator[str]:
     ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
     for row in ds:
         if field not in row:
-            raise DataError(f"dataset {name} has no field {field!r} (fields: {', '.join(row)}); "
-                            f"pass --field")
+            raise DataError(f"dataset {name} has no field {field!r} (fields: {', '.join(row)}); pass --field")
         text = row[field]
         if text:
             yield text
@@ -123,15 +122,19 @@ def iter_documents(source: str, fmt: str = "auto", field: str = "text") -> Itera
         return
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and (
-            fmt != "auto" or p.suffix.lower() in _TEXT_SUFFIXES + (".jsonl", ".parquet")))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and (fmt != "auto" or p.suffix.lower() in _TEXT_SUFFIXES + (".jsonl", ".parquet"))
+        )
         if not files:
             raise DataError(f"{source} holds no .txt, .md, .jsonl or .parquet files")
     elif path.is_file():
         files = [path]
     else:
-        raise DataError(f"source {source} does not exist (expected a file, a folder, "
-                        f"builtin:corpus or hf:NAME[:CONFIG])")
+        raise DataError(
+            f"source {source} does not exist (expected a file, a folder, builtin:corpus or hf:NAME[:CONFIG])"
+        )
     for f in files:
         kind = _file_format(f, fmt)
         if kind == "text":
@@ -157,18 +160,27 @@ DTYPE_BYTES = DTYPE.itemsize
 _SHARD = re.compile(r"^(train|val|test)_\d{6}\.bin$")
 
 
-def _options(fmt: str, val_fraction: float, test_fraction: float, shard_tokens: int,
-             max_tokens: int | None, field: str) -> dict:
+def _options(
+    fmt: str, val_fraction: float, test_fraction: float, shard_tokens: int, max_tokens: int | None, field: str
+) -> dict:
     """The checked options, as recorded in the manifest."""
     if fmt not in FORMATS:
         raise DataError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise DataError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) "
-                        f"must be in [0, 1) and leave room for training data")
+        raise DataError(
+            f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) "
+            f"must be in [0, 1) and leave room for training data"
+        )
     if shard_tokens <= 0 or (max_tokens is not None and max_tokens <= 0):
         raise DataError("--shard-tokens and --max-tokens must be positive")
-    return {"format": fmt, "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "shard_tokens": shard_tokens, "max_tokens": max_tokens, "field": field}
+    return {
+        "format": fmt,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "shard_tokens": shard_tokens,
+        "max_tokens": max_tokens,
+        "field": field,
+    }
 
 
 def _prepared(out: Path, source: str, options: dict) -> dict | None:
@@ -178,24 +190,36 @@ def _prepared(out: Path, source: str, options: dict) -> dict | None:
         existing = json.loads((out / MANIFEST).read_text())
         if existing.get("source") == source and existing.get("options") == options:
             return existing
-        raise DataError(f"{out} already holds data prepared from {existing.get('source')!r} with "
-                        f"other options; remove it or choose another --out")
+        raise DataError(
+            f"{out} already holds data prepared from {existing.get('source')!r} with "
+            f"other options; remove it or choose another --out"
+        )
     if out.exists():
         # leftovers of an interrupted run (no manifest, so none of it is valid) are removed;
         # anything else means --out points at someone else's folder
         ours = re.compile(r"^(train|val|test)_\d{6}\.bin$|^manifest\.json\.tmp$")
         strangers = [p.name for p in out.iterdir() if not ours.match(p.name)]
         if strangers:
-            raise DataError(f"--out {out} is not empty and holds no prepared data "
-                            f"(found {', '.join(sorted(strangers)[:3])}); choose an empty folder")
+            raise DataError(
+                f"--out {out} is not empty and holds no prepared data "
+                f"(found {', '.join(sorted(strangers)[:3])}); choose an empty folder"
+            )
         for p in out.iterdir():
             p.unlink()
     return None
 
 
-def prepare(source: str, out: str | Path, fmt: str = "auto", val_fraction: float = 0.05,
-            test_fraction: float = 0.05, shard_tokens: int = 100_000_000,
-            max_tokens: int | None = None, field: str = "text", log=None) -> dict:
+def prepare(
+    source: str,
+    out: str | Path,
+    fmt: str = "auto",
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    shard_tokens: int = 100_000_000,
+    max_tokens: int | None = None,
+    field: str = "text",
+    log=None,
+) -> dict:
     """Tokenise `source` into `out`; returns the manifest. Idempotent for the same inputs."""
     options = _options(fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field)
     out = Path(out)
@@ -247,19 +271,26 @@ def _shards(manifest: dict, where: str) -> list[dict]:
     try:
         shards = [s for split in SPLITS for s in manifest["splits"][split]["shards"]]
         for s in shards:
-            if (not _SHARD.match(s["file"]) or not isinstance(s["tokens"], int)
-                    or not isinstance(s["sha256"], str)):
+            if not _SHARD.match(s["file"]) or not isinstance(s["tokens"], int) or not isinstance(s["sha256"], str):
                 raise ValueError(s)
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: the data manifest is malformed") from None
     return shards
 
 
-def prepare_cached(source: str, out: str | Path, cache: str, fmt: str = "auto",
-                   val_fraction: float = 0.05, test_fraction: float = 0.05,
-                   shard_tokens: int = 100_000_000, max_tokens: int | None = None,
-                   field: str = "text", log=None,
-                   warn=lambda s: print(s, file=sys.stderr, flush=True)) -> tuple[dict, dict]:
+def prepare_cached(
+    source: str,
+    out: str | Path,
+    cache: str,
+    fmt: str = "auto",
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    shard_tokens: int = 100_000_000,
+    max_tokens: int | None = None,
+    field: str = "text",
+    log=None,
+    warn=lambda s: print(s, file=sys.stderr, flush=True),
+) -> tuple[dict, dict]:
     """prepare() through the shared cache at `cache`; returns (manifest, {"cache": "hit"} or
     {"cache": "miss", "cache_pushed": bool}). See the module docstring for the rules."""
     options = _options(fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field)
@@ -276,24 +307,29 @@ def prepare_cached(source: str, out: str | Path, cache: str, fmt: str = "auto",
         try:
             manifest = json.loads(cached)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"the data cache {cache} is corrupt: its {MANIFEST} is not JSON; "
-                            f"delete that folder (or run without --cache)") from None
+            raise DataError(
+                f"the data cache {cache} is corrupt: its {MANIFEST} is not JSON; "
+                f"delete that folder (or run without --cache)"
+            ) from None
         if manifest.get("source") != source or manifest.get("options") != options:
-            raise DataError(f"the data cache {cache} holds data prepared from "
-                            f"{manifest.get('source')!r} with {manifest.get('options')}, not from "
-                            f"{source!r} with {options}: a cache URI must name one dataset")
+            raise DataError(
+                f"the data cache {cache} holds data prepared from "
+                f"{manifest.get('source')!r} with {manifest.get('options')}, not from "
+                f"{source!r} with {options}: a cache URI must name one dataset"
+            )
         if existing is None:
             _download(store, cache, cached, _shards(manifest, f"the data cache {cache}"), out, log)
         return (existing or manifest), {"cache": "hit"}
-    manifest = existing or prepare(source, out, fmt, val_fraction, test_fraction, shard_tokens,
-                                   max_tokens, field, log)
+    manifest = existing or prepare(source, out, fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field, log)
     try:
         for s in _shards(manifest, str(out)):
             store.put_file(out / s["file"], s["file"], sha256=s["sha256"])
         store.put_file(out / MANIFEST, MANIFEST)  # last: the cache's commit point
     except Exception as e:  # noqa: BLE001 - the local data is complete; the cache is a bonus
-        warn(f"warning: the prepared data is complete in {out} but could not be pushed to the "
-             f"cache {cache}: {' '.join(str(e).split()) or type(e).__name__}")
+        warn(
+            f"warning: the prepared data is complete in {out} but could not be pushed to the "
+            f"cache {cache}: {' '.join(str(e).split()) or type(e).__name__}"
+        )
         return manifest, {"cache": "miss", "cache_pushed": False}
     return manifest, {"cache": "miss", "cache_pushed": True}
 
@@ -309,9 +345,11 @@ def _download(store, cache: str, manifest_bytes: bytes, shards: list[dict], out:
             dest = tmp / s["file"]
             store.get_file(s["file"], dest, sha256=s["sha256"])
             if dest.stat().st_size != s["tokens"] * DTYPE_BYTES:
-                raise DataError(f"the data cache {cache} is corrupt: {s['file']} is "
-                                f"{dest.stat().st_size} bytes for {s['tokens']} tokens; delete "
-                                f"that folder (or run without --cache)")
+                raise DataError(
+                    f"the data cache {cache} is corrupt: {s['file']} is "
+                    f"{dest.stat().st_size} bytes for {s['tokens']} tokens; delete "
+                    f"that folder (or run without --cache)"
+                )
             if log:
                 log(f"prepare: shard {i}/{len(shards)} ({s['file']}) from the cache")
         fsync_write(tmp / MANIFEST, manifest_bytes)  # last: a folder with a manifest is complete
@@ -324,14 +362,17 @@ def _download(store, cache: str, manifest_bytes: bytes, shards: list[dict], out:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, ArtifactError) and not isinstance(e, TransferError):
             # a shard that fails its SHA-256 or is missing although the manifest is there
-            raise DataError(f"the data cache {cache} is corrupt: {e}; delete that folder (or run "
-                            f"without --cache) to prepare from the source again") from None
+            raise DataError(
+                f"the data cache {cache} is corrupt: {e}; delete that folder (or run "
+                f"without --cache) to prepare from the source again"
+            ) from None
         raise
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.prepare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m trainer.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--source", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--format", default="auto", choices=FORMATS)
@@ -340,23 +381,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-tokens", type=int, default=100_000_000)
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--field", default="text", help="JSONL/parquet/HF field holding the text")
-    ap.add_argument("--cache", default=None, metavar="URI",
-                    help="shared cache of this prepared dataset (file:// or s3:// folder): "
-                         "downloaded when it holds a manifest, else filled after preparing")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        metavar="URI",
+        help="shared cache of this prepared dataset (file:// or s3:// folder): "
+        "downloaded when it holds a manifest, else filled after preparing",
+    )
     args = ap.parse_args(argv)
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
-    options = (args.format, args.val_fraction, args.test_fraction, args.shard_tokens,
-               args.max_tokens, args.field)
+    options = (args.format, args.val_fraction, args.test_fraction, args.shard_tokens, args.max_tokens, args.field)
     if args.cache:
         m, cache = prepare_cached(args.source, args.out, args.cache, *options, log=log)
     else:
         m, cache = prepare(args.source, args.out, *options, log=log), {"cache": "off"}
     summary = {s: {k: v for k, v in info.items() if k != "shards"} for s, info in m["splits"].items()}
-    print(json.dumps({"out": str(args.out), "source": m["source"], "tokens": m["tokens"],
-                      "splits": summary, **cache}))
+    print(json.dumps({"out": str(args.out), "source": m["source"], "tokens": m["tokens"], "splits": summary, **cache}))
     return 0
 
 

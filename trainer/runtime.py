@@ -33,8 +33,7 @@ def init_distributed(device_pref: str) -> tuple[int, int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if "RANK" in os.environ:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                device_id=device if use_cuda else None)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
     return rank, local_rank, world, device
 
 
@@ -50,8 +49,12 @@ def rng_state(device: torch.device) -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
     }
 
@@ -61,8 +64,9 @@ def set_rng_state(s: dict, device: torch.device) -> None:
     if s["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(s["cuda"], device)
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 
@@ -72,7 +76,6 @@ def seed_rank(seed: int, rank: int, step: int = 0) -> None:
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
-
 
 
 def find_micro_batch(fits, limit: int = 512) -> int:

@@ -35,8 +35,9 @@ from pydantic_core import PydanticCustomError
 
 def _number(value: Any) -> Any:
     if isinstance(value, bool):
-        raise PydanticCustomError("number_not_bool", "Input should be a number, not {value}",
-                                  {"value": str(value).lower()})
+        raise PydanticCustomError(
+            "number_not_bool", "Input should be a number, not {value}", {"value": str(value).lower()}
+        )
     return value
 
 
@@ -54,6 +55,7 @@ def _whole_number(value: Any) -> Any:
 
 def _count_or(word: str) -> Callable[[Any], Any]:
     """A positive count, or `word` ("auto", "chinchilla")."""
+
     def check(value: Any) -> Any:
         if value == word:
             return value
@@ -61,9 +63,9 @@ def _count_or(word: str) -> Callable[[Any], Any]:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or value <= 0:
-            raise PydanticCustomError("count_or_word", 'Input should be a positive integer or "{word}"',
-                                      {"word": word})
+            raise PydanticCustomError("count_or_word", 'Input should be a positive integer or "{word}"', {"word": word})
         return value
+
     return check
 
 
@@ -112,8 +114,11 @@ class TrainingSettings(BaseModel):
     def _min_lr_at_most_lr(cls, v: float, info: ValidationInfo) -> float:
         lr = info.data.get("lr")
         if lr is not None and v > lr:
-            raise PydanticCustomError("min_lr_above_lr", "{min_lr} is above lr ({lr}): the schedule "
-                                      "decays from lr down to min_lr", {"min_lr": v, "lr": lr})
+            raise PydanticCustomError(
+                "min_lr_above_lr",
+                "{min_lr} is above lr ({lr}): the schedule decays from lr down to min_lr",
+                {"min_lr": v, "lr": lr},
+            )
         return v
 
     @field_validator("eval_tokens")
@@ -121,9 +126,13 @@ class TrainingSettings(BaseModel):
     def _eval_tokens_hold_a_window(cls, v: int, info: ValidationInfo) -> int:
         seq_len, eval_every = info.data.get("seq_len"), info.data.get("eval_every")
         if seq_len is not None and eval_every and v < seq_len:
-            raise PydanticCustomError("eval_tokens_below_seq_len", "{eval_tokens} is below seq_len "
-                                      "({seq_len}): validation needs at least one window (or set "
-                                      "eval_every: 0)", {"eval_tokens": v, "seq_len": seq_len})
+            raise PydanticCustomError(
+                "eval_tokens_below_seq_len",
+                "{eval_tokens} is below seq_len "
+                "({seq_len}): validation needs at least one window (or set "
+                "eval_every: 0)",
+                {"eval_tokens": v, "seq_len": seq_len},
+            )
         return v
 
 

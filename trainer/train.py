@@ -56,8 +56,8 @@ from trainer.upload import CheckpointUploader, pull_for_resume
 
 # ---------------------------------------------------------------- schedule
 
-def lr_at(tokens: int, tokens_per_step: int, warmup_tokens: int, end_tokens: int,
-          cfg: config_mod.TrainConfig) -> float:
+
+def lr_at(tokens: int, tokens_per_step: int, warmup_tokens: int, end_tokens: int, cfg: config_mod.TrainConfig) -> float:
     """LR for the step that starts at `tokens` seen: linear warm-up, then cosine or constant.
 
     Measured in tokens rather than steps so a run resumed with another world size or micro-batch
@@ -73,17 +73,18 @@ def lr_at(tokens: int, tokens_per_step: int, warmup_tokens: int, end_tokens: int
 
 # ---------------------------------------------------------------- the run
 
+
 def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device):
     # decay matrices only; biases and LayerNorm gains stay undecayed (as in GPT-2 / nanoGPT)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-                             fused=device.type == "cuda")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 
 
-def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool,
-                resume_from: str | None = None) -> dict | None:
+def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool, resume_from: str | None = None) -> dict | None:
     """Rank 0 reads the latest checkpoint; the other ranks receive it over the process group.
 
     Only rank 0 touches the run directory, so nodes need no shared disk and N ranks never read
@@ -101,13 +102,18 @@ def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool,
             latest = checkpoint.latest(run_dir)
             if latest is not None:
                 opt_sd, state = checkpoint.load_training(latest, raw_model)
-                payload = [{"checkpoint": latest.name, "optimizer": opt_sd, "state": state,
-                            "pulled_from": resume_from if pulled is not None else None}]
+                payload = [
+                    {
+                        "checkpoint": latest.name,
+                        "optimizer": opt_sd,
+                        "state": state,
+                        "pulled_from": resume_from if pulled is not None else None,
+                    }
+                ]
         except Exception as e:  # noqa: BLE001 - every rank must learn of it, not hang in the broadcast
             failure = e
             message = str(e) if isinstance(e, TrainerError) else f"{type(e).__name__}: {e}"
-            payload = [{"error": message, "kind": type(e).__name__,
-                        "exit_code": getattr(e, "exit_code", 1)}]
+            payload = [{"error": message, "kind": type(e).__name__, "exit_code": getattr(e, "exit_code", 1)}]
     if dist.is_initialized():
         dist.broadcast_object_list(payload, src=0)
     if failure is not None:
@@ -116,15 +122,15 @@ def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool,
     if resume is None:
         return None
     if "error" in resume:
-        err = {"ConfigError": ConfigError, "DataError": DataError}.get(
-            resume["kind"], CheckpointError)(resume["error"])
+        err = {"ConfigError": ConfigError, "DataError": DataError}.get(resume["kind"], CheckpointError)(resume["error"])
         err.exit_code = resume.get("exit_code", err.exit_code)
         raise err
     try:
         optimizer.load_state_dict(resume["optimizer"])
     except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {resume['checkpoint']}: optimizer state does not fit "
-                              f"this model: {e}") from None
+        raise CheckpointError(
+            f"checkpoint {resume['checkpoint']}: optimizer state does not fit this model: {e}"
+        ) from None
     return resume
 
 
@@ -134,13 +140,13 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None,
-          resume_from: str | None = None) -> int:
+def train(
+    cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None, resume_from: str | None = None
+) -> int:
     rank, local_rank, world, device = init_distributed(cfg.device)
     master = rank == 0
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
-           else contextlib.nullcontext())
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -150,17 +156,20 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
     val_tokens = SplitTokens(cfg.data_dir, "val") if cfg.eval_every > 0 else None
     target = cfg.target_tokens()
     if target > len(train_tokens) - 1:
-        raise DataError(f"max_tokens={cfg.max_tokens} ({target:,} tokens) is more than the "
-                        f"{len(train_tokens) - 1:,} training tokens available in {cfg.data_dir} "
-                        f"(one epoch, no repeats); lower max_tokens or prepare more data")
+        raise DataError(
+            f"max_tokens={cfg.max_tokens} ({target:,} tokens) is more than the "
+            f"{len(train_tokens) - 1:,} training tokens available in {cfg.data_dir} "
+            f"(one epoch, no repeats); lower max_tokens or prepare more data"
+        )
     val_windows = []
     if val_tokens is not None:
-        val_windows = [w for w in eval_windows(len(val_tokens), cfg.seq_len, cfg.eval_tokens)
-                       if w[1] == cfg.seq_len]
+        val_windows = [w for w in eval_windows(len(val_tokens), cfg.seq_len, cfg.eval_tokens) if w[1] == cfg.seq_len]
         if not val_windows:
-            raise DataError(f"the val split of {cfg.data_dir} has {len(val_tokens)} tokens, fewer than "
-                            f"one window of seq_len + 1 = {cfg.seq_len + 1}; set eval_every: 0 or "
-                            f"prepare more data")
+            raise DataError(
+                f"the val split of {cfg.data_dir} has {len(val_tokens)} tokens, fewer than "
+                f"one window of seq_len + 1 = {cfg.seq_len + 1}; set eval_every: 0 or "
+                f"prepare more data"
+            )
 
     # ---- model: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
@@ -205,11 +214,15 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
 
     remaining = max(0, (target - tokens_seen) // tps)
     if tokens_seen == 0 and remaining == 0:
-        raise ConfigError(f"max_tokens={cfg.max_tokens} is smaller than one step of {tps:,} tokens "
-                          f"(seq_len x micro_batch x grad_accum x world size)")
+        raise ConfigError(
+            f"max_tokens={cfg.max_tokens} is smaller than one step of {tps:,} tokens "
+            f"(seq_len x micro_batch x grad_accum x world size)"
+        )
     if batches.steps_available(offset) < remaining:
-        raise DataError(f"the train split has {len(train_tokens):,} tokens: too few for "
-                        f"{remaining} more steps of {tps:,} tokens from offset {offset:,}")
+        raise DataError(
+            f"the train split has {len(train_tokens):,} tokens: too few for "
+            f"{remaining} more steps of {tps:,} tokens from offset {offset:,}"
+        )
     total_steps = step + remaining
     end_tokens = tokens_seen + remaining * tps
 
@@ -219,25 +232,50 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
 
     flops_tok = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_flops(device, dtype, cfg.peak_flops)
-    resolved = {**cfg.to_dict(), "micro_batch": micro_batch, "dtype": dtype, "device": device.type,
-                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "world_size": world, "tokens_per_step": tps, "target_tokens": target,
-                "total_steps": total_steps, "params": n_params, "model_config": vars(mcfg),
-                "flops_per_token": flops_tok, "peak_flops": peak, "eval_windows": len(val_windows),
-                "train_tokens_available": len(train_tokens), "train_sha256": train_tokens.sha256,
-                "resumed_from_step": resumed_from, "resumed_from_uri": resumed_from_uri,
-                "torch": torch.__version__}
+    resolved = {
+        **cfg.to_dict(),
+        "micro_batch": micro_batch,
+        "dtype": dtype,
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world,
+        "tokens_per_step": tps,
+        "target_tokens": target,
+        "total_steps": total_steps,
+        "params": n_params,
+        "model_config": vars(mcfg),
+        "flops_per_token": flops_tok,
+        "peak_flops": peak,
+        "eval_windows": len(val_windows),
+        "train_tokens_available": len(train_tokens),
+        "train_sha256": train_tokens.sha256,
+        "resumed_from_step": resumed_from,
+        "resumed_from_uri": resumed_from_uri,
+        "torch": torch.__version__,
+    }
     metrics = Metrics(run_dir, active=master)
     metrics.step = step
     if master:
         write_json_atomic(run_dir / "config.resolved.json", resolved)
-    metrics.log("start", world_size=world, params=n_params, target_tokens=target,
-                resumed_from_step=resumed_from, resumed_from_uri=resumed_from_uri,
-                micro_batch=micro_batch, grad_accum=cfg.grad_accum,
-                tokens_per_step=tps, total_steps=total_steps, device=device.type, dtype=dtype)
-    metrics.progress(f"training {cfg.model} ({n_params:,} params) on {world} x {device.type}, "
-                     f"{tps:,} tokens/step, steps {step}->{total_steps}"
-                     + (f", resumed from step {resumed_from}" if resumed_from is not None else ""))
+    metrics.log(
+        "start",
+        world_size=world,
+        params=n_params,
+        target_tokens=target,
+        resumed_from_step=resumed_from,
+        resumed_from_uri=resumed_from_uri,
+        micro_batch=micro_batch,
+        grad_accum=cfg.grad_accum,
+        tokens_per_step=tps,
+        total_steps=total_steps,
+        device=device.type,
+        dtype=dtype,
+    )
+    metrics.progress(
+        f"training {cfg.model} ({n_params:,} params) on {world} x {device.type}, "
+        f"{tps:,} tokens/step, steps {step}->{total_steps}"
+        + (f", resumed from step {resumed_from}" if resumed_from is not None else "")
+    )
 
     uploader = None
     if master and cfg.artifact_uri:
@@ -245,9 +283,11 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
         if resume is not None:  # a no-op when the store already holds it, byte for byte
             resumed = run_dir / "checkpoints" / resume["checkpoint"]
             files = json.loads((resumed / checkpoint.MANIFEST).read_text())["files"]  # verified above
-            uploader.submit(resumed, state["step"], state["tokens"], state.get("val_loss"),
-                            sum(f["bytes"] for f in files.values()))
+            uploader.submit(
+                resumed, state["step"], state["tokens"], state.get("val_loss"), sum(f["bytes"] for f in files.values())
+            )
     try:
+
         def run_eval() -> float:
             mine = val_windows[rank::world]
             nats, count, _ = cross_entropy_sum(raw_model, val_tokens, mine, micro_batch, device, amp)
@@ -262,16 +302,37 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
                 rngs = [rng_state(device)]
             if not master:
                 return
-            state = {"step": step, "tokens": tokens_seen, "data_offset": offset, "world_size": world,
-                     "tokens_per_step": tps, "warmup_tokens": warmup_tokens, "rng": rngs,
-                     "val_loss": val_loss}
+            state = {
+                "step": step,
+                "tokens": tokens_seen,
+                "data_offset": offset,
+                "world_size": world,
+                "tokens_per_step": tps,
+                "warmup_tokens": warmup_tokens,
+                "rng": rngs,
+                "val_loss": val_loss,
+            }
             cfg_json = {"model": vars(mcfg), "train": resolved}
-            path, size = checkpoint.save(run_dir, step, tokens_seen, raw_model, optimizer, state,
-                                         cfg_json, {"step": step, "tokens": tokens_seen,
-                                                    "train_loss": last_train, "val_loss": val_loss},
-                                         cfg.keep_last, uploader.pending() if uploader else ())
-            metrics.log("checkpoint", step=step, tokens=tokens_seen,
-                        path=str(path.relative_to(run_dir)), bytes=size, val_loss=val_loss)
+            path, size = checkpoint.save(
+                run_dir,
+                step,
+                tokens_seen,
+                raw_model,
+                optimizer,
+                state,
+                cfg_json,
+                {"step": step, "tokens": tokens_seen, "train_loss": last_train, "val_loss": val_loss},
+                cfg.keep_last,
+                uploader.pending() if uploader else (),
+            )
+            metrics.log(
+                "checkpoint",
+                step=step,
+                tokens=tokens_seen,
+                path=str(path.relative_to(run_dir)),
+                bytes=size,
+                val_loss=val_loss,
+            )
             if uploader is not None:
                 uploader.submit(path, step, tokens_seen, val_loss, size)
 
@@ -292,7 +353,7 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
                 x, y = batches.get(offset, micro)  # (B, T), (B, T)
                 # gradients are all-reduced only on the last micro-step of the accumulation
                 sync = micro == cfg.grad_accum - 1 or not isinstance(model, DDP)
-                with (contextlib.nullcontext() if sync else model.no_sync()):
+                with contextlib.nullcontext() if sync else model.no_sync():
                     with amp:
                         _, loss = model(x, y)
                     (loss / cfg.grad_accum).backward()
@@ -310,11 +371,20 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
                 dt = time.time() - interval_t
                 tok_s = interval_steps * tps / dt
                 mfu = flops_tok * tok_s / (peak * world) if peak else None
-                metrics.log("train", step=step, tokens=tokens_seen, train_loss=last_train, lr=lr,
-                            tokens_per_s=tok_s, mfu=mfu, peak_mem_bytes=peak_memory_bytes(device),
-                            wall_s=time.time() - t_start)
-                metrics.progress(format_progress(step, total_steps, last_train, lr, tok_s, mfu,
-                                                 (total_steps - step) * tps / tok_s))
+                metrics.log(
+                    "train",
+                    step=step,
+                    tokens=tokens_seen,
+                    train_loss=last_train,
+                    lr=lr,
+                    tokens_per_s=tok_s,
+                    mfu=mfu,
+                    peak_mem_bytes=peak_memory_bytes(device),
+                    wall_s=time.time() - t_start,
+                )
+                metrics.progress(
+                    format_progress(step, total_steps, last_train, lr, tok_s, mfu, (total_steps - step) * tps / tok_s)
+                )
                 interval_steps, loss_sum = 0, torch.zeros((), device=device)
             paused = time.time()
             stopping = stop_at_step is not None and step >= stop_at_step
@@ -356,16 +426,25 @@ def train(cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m trainer.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("config", help="YAML or JSON train config")
     ap.add_argument("--run-dir", default="run")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--stop-at-step", type=int, default=None,
-                    help="stop after this step with a checkpoint (no DONE); re-run to resume")
-    ap.add_argument("--resume-from", default=None, metavar="URI",
-                    help="a committed checkpoint folder in a store (file:// or s3://): pulled and "
-                         "resumed from unless the run dir holds a checkpoint at least as new")
+    ap.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="stop after this step with a checkpoint (no DONE); re-run to resume",
+    )
+    ap.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="URI",
+        help="a committed checkpoint folder in a store (file:// or s3://): pulled and "
+        "resumed from unless the run dir holds a checkpoint at least as new",
+    )
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     rank = int(os.environ.get("RANK", 0))
@@ -396,8 +475,9 @@ def _record_failure(run_dir: Path, rank: int, message: str, code: int, kind: str
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "FAILED", {"time": round(time.time(), 3), "error": message,
-                                               "exit_code": code, "kind": kind})
+        write_json_atomic(
+            run_dir / "FAILED", {"time": round(time.time(), 3), "error": message, "exit_code": code, "kind": kind}
+        )
     except OSError:
         pass
 

@@ -69,15 +69,19 @@ class _Job:
 class CheckpointUploader:
     """One upload thread for the committed checkpoints of a run (rank 0 only)."""
 
-    def __init__(self, artifact_uri: str, log: Callable[..., None],
-                 progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-                 opener: Callable[[str], ArtifactStore] | None = None):
+    def __init__(
+        self,
+        artifact_uri: str,
+        log: Callable[..., None],
+        progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+        opener: Callable[[str], ArtifactStore] | None = None,
+    ):
         self.uri = artifact_uri.rstrip("/")
         self._log, self._progress = log, progress
         self._open = opener or open_artifact_store
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._pending: list[str] = []                    # folder names queued or being uploaded
+        self._pending: list[str] = []  # folder names queued or being uploaded
         self._errors: dict[int, BaseException | None] = {}  # step -> None (stored) or the failure
         self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
         self._thread.start()
@@ -107,7 +111,9 @@ class CheckpointUploader:
         if err is not None:
             raise CheckpointUploadError(
                 f"the last checkpoint ({checkpoint.step_dir_name(step)}) could not be stored at "
-                f"{self.uri}: {_one_line(err)}", getattr(err, "exit_code", 1))
+                f"{self.uri}: {_one_line(err)}",
+                getattr(err, "exit_code", 1),
+            )
 
     def close(self) -> None:
         """Finish the queued uploads, then stop the thread."""
@@ -142,8 +148,15 @@ class CheckpointUploader:
         seconds = round(time.monotonic() - t0, 3)
         with self._lock:
             self._errors[job.step] = None
-        self._log("checkpoint_stored", step=job.step, tokens=job.tokens, val_loss=job.val_loss,
-                  bytes=job.nbytes, uri=uri, seconds=seconds)
+        self._log(
+            "checkpoint_stored",
+            step=job.step,
+            tokens=job.tokens,
+            val_loss=job.val_loss,
+            bytes=job.nbytes,
+            uri=uri,
+            seconds=seconds,
+        )
 
 
 def pull_for_resume(uri: str, run_dir: Path) -> Path | None:
@@ -153,8 +166,10 @@ def pull_for_resume(uri: str, run_dir: Path) -> Path | None:
     store = open_artifact_store(uri)
     manifest = store.read_manifest("")
     if manifest is None:
-        raise CheckpointError(f"--resume-from {uri} is not a committed checkpoint (no manifest.json "
-                              f"there, or not readable with these credentials)")
+        raise CheckpointError(
+            f"--resume-from {uri} is not a committed checkpoint (no manifest.json "
+            f"there, or not readable with these credentials)"
+        )
     step = manifest.get("step")
     if not isinstance(step, int) or step < 0:
         raise CheckpointError(f"--resume-from {uri}: its manifest has no valid step")

@@ -79,10 +79,23 @@ def prepare_database(kind: str, workdir: Path, n_runs: int, n_points: int) -> st
 
 
 def start_serve(db_url: str, port: int, workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "TRAINYARD_DATABASE_URL": db_url, "TRAINYARD_DATA_DIR": str(workdir),
-           "PYTHONPATH": str(HERE.parents[1])}
-    cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--no-controller", "--port", str(port),
-           "--log-level", "warning"]
+    env = {
+        **os.environ,
+        "TRAINYARD_DATABASE_URL": db_url,
+        "TRAINYARD_DATA_DIR": str(workdir),
+        "PYTHONPATH": str(HERE.parents[1]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "serve",
+        "--no-controller",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     # the log goes to a file: a pipe nobody reads would fill up and block the server
     log = open(workdir / "serve.log", "w")  # noqa: SIM115 - closed with the temporary directory
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -132,8 +145,15 @@ async def load(port: int, ids: list[str], clients: int, warmup_s: float, duratio
     def pct(q: float) -> float:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)
 
-    return {"requests": len(lat), "errors": len(errors), "req_per_s": round(len(lat) / duration_s, 1),
-            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": round(lat[-1] * 1000, 2)}
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "req_per_s": round(len(lat) / duration_s, 1),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(lat[-1] * 1000, 2),
+    }
 
 
 def bench(kind: str, args: argparse.Namespace) -> dict:
@@ -153,10 +173,19 @@ def bench(kind: str, args: argparse.Namespace) -> dict:
             result = asyncio.run(load(port, run_ids(args.runs), args.clients, args.warmup, args.duration))
             # server CPU per request: what the numbers would be on an otherwise idle machine
             result["server_cpu_ms_per_req"] = round((cpu_s(proc.pid) - cpu0) * 1000 / max(1, result["requests"]), 3)
-            return {"db": kind, "load_avg_1m_before": round(load_before, 2), "runs": args.runs, "metric_points": args.points, "clients": args.clients,
-                    "duration_s": args.duration, **result, "seed_s": round(seed_s, 1),
-                    "idle_rss_mb": round(idle_rss, 1), "rss_after_load_mb": round(rss_mb(proc.pid), 1),
-                    "torch_loaded": torch_mapped(proc.pid)}
+            return {
+                "db": kind,
+                "load_avg_1m_before": round(load_before, 2),
+                "runs": args.runs,
+                "metric_points": args.points,
+                "clients": args.clients,
+                "duration_s": args.duration,
+                **result,
+                "seed_s": round(seed_s, 1),
+                "idle_rss_mb": round(idle_rss, 1),
+                "rss_after_load_mb": round(rss_mb(proc.pid), 1),
+                "torch_loaded": torch_mapped(proc.pid),
+            }
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -174,7 +203,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--duration", type=float, default=20.0)
     args = ap.parse_args()
-    for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+    for kind in ["sqlite", "postgresql"] if args.db == "both" else [args.db]:
         print(json.dumps(bench(kind, args)), flush=True)
 
 

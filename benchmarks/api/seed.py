@@ -15,11 +15,41 @@ from datetime import datetime, timedelta, timezone
 from orchestrator.spec import RunSpec
 
 STATUSES = ["succeeded"] * 6 + ["training", "failed", "cancelled", "pending"]
-RUN_COLS = ("id", "name", "spec", "status", "cancel_requested", "created_at", "updated_at", "started_at",
-            "finished_at", "target_tokens", "tokens_done", "step", "train_loss", "val_loss", "tokens_per_s",
-            "test_loss", "world_size", "recoveries", "metrics_offset", "log_offset")
-INST_COLS = ("id", "run_id", "rank", "name", "provider", "instance_type", "price_cents_per_hour", "status",
-             "launched_at", "active_at", "terminated_at")
+RUN_COLS = (
+    "id",
+    "name",
+    "spec",
+    "status",
+    "cancel_requested",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "target_tokens",
+    "tokens_done",
+    "step",
+    "train_loss",
+    "val_loss",
+    "tokens_per_s",
+    "test_loss",
+    "world_size",
+    "recoveries",
+    "metrics_offset",
+    "log_offset",
+)
+INST_COLS = (
+    "id",
+    "run_id",
+    "rank",
+    "name",
+    "provider",
+    "instance_type",
+    "price_cents_per_hour",
+    "status",
+    "launched_at",
+    "active_at",
+    "terminated_at",
+)
 COST_COLS = ("run_id", "instance_id", "kind", "cents", "quantity", "unit", "description", "created_at")
 EVENT_COLS = ("run_id", "time", "kind", "from_status", "to_status", "message")
 POINT_COLS = ("run_id", "kind", "step", "tokens", "time", "train_loss", "val_loss", "lr", "tokens_per_s")
@@ -40,11 +70,45 @@ def _rows(n_runs: int, n_points: int, seed: int = 0):
         ended = created + timedelta(hours=1) if status in ("succeeded", "failed", "cancelled") else None
         target = 2_000_000
         done = target if status == "succeeded" else rnd.randrange(target)
-        runs.append((rid, f"bench-{i}", spec, status, False, created, created, created, ended, target, done,
-                     done // 2048, rnd.uniform(3, 6), rnd.uniform(3, 6), rnd.uniform(1e4, 1e5),
-                     rnd.uniform(3, 6) if status == "succeeded" else None, 8, 0, 0, 0))
-        insts.append((i, rid, 0, f"ty-{rid}-0", "lambda", "gpu_8x_h100_sxm5", 2392, "terminated" if ended else "active",
-                      created, created + timedelta(minutes=2), ended))
+        runs.append(
+            (
+                rid,
+                f"bench-{i}",
+                spec,
+                status,
+                False,
+                created,
+                created,
+                created,
+                ended,
+                target,
+                done,
+                done // 2048,
+                rnd.uniform(3, 6),
+                rnd.uniform(3, 6),
+                rnd.uniform(1e4, 1e5),
+                rnd.uniform(3, 6) if status == "succeeded" else None,
+                8,
+                0,
+                0,
+                0,
+            )
+        )
+        insts.append(
+            (
+                i,
+                rid,
+                0,
+                f"ty-{rid}-0",
+                "lambda",
+                "gpu_8x_h100_sxm5",
+                2392,
+                "terminated" if ended else "active",
+                created,
+                created + timedelta(minutes=2),
+                ended,
+            )
+        )
         if ended:
             costs.append((rid, i, "instance", 2392.0, 60.0, "minute", "billed instance time", ended))
         events.append((rid, created, "status", None, "pending", "submitted"))
@@ -54,8 +118,19 @@ def _rows(n_runs: int, n_points: int, seed: int = 0):
     for j in range(n_points):
         rid = ids[min(j // per_run, n_runs - 1)]
         step = j % per_run
-        points.append((rid, "val" if step % 10 == 9 else "train", step, step * 2048, 1.7e9 + j,
-                       5.0 - step * 0.001, 5.1, 3e-4, 5e4))
+        points.append(
+            (
+                rid,
+                "val" if step % 10 == 9 else "train",
+                step,
+                step * 2048,
+                1.7e9 + j,
+                5.0 - step * 0.001,
+                5.1,
+                3e-4,
+                5e4,
+            )
+        )
     return runs, insts, costs, events, points
 
 
@@ -69,9 +144,13 @@ def seed_sqlite(path: str, n_runs: int, n_points: int) -> None:
     con = sqlite3.connect(path)
     try:
         with con:
-            for table, cols, rows in (("runs", RUN_COLS, runs), ("instances", INST_COLS, insts),
-                                      ("cost_entries", COST_COLS, costs), ("run_events", EVENT_COLS, events),
-                                      ("metric_points", POINT_COLS, points)):
+            for table, cols, rows in (
+                ("runs", RUN_COLS, runs),
+                ("instances", INST_COLS, insts),
+                ("cost_entries", COST_COLS, costs),
+                ("run_events", EVENT_COLS, events),
+                ("metric_points", POINT_COLS, points),
+            ):
                 marks = ",".join("?" * len(cols))
                 con.executemany(f"INSERT INTO {table} ({','.join(cols)}) VALUES ({marks})", map(_naive, rows))
         con.execute("ANALYZE")
@@ -84,9 +163,13 @@ def seed_postgres(url: str, n_runs: int, n_points: int) -> None:
 
     runs, insts, costs, events, points = _rows(n_runs, n_points)
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con, con.cursor() as cur:
-        for table, cols, rows in (("runs", RUN_COLS, runs), ("instances", INST_COLS, insts),
-                                  ("cost_entries", COST_COLS, costs), ("run_events", EVENT_COLS, events),
-                                  ("metric_points", POINT_COLS, points)):
+        for table, cols, rows in (
+            ("runs", RUN_COLS, runs),
+            ("instances", INST_COLS, insts),
+            ("cost_entries", COST_COLS, costs),
+            ("run_events", EVENT_COLS, events),
+            ("metric_points", POINT_COLS, points),
+        ):
             with cur.copy(f"COPY {table} ({','.join(cols)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

@@ -52,8 +52,7 @@ def make_checkpoint(folder: Path, size: int) -> Path:
             left -= n
     for name, n in {"optimizer.pt": 4096, "state.pt": 2048, "config.json": 512, "metrics.json": 64}.items():
         (folder / name).write_bytes(os.urandom(n))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": mf.sha256_file(p)}
-             for p in sorted(folder.iterdir())}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": mf.sha256_file(p)} for p in sorted(folder.iterdir())}
     (folder / mf.MANIFEST).write_text(json.dumps({"format": 1, "step": 1, "tokens": 1, "files": files}))
     return folder
 
@@ -77,15 +76,31 @@ def main() -> None:
         size = sum(p.stat().st_size for p in ckpt.iterdir())
         rounds = []
         with moto_server() as url:
-            client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                                  aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                                  config=Config(s3={"addressing_style": "path"}))
+            client = boto3.client(
+                "s3",
+                endpoint_url=url,
+                region_name="us-east-1",
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+                config=Config(s3={"addressing_style": "path"}),
+            )
             client.create_bucket(Bucket=BUCKET)
-            opts = {k: v for k, v in {"part_size": args.part_size_mib and args.part_size_mib * MiB,
-                                      "concurrency": args.concurrency}.items() if v}
-            store = open_store(f"s3://{BUCKET}/ours", endpoint_url=url, state_dir=tmp / "state",
-                               credentials={"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
-                               **opts)
+            opts = {
+                k: v
+                for k, v in {
+                    "part_size": args.part_size_mib and args.part_size_mib * MiB,
+                    "concurrency": args.concurrency,
+                }.items()
+                if v
+            }
+            store = open_store(
+                f"s3://{BUCKET}/ours",
+                endpoint_url=url,
+                state_dir=tmp / "state",
+                credentials={"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
+                **opts,
+            )
+
             def boto3_default() -> None:
                 client.upload_file(str(big), BUCKET, "boto3/model.safetensors")
 
@@ -115,11 +130,15 @@ def main() -> None:
         per_round = sorted(r["ours_vs_boto3"] for r in rounds)
         mb = args.size_mib * MiB / 1e6
         result = {
-            "size_bytes": size, "ours_options": opts, "rounds": rounds,
+            "size_bytes": size,
+            "ours_options": opts,
+            "rounds": rounds,
             "client_cpu_s_median": cpu,
-            "MB_per_s": {"local_copy": mb / best["local_copy_s"],
-                         "boto3_upload_file": mb / best["boto3_upload_file_s"],
-                         "ours": mb / best["ours_put_checkpoint_s"]},
+            "MB_per_s": {
+                "local_copy": mb / best["local_copy_s"],
+                "boto3_upload_file": mb / best["boto3_upload_file_s"],
+                "ours": mb / best["ours_put_checkpoint_s"],
+            },
             "ours_vs_boto3": best["boto3_upload_file_s"] / best["ours_put_checkpoint_s"],
             "ours_vs_boto3_median_of_rounds": per_round[len(per_round) // 2],
             "ours_vs_local_copy": best["local_copy_s"] / best["ours_put_checkpoint_s"],

@@ -63,8 +63,16 @@ def spec(nodes: int) -> dict:
         "name": "bench-idle-billing",
         "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 1, "n_embd": 64, "n_head": 2}},
         "data": {"source": "builtin:corpus", "max_tokens": 60000},
-        "training": {"seq_len": 64, "micro_batch": 4, "max_tokens": 8192, "warmup_steps": 2,
-                     "log_every": 4, "eval_every": 1000, "eval_tokens": 512, "checkpoint_every": 1000},
+        "training": {
+            "seq_len": 64,
+            "micro_batch": 4,
+            "max_tokens": 8192,
+            "warmup_steps": 2,
+            "log_every": 4,
+            "eval_every": 1000,
+            "eval_tokens": 512,
+            "checkpoint_every": 1000,
+        },
         "compute": {"provider": "lambda", "instance_type": "cpu_4x_general", "nodes": nodes},
         "evaluation": {"test_loss": True, "test_max_tokens": 1024},
     }
@@ -92,21 +100,31 @@ def measure(sim: SimulatorServer, run_id: str) -> list[dict]:
     ledger = {e["instance_id"]: e for e in sim.cloud.ledger.snapshot(time.time())["entries"]}
     rows = []
     done_time = None
-    for entry in sorted((e for e in ledger.values() if (e["name"] or "").startswith(f"ty-{run_id}-")),
-                        key=lambda e: e["name"]):
+    for entry in sorted(
+        (e for e in ledger.values() if (e["name"] or "").startswith(f"ty-{run_id}-")), key=lambda e: e["name"]
+    ):
         rank = int(entry["name"].rsplit("-", 1)[1])
-        run_dir = sim.cloud.state_dir / "instances" / entry["instance_id"] / "disk" / "trainyard" / "runs" / entry["name"]
+        run_dir = (
+            sim.cloud.state_dir / "instances" / entry["instance_id"] / "disk" / "trainyard" / "runs" / entry["name"]
+        )
         if rank == 0:
             metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             done_time = max(m["time"] for m in metrics if m["kind"] == "done")
             last, what = (run_dir / "eval.json").stat().st_mtime, "evaluation written"
         else:
             last, what = done_time, "last training step"
-        rows.append({"name": entry["name"], "last_work": what, "idle_s": entry["ended_at"] - last,
-                     "billed_minutes": entry["billed_minutes"],
-                     # when torchrun exited after the last step (None: terminated before it did)
-                     "train_exit_after_done_s": _mtime(run_dir / "train.exit") - done_time
-                     if (run_dir / "train.exit").exists() else None})
+        rows.append(
+            {
+                "name": entry["name"],
+                "last_work": what,
+                "idle_s": entry["ended_at"] - last,
+                "billed_minutes": entry["billed_minutes"],
+                # when torchrun exited after the last step (None: terminated before it did)
+                "train_exit_after_done_s": _mtime(run_dir / "train.exit") - done_time
+                if (run_dir / "train.exit").exists()
+                else None,
+            }
+        )
     return rows
 
 
@@ -126,26 +144,48 @@ def main() -> None:
     key_file = work / "id_ed25519"
     key_file.write_text(private)
     key_file.chmod(0o600)
-    sim = SimulatorServer(SimConfig(
-        state_dir=work / "sim", catalog=load_catalog(), api_key=SecretStr(API_KEY), boot_s=1.0,
-        terminate_s=1.0, linger_s=3600, minute_s=60.0, launch_interval_s=0.5, requests_per_s=0,
-        quota=8, ssh_port=_ssh_port(), sshd=sshd,
-    )).start()
+    sim = SimulatorServer(
+        SimConfig(
+            state_dir=work / "sim",
+            catalog=load_catalog(),
+            api_key=SecretStr(API_KEY),
+            boot_s=1.0,
+            terminate_s=1.0,
+            linger_s=3600,
+            minute_s=60.0,
+            launch_interval_s=0.5,
+            requests_per_s=0,
+            quota=8,
+            ssh_port=_ssh_port(),
+            sshd=sshd,
+        )
+    ).start()
     with LambdaClient(API_KEY, base_url=sim.url, launch_interval_s=0) as lambda_client:
         lambda_client.add_ssh_key(KEY_NAME, public)
 
     db = f"sqlite:///{work / 'trainyard.db'}"
     upgrade(db)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINYARD_DATA_DIR": str(work / "data"),
-           "TRAINYARD_DATABASE_URL": db, "TRAINYARD_PORT": str(port),
-           "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval),
-           "TRAINYARD_LAMBDA_API_KEY": API_KEY, "TRAINYARD_LAMBDA_API_URL": sim.url,
-           "TRAINYARD_LAMBDA_SSH_KEY_NAME": KEY_NAME, "TRAINYARD_LAMBDA_SSH_PORT": str(sim.cloud.config.ssh_port),
-           "TRAINYARD_LAMBDA_LAUNCH_INTERVAL_S": "0.5", "TRAINYARD_SSH_PRIVATE_KEY_FILE": str(key_file),
-           "TRAINYARD_SSH_USER": getpass.getuser(), "TRAINYARD_NODE_PYTHON": NODE_PYTHON,
-           "TRAINYARD_NODE_TORCH_SITE_PACKAGES": TORCH_SITE, "TRAINYARD_NODE_SOCKET_IFNAME": "lo",
-           "TRAINYARD_NODE_ENV": json.dumps({"OMP_NUM_THREADS": "1"}), "TRAINYARD_NODE_ACTIVE_POLL_S": "0.5"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TRAINYARD_DATA_DIR": str(work / "data"),
+        "TRAINYARD_DATABASE_URL": db,
+        "TRAINYARD_PORT": str(port),
+        "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval),
+        "TRAINYARD_LAMBDA_API_KEY": API_KEY,
+        "TRAINYARD_LAMBDA_API_URL": sim.url,
+        "TRAINYARD_LAMBDA_SSH_KEY_NAME": KEY_NAME,
+        "TRAINYARD_LAMBDA_SSH_PORT": str(sim.cloud.config.ssh_port),
+        "TRAINYARD_LAMBDA_LAUNCH_INTERVAL_S": "0.5",
+        "TRAINYARD_SSH_PRIVATE_KEY_FILE": str(key_file),
+        "TRAINYARD_SSH_USER": getpass.getuser(),
+        "TRAINYARD_NODE_PYTHON": NODE_PYTHON,
+        "TRAINYARD_NODE_TORCH_SITE_PACKAGES": TORCH_SITE,
+        "TRAINYARD_NODE_SOCKET_IFNAME": "lo",
+        "TRAINYARD_NODE_ENV": json.dumps({"OMP_NUM_THREADS": "1"}),
+        "TRAINYARD_NODE_ACTIVE_POLL_S": "0.5",
+    }
     with open(work / "service.log", "w") as log:  # the service writes through its own copy
         service = subprocess.Popen([*SERVE], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
@@ -163,12 +203,17 @@ def main() -> None:
                 time.sleep(0.5)
                 run = client.get(f"/runs/{run['id']}").json()
             if run["status"] != "succeeded":
-                raise SystemExit(f"run {run['id']} ended {run['status']}: {run['status_reason']} "
-                                 f"(service log: {work / 'service.log'})")
+                raise SystemExit(
+                    f"run {run['id']} ended {run['status']}: {run['status_reason']} "
+                    f"(service log: {work / 'service.log'})"
+                )
             time.sleep(3)  # the last terminations are confirmed a pass or two later
             results.append(measure(sim, run["id"]))
-            print(f"run {n + 1}: " + ", ".join(f"{r['name'].rsplit('-', 1)[1]}: {r['idle_s']:.2f} s"
-                                               for r in results[-1]), file=sys.stderr)
+            print(
+                f"run {n + 1}: "
+                + ", ".join(f"{r['name'].rsplit('-', 1)[1]}: {r['idle_s']:.2f} s" for r in results[-1]),
+                file=sys.stderr,
+            )
     finally:
         service.terminate()
         service.wait(timeout=30)

@@ -59,8 +59,16 @@ SPEC = {
     "name": "bench-overhead",
     "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 2, "n_embd": 64, "n_head": 2}},
     "data": {"source": "builtin:corpus", "max_tokens": 60000},
-    "training": {"seq_len": 64, "micro_batch": 8, "max_tokens": 8192, "warmup_steps": 2,
-                 "log_every": 1, "eval_every": 1000, "eval_tokens": 2048, "checkpoint_every": 1000},
+    "training": {
+        "seq_len": 64,
+        "micro_batch": 8,
+        "max_tokens": 8192,
+        "warmup_steps": 2,
+        "log_every": 1,
+        "eval_every": 1000,
+        "eval_tokens": 2048,
+        "checkpoint_every": 1000,
+    },
     "evaluation": {"test_loss": True, "test_max_tokens": 2048},
 }
 
@@ -83,17 +91,38 @@ def direct(work: Path, env: dict[str, str]) -> tuple[float, float]:
     wd = str(run_dir)
     extra_env = {"PYTHONPATH": str(REPO)}
     t0 = time.time()
-    subprocess.run(commands.prepare_command(sys.executable, extra_env, spec, wd), shell=True, check=True,
-                   cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        commands.prepare_command(sys.executable, extra_env, spec, wd),
+        shell=True,
+        check=True,
+        cwd=wd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (run_dir / commands.CONFIG).write_text(json.dumps(commands.trainer_config(spec, wd)))
-    subprocess.run(commands.train_command(sys.executable, extra_env, spec, wd, node_rank=0,
-                                          master_addr=None),
-                   shell=True, check=True, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        commands.train_command(sys.executable, extra_env, spec, wd, node_rank=0, master_addr=None),
+        shell=True,
+        check=True,
+        cwd=wd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     manifest = json.loads((run_dir / commands.DATA / "manifest.json").read_text())
-    subprocess.run(commands.eval_command(sys.executable, extra_env, spec, wd, checkpoint=latest,
-                                         test_sha256=manifest["splits"]["test"]["sha256"]),
-                   shell=True, check=True, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        commands.eval_command(
+            sys.executable, extra_env, spec, wd, checkpoint=latest, test_sha256=manifest["splits"]["test"]["sha256"]
+        ),
+        shell=True,
+        check=True,
+        cwd=wd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t_end = time.time()
     first, done = _metric_times(run_dir)
     return first - t0, t_end - done
@@ -139,8 +168,12 @@ def via_service(client: httpx.Client, data_dir: Path) -> tuple[tuple[float, floa
     return (first - submitted, finished - done), gaps
 
 
-GAPS = ("submit -> prepare launched", "data ready -> trainer launched",
-        "trainer exited -> eval launched", "eval exited -> succeeded")
+GAPS = (
+    "submit -> prepare launched",
+    "data ready -> trainer launched",
+    "trainer exited -> eval launched",
+    "eval exited -> succeeded",
+)
 
 
 def main() -> None:
@@ -154,10 +187,15 @@ def main() -> None:
     db = f"sqlite:///{work / 'trainyard.db'}"
     upgrade(db)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINYARD_DATA_DIR": str(work / "data"),
-           "TRAINYARD_DATABASE_URL": db, "TRAINYARD_PORT": str(port),
-           "TRAINYARD_TRAINER_PYTHON": sys.executable,
-           "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TRAINYARD_DATA_DIR": str(work / "data"),
+        "TRAINYARD_DATABASE_URL": db,
+        "TRAINYARD_PORT": str(port),
+        "TRAINYARD_TRAINER_PYTHON": sys.executable,
+        "TRAINYARD_RECONCILE_INTERVAL_S": str(args.interval),
+    }
     service = subprocess.Popen([*SERVE], env=env, cwd=REPO)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
     try:
@@ -174,8 +212,10 @@ def main() -> None:
             service_times, run_gaps = via_service(client, work / "data")
             results["service"].append(service_times)
             gaps.append(run_gaps)
-            print(f"rep {rep + 1}: direct {results['direct'][-1]}, service {service_times}, "
-                  f"controller gaps {run_gaps}", file=sys.stderr)
+            print(
+                f"rep {rep + 1}: direct {results['direct'][-1]}, service {service_times}, controller gaps {run_gaps}",
+                file=sys.stderr,
+            )
     finally:
         service.terminate()
         service.wait(timeout=30)

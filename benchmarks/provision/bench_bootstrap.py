@@ -53,10 +53,19 @@ KEY = "bench-key"
 NODE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
 TORCH_SITE = str(Path(importlib.util.find_spec("torch").origin).parent.parent)
 CONFIG = {
-    "model": "gpt2-tiny", "model_overrides": {"n_layer": 1, "n_embd": 64, "n_head": 2},
-    "data_dir": "set per node", "seq_len": 64, "micro_batch": 4, "max_tokens": 12288, "warmup_steps": 2,
-    "log_every": 1, "eval_every": 1000, "eval_tokens": 256, "checkpoint_every": 1000,
-    "device": "cpu", "dtype": "fp32",
+    "model": "gpt2-tiny",
+    "model_overrides": {"n_layer": 1, "n_embd": 64, "n_head": 2},
+    "data_dir": "set per node",
+    "seq_len": 64,
+    "micro_batch": 4,
+    "max_tokens": 12288,
+    "warmup_steps": 2,
+    "log_every": 1,
+    "eval_every": 1000,
+    "eval_tokens": 256,
+    "checkpoint_every": 1000,
+    "device": "cpu",
+    "dtype": "fp32",
 }
 
 
@@ -68,15 +77,24 @@ def one_run(provider: LambdaProvider, wheels: WheelCache, name: str, data: str, 
     node = provider.node(inst)
     node.wait_for_ssh(time.monotonic() + 30, interval_s=0.05)
     ssh_at = time.time()
-    spec = BootstrapSpec(run_dir="runs/bench", python=NODE_PYTHON, torch_site_packages=TORCH_SITE,
-                         data_local_dir=local_data if data == "upload" else None,
-                         prepare_args=("--max-tokens", "60000"))
+    spec = BootstrapSpec(
+        run_dir="runs/bench",
+        python=NODE_PYTHON,
+        torch_site_packages=TORCH_SITE,
+        data_local_dir=local_data if data == "upload" else None,
+        prepare_args=("--max-tokens", "60000"),
+    )
     result = bootstrap(node, spec, wheels=wheels)
     boot_at = time.time()
     config = f"{result.run_dir}/config.json"
     node.write_json(config, {**CONFIG, "data_dir": result.data_dir})
-    node.start_detached(torchrun_command(python=result.python, nproc_per_node=1, config=config, run_dir=result.run_dir,
-                                         env={"OMP_NUM_THREADS": "1"}), workdir=result.run_dir, name="train")
+    node.start_detached(
+        torchrun_command(
+            python=result.python, nproc_per_node=1, config=config, run_dir=result.run_dir, env={"OMP_NUM_THREADS": "1"}
+        ),
+        workdir=result.run_dir,
+        name="train",
+    )
     started_at = time.time()
     first_step = None
     deadline = time.monotonic() + 180
@@ -114,22 +132,56 @@ def main() -> None:
     private, public = generate_key_pair("bench")
     (tmp / "id").write_text(private)
     (tmp / "id").chmod(0o600)
-    ssh_port = args.ssh_port or next(p for p in iter(lambda: random.randrange(20000, 30000), None)
-                                     if all(address_free(f"127.0.0.{n}", p) for n in range(11, 16)))
+    ssh_port = args.ssh_port or next(
+        p
+        for p in iter(lambda: random.randrange(20000, 30000), None)
+        if all(address_free(f"127.0.0.{n}", p) for n in range(11, 16))
+    )
     local_data = tmp / "data"
     if args.data == "upload":
-        subprocess.run([sys.executable, "-m", "trainer.prepare", "--source", "builtin:corpus", "--out",
-                        str(local_data), "--max-tokens", "60000"], cwd=REPO_ROOT, check=True,
-                       capture_output=True, timeout=300)
-    config = SimConfig(state_dir=tmp / "sim", catalog=load_catalog(), api_key=SecretStr(KEY), boot_s=0,
-                       launch_interval_s=0, requests_per_s=0, ssh_port=ssh_port, sshd=find_sshd() or "",
-                       quota=4, linger_s=1)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer.prepare",
+                "--source",
+                "builtin:corpus",
+                "--out",
+                str(local_data),
+                "--max-tokens",
+                "60000",
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    config = SimConfig(
+        state_dir=tmp / "sim",
+        catalog=load_catalog(),
+        api_key=SecretStr(KEY),
+        boot_s=0,
+        launch_interval_s=0,
+        requests_per_s=0,
+        ssh_port=ssh_port,
+        sshd=find_sshd() or "",
+        quota=4,
+        linger_s=1,
+    )
     runs: dict[str, list[dict]] = {"cold": [], "warm": []}
-    with SimulatorServer(config) as server, \
-            LambdaClient(KEY, base_url=server.url, launch_interval_s=0, retry=RetryPolicy(attempts=2)) as client:
-        provider = LambdaProvider(client, ssh_key_name="bench", private_key_file=tmp / "id",
-                                  known_hosts=PinnedHostKeys(tmp / "known_hosts"), ssh_user=getpass.getuser(),
-                                  ssh_port=ssh_port, ssh_timeouts=SshTimeouts(connect_s=2, command_s=120))
+    with (
+        SimulatorServer(config) as server,
+        LambdaClient(KEY, base_url=server.url, launch_interval_s=0, retry=RetryPolicy(attempts=2)) as client,
+    ):
+        provider = LambdaProvider(
+            client,
+            ssh_key_name="bench",
+            private_key_file=tmp / "id",
+            known_hosts=PinnedHostKeys(tmp / "known_hosts"),
+            ssh_user=getpass.getuser(),
+            ssh_port=ssh_port,
+            ssh_timeouts=SshTimeouts(connect_s=2, command_s=120),
+        )
         provider.ensure_ssh_key(public)
         warm = WheelCache(tmp / "warm-cache")
         warm.get()
@@ -143,8 +195,9 @@ def main() -> None:
     summary = {
         "command": " ".join(["benchmarks/provision/bench_bootstrap.py", *sys.argv[1:]]),
         "data": args.data,
-        "median_active_to_first_step_s": {m: statistics.median(r["active_to_first_step_s"] for r in rows)
-                                          for m, rows in runs.items()},
+        "median_active_to_first_step_s": {
+            m: statistics.median(r["active_to_first_step_s"] for r in rows) for m, rows in runs.items()
+        },
         "median_bootstrap_s": {m: statistics.median(r["bootstrap_s"] for r in rows) for m, rows in runs.items()},
         "runs": runs,
     }

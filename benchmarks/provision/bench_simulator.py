@@ -39,13 +39,24 @@ def main() -> None:
     private, public = generate_key_pair("bench")
     (tmp / "id").write_text(private)
     (tmp / "id").chmod(0o600)
-    config = SimConfig(state_dir=tmp / "sim", catalog=load_catalog(), api_key=SecretStr(KEY), boot_s=0,
-                       launch_interval_s=0, requests_per_s=0, ssh_port=args.ssh_port, sshd=find_sshd() or "",
-                       quota=args.instances + 1)
-    rows: dict[str, list[float]] = {k: [] for k in ("api_get", "launch_call", "to_active", "first_cmd",
-                                                     "warm_cmd", "terminate")}
-    with SimulatorServer(config) as server, \
-            LambdaClient(KEY, base_url=server.url, launch_interval_s=0, retry=RetryPolicy(attempts=1)) as client:
+    config = SimConfig(
+        state_dir=tmp / "sim",
+        catalog=load_catalog(),
+        api_key=SecretStr(KEY),
+        boot_s=0,
+        launch_interval_s=0,
+        requests_per_s=0,
+        ssh_port=args.ssh_port,
+        sshd=find_sshd() or "",
+        quota=args.instances + 1,
+    )
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("api_get", "launch_call", "to_active", "first_cmd", "warm_cmd", "terminate")
+    }
+    with (
+        SimulatorServer(config) as server,
+        LambdaClient(KEY, base_url=server.url, launch_interval_s=0, retry=RetryPolicy(attempts=1)) as client,
+    ):
         client.add_ssh_key("bench", public)
         for _ in range(20):
             t = time.perf_counter()
@@ -54,8 +65,12 @@ def main() -> None:
         known = PinnedHostKeys(tmp / "known_hosts")
         for n in range(args.instances):
             t0 = time.perf_counter()
-            iid = client.launch(region="us-east-1", instance_type="cpu_4x_general" if n < 2 else "gpu_1x_a10",
-                                ssh_key_name="bench", name=f"bench-{n}")
+            iid = client.launch(
+                region="us-east-1",
+                instance_type="cpu_4x_general" if n < 2 else "gpu_1x_a10",
+                ssh_key_name="bench",
+                name=f"bench-{n}",
+            )
             rows["launch_call"].append(time.perf_counter() - t0)
             while (inst := client.get_instance(iid)).status != "active":
                 time.sleep(0.01)
@@ -72,8 +87,11 @@ def main() -> None:
             client.terminate([iid])
             rows["terminate"].append(time.perf_counter() - t)
             known.forget(inst.ip, args.ssh_port)  # as LambdaProvider.terminate does: the address is reused
-    print(json.dumps({k: {"median_ms": round(statistics.median(v) * 1000, 1), "n": len(v)}
-                      for k, v in rows.items()}, indent=2))
+    print(
+        json.dumps(
+            {k: {"median_ms": round(statistics.median(v) * 1000, 1), "n": len(v)} for k, v in rows.items()}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

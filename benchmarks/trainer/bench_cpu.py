@@ -32,15 +32,32 @@ def build(impl: str, args):
     if impl == "ours":
         from trainer.model import GPT, make_config
 
-        model = GPT(make_config("gpt2-tiny", {"n_layer": args.n_layer, "n_head": args.n_head,
-                                             "n_embd": args.n_embd, "block_size": args.seq_len,
-                                             "dropout": 0.1}))
+        model = GPT(
+            make_config(
+                "gpt2-tiny",
+                {
+                    "n_layer": args.n_layer,
+                    "n_head": args.n_head,
+                    "n_embd": args.n_embd,
+                    "block_size": args.seq_len,
+                    "dropout": 0.1,
+                },
+            )
+        )
         return model, lambda x, y: model(x, y)[1]
     from book_gpt import GPTModel
 
-    model = GPTModel({"vocab_size": 50257, "context_length": args.seq_len, "emb_dim": args.n_embd,
-                      "n_heads": args.n_head, "n_layers": args.n_layer, "drop_rate": 0.1,
-                      "qkv_bias": False})
+    model = GPTModel(
+        {
+            "vocab_size": 50257,
+            "context_length": args.seq_len,
+            "emb_dim": args.n_embd,
+            "n_heads": args.n_head,
+            "n_layers": args.n_layer,
+            "drop_rate": 0.1,
+            "qkv_bias": False,
+        }
+    )
     return model, lambda x, y: F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
 
@@ -78,11 +95,18 @@ def child(mode: str, args) -> dict:
             losses[impl].append(loss.item())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens = args.steps * args.batch * args.seq_len
-    return {impl: {"params": sum(p.numel() for p in runs[impl][0].parameters()),
-                   "tokens_per_s": tokens / spent[impl], "step_s": spent[impl] / args.steps,
-                   "first_loss": losses[impl][0], "last_loss": losses[impl][-1],
-                   "peak_rss_bytes": peak, "peak_rss_over_start_bytes": peak - start_rss}
-            for impl in impls}
+    return {
+        impl: {
+            "params": sum(p.numel() for p in runs[impl][0].parameters()),
+            "tokens_per_s": tokens / spent[impl],
+            "step_s": spent[impl] / args.steps,
+            "first_loss": losses[impl][0],
+            "last_loss": losses[impl][-1],
+            "peak_rss_bytes": peak,
+            "peak_rss_over_start_bytes": peak - start_rss,
+        }
+        for impl in impls
+    }
 
 
 def main() -> int:
@@ -101,8 +125,9 @@ def main() -> int:
         return 0
     results = {}
     for mode in ("time", "mem-ours", "mem-book"):  # one after the other: they share the cores
-        out = subprocess.run([sys.executable, __file__, "--child", mode, *sys.argv[1:]],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, *sys.argv[1:]], capture_output=True, text=True, check=True
+        )
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     import torch
 
@@ -110,16 +135,24 @@ def main() -> int:
     report = {
         "config": {k: v for k, v in vars(args).items() if k != "child"},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}",
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}",
         "params": t["ours"]["params"],
-        "ours": {"tokens_per_s": t["ours"]["tokens_per_s"], "step_s": t["ours"]["step_s"],
-                 "peak_rss_bytes": mo["peak_rss_bytes"],
-                 "peak_rss_over_start_bytes": mo["peak_rss_over_start_bytes"],
-                 "first_loss": t["ours"]["first_loss"], "last_loss": t["ours"]["last_loss"]},
-        "book": {"tokens_per_s": t["book"]["tokens_per_s"], "step_s": t["book"]["step_s"],
-                 "peak_rss_bytes": mb["peak_rss_bytes"],
-                 "peak_rss_over_start_bytes": mb["peak_rss_over_start_bytes"],
-                 "first_loss": t["book"]["first_loss"], "last_loss": t["book"]["last_loss"]},
+        "ours": {
+            "tokens_per_s": t["ours"]["tokens_per_s"],
+            "step_s": t["ours"]["step_s"],
+            "peak_rss_bytes": mo["peak_rss_bytes"],
+            "peak_rss_over_start_bytes": mo["peak_rss_over_start_bytes"],
+            "first_loss": t["ours"]["first_loss"],
+            "last_loss": t["ours"]["last_loss"],
+        },
+        "book": {
+            "tokens_per_s": t["book"]["tokens_per_s"],
+            "step_s": t["book"]["step_s"],
+            "peak_rss_bytes": mb["peak_rss_bytes"],
+            "peak_rss_over_start_bytes": mb["peak_rss_over_start_bytes"],
+            "first_loss": t["book"]["first_loss"],
+            "last_loss": t["book"]["last_loss"],
+        },
         "tokens_per_s_ratio": t["ours"]["tokens_per_s"] / t["book"]["tokens_per_s"],
         "peak_rss_ratio": mo["peak_rss_bytes"] / mb["peak_rss_bytes"],
         "peak_rss_over_start_ratio": mo["peak_rss_over_start_bytes"] / mb["peak_rss_over_start_bytes"],

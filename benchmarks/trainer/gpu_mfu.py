@@ -72,11 +72,20 @@ def measure(args, compiled: bool, device: torch.device) -> dict:
     tok_s = args.steps * micro * args.seq_len / dt
     peak = peak_flops(device, "bf16", args.peak_flops)
     flops_tok = model.flops_per_token(args.seq_len)
-    return {"compile": compiled, "micro_batch": micro, "seq_len": args.seq_len,
-            "params": model.num_params(), "tokens_per_s": tok_s, "step_s": dt / args.steps,
-            "warmup_s": warmup_s, "flops_per_token": flops_tok, "peak_flops": peak,
-            "mfu": flops_tok * tok_s / peak if peak else None,
-            "peak_mem_bytes": peak_memory_bytes(device), "last_loss": loss.item()}
+    return {
+        "compile": compiled,
+        "micro_batch": micro,
+        "seq_len": args.seq_len,
+        "params": model.num_params(),
+        "tokens_per_s": tok_s,
+        "step_s": dt / args.steps,
+        "warmup_s": warmup_s,
+        "flops_per_token": flops_tok,
+        "peak_flops": peak,
+        "mfu": flops_tok * tok_s / peak if peak else None,
+        "peak_mem_bytes": peak_memory_bytes(device),
+        "last_loss": loss.item(),
+    }
 
 
 def main() -> int:
@@ -106,8 +115,13 @@ def main() -> int:
     for compiled in modes:
         results.append(measure(args, compiled, device))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)",
-              "torch": torch.__version__, "model": args.model, "dtype": "bf16", "results": results}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)",
+        "torch": torch.__version__,
+        "model": args.model,
+        "dtype": "bf16",
+        "results": results,
+    }
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -105,4 +105,3 @@ class AsyncDatabase(Database):
 
 def open_database(url: str) -> Database:
     return SqliteDatabase(url) if url.startswith("sqlite") else AsyncDatabase(url)
-

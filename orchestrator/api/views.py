@@ -26,13 +26,33 @@ _ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.boots
 # costs SQLAlchemy more than running it) and returns plain rows of only the columns a response
 # shows: ORM objects, with identity map and change tracking, would cost more than the query.
 _runs = Run.__table__
-_PUBLIC_COLUMNS = tuple(_runs.c[name] for name in (
-    "id", "name", "status", "status_reason", "cancel_requested", "created_at", "updated_at", "started_at",
-    "finished_at", "target_tokens", "tokens_done", "step", "train_loss", "val_loss", "tokens_per_s",
-    "test_loss", "world_size", "recoveries",
-))
+_PUBLIC_COLUMNS = tuple(
+    _runs.c[name]
+    for name in (
+        "id",
+        "name",
+        "status",
+        "status_reason",
+        "cancel_requested",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "target_tokens",
+        "tokens_done",
+        "step",
+        "train_loss",
+        "val_loss",
+        "tokens_per_s",
+        "test_loss",
+        "world_size",
+        "recoveries",
+    )
+)
 _GET_RUN = select(
-    *_PUBLIC_COLUMNS, _runs.c.spec, booked_cents_of_run().label("booked_cents"),
+    *_PUBLIC_COLUMNS,
+    _runs.c.spec,
+    booked_cents_of_run().label("booked_cents"),
     unbooked_instances_of_run().label("unbooked_instances"),
 ).where(_runs.c.id == bindparam("run_id"))
 
@@ -48,9 +68,17 @@ def progress_of(run: RunOrRow) -> schemas.RunProgress:
     if run.status in _ACTIVE and target and tps and tps > 0:
         eta = max(0.0, (target - done) / tps)
     return schemas.RunProgress(
-        tokens_done=done, target_tokens=target, fraction=fraction, step=run.step or 0,
-        train_loss=run.train_loss, val_loss=run.val_loss, test_loss=run.test_loss,
-        tokens_per_s=tps, eta_s=eta, world_size=run.world_size, recoveries=run.recoveries or 0,
+        tokens_done=done,
+        target_tokens=target,
+        fraction=fraction,
+        step=run.step or 0,
+        train_loss=run.train_loss,
+        val_loss=run.val_loss,
+        test_loss=run.test_loss,
+        tokens_per_s=tps,
+        eta_s=eta,
+        world_size=run.world_size,
+        recoveries=run.recoveries or 0,
     )
 
 
@@ -58,10 +86,16 @@ def _public_fields(run: RunOrRow, cost_cents: float, now: datetime) -> dict:
     created = aware(run.created_at)
     end = aware(run.finished_at) or now
     return dict(
-        id=run.id, name=run.name, status=run.status, status_reason=run.status_reason,
-        cancel_requested=bool(run.cancel_requested), created_at=run.created_at,
-        updated_at=run.updated_at, started_at=run.started_at,
-        finished_at=run.finished_at, wall_s=max(0.0, (end - created).total_seconds()),
+        id=run.id,
+        name=run.name,
+        status=run.status,
+        status_reason=run.status_reason,
+        cancel_requested=bool(run.cancel_requested),
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        wall_s=max(0.0, (end - created).total_seconds()),
         progress=progress_of(run),
         cost=schemas.RunCost(cents=round(cost_cents, 4), usd=round(cost_cents / 100.0, 6)),
     )
@@ -92,9 +126,7 @@ def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
 
 
-def list_runs(
-    session: Session, statuses: Sequence[str], limit: int, offset: int
-) -> schemas.RunList:
+def list_runs(session: Session, statuses: Sequence[str], limit: int, offset: int) -> schemas.RunList:
     query = select(*_PUBLIC_COLUMNS)
     count = select(func.count()).select_from(Run)
     if statuses:
@@ -105,7 +137,9 @@ def list_runs(
     costs = runs_cost_cents(session, [r.id for r in rows], now)
     return schemas.RunList(
         runs=[schemas.RunPublic(**_public_fields(r, costs[r.id], now)) for r in rows],
-        total=session.scalar(count) or 0, limit=limit, offset=offset,
+        total=session.scalar(count) or 0,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -117,9 +151,7 @@ def run_status(session: Session, run_id: str) -> str:
     return status
 
 
-def metrics_page(
-    session: Session, run_id: str, after_id: int, limit: int, kind: str | None
-) -> schemas.MetricsPage:
+def metrics_page(session: Session, run_id: str, after_id: int, limit: int, kind: str | None) -> schemas.MetricsPage:
     run_status(session, run_id)
     query = select(MetricPoint).where(MetricPoint.run_id == run_id, MetricPoint.id > after_id)
     if kind:
@@ -129,26 +161,25 @@ def metrics_page(
     page = rows[:limit]
     return schemas.MetricsPage(
         points=[schemas.MetricPointPublic.model_validate(p) for p in page],
-        next_after_id=page[-1].id if page else after_id, has_more=len(rows) > limit,
+        next_after_id=page[-1].id if page else after_id,
+        has_more=len(rows) > limit,
     )
 
 
 def events_page(session: Session, run_id: str, after_id: int, limit: int) -> schemas.EventsPage:
     run_status(session, run_id)
     rows = session.scalars(
-        select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.id > after_id)
-        .order_by(RunEvent.id).limit(limit + 1)
+        select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.id > after_id).order_by(RunEvent.id).limit(limit + 1)
     ).all()
     page = rows[:limit]
     return schemas.EventsPage(
         events=[schemas.EventPublic.model_validate(e) for e in page],
-        next_after_id=page[-1].id if page else after_id, has_more=len(rows) > limit,
+        next_after_id=page[-1].id if page else after_id,
+        has_more=len(rows) > limit,
     )
 
 
-def logs_page(
-    session: Session, run_id: str, after_id: int, limit: int, tail: int | None
-) -> schemas.LogsPage:
+def logs_page(session: Session, run_id: str, after_id: int, limit: int, tail: int | None) -> schemas.LogsPage:
     status = run_status(session, run_id)
     base = select(LogChunk).where(LogChunk.run_id == run_id, LogChunk.id > after_id)
     if tail:
@@ -160,6 +191,8 @@ def logs_page(
         page, has_more = rows[:limit], len(rows) > limit
     return schemas.LogsPage(
         chunks=[schemas.LogChunkPublic.model_validate(c) for c in page],
-        next_after_id=page[-1].id if page else after_id, has_more=has_more,
-        run_status=status, run_terminal=RunStatus(status).is_terminal,
+        next_after_id=page[-1].id if page else after_id,
+        has_more=has_more,
+        run_status=status,
+        run_terminal=RunStatus(status).is_terminal,
     )

@@ -30,11 +30,17 @@ MANIFEST = "manifest.json"
 
 @cli_errors
 def checkpoints(
-    args: Annotated[list[str], typer.Argument(metavar="RUN | download RUN [STEP]",
-                                              help="a run id to list its checkpoints; `download RUN [STEP]` "
-                                                   "fetches one (default: the newest stored)")],
-    dest: Annotated[Path | None, typer.Option("--out", "-o", help="folder to create for the checkpoint "
-                                                                  "(default: ./<run>-<step folder>)")] = None,
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN | download RUN [STEP]",
+            help="a run id to list its checkpoints; `download RUN [STEP]` fetches one (default: the newest stored)",
+        ),
+    ],
+    dest: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="folder to create for the checkpoint (default: ./<run>-<step folder>)"),
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """List a run's checkpoints, or download one (verified) from the artifact store."""
@@ -59,8 +65,14 @@ def checkpoints(
         table.add_column(col, justify="right" if col in ("step", "tokens", "val loss", "size") else "left")
     for c in page["items"]:
         size = f"{c['bytes'] / 1e6:,.1f} MB" if c["bytes"] is not None else "-"
-        table.add_row(str(c["step"]), integer(c["tokens"]), num(c["val_loss"]) + (" *" if c["best"] else ""),
-                      size, c["state"].replace("_", " "), c["uri"])
+        table.add_row(
+            str(c["step"]),
+            integer(c["tokens"]),
+            num(c["val_loss"]) + (" *" if c["best"] else ""),
+            size,
+            c["state"].replace("_", " "),
+            c["uri"],
+        )
     out.print(table)
     if not page["items"]:
         message("no checkpoints yet")
@@ -86,8 +98,14 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
         tmp.mkdir()
         try:
             total = sum(f["bytes"] for f in detail["files"])
-            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          console=err, transient=True) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
                 task = progress.add_task(f"step {step}", total=total)
                 for f in detail["files"]:
                     _fetch(api, run_id, step, f, tmp, lambda n: progress.advance(task, n))
@@ -100,19 +118,28 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    summary = {"run_id": run_id, "step": step, "path": str(dest), "files": len(detail["files"]) + 1,
-               "bytes": total, "verified": True}
+    summary = {
+        "run_id": run_id,
+        "step": step,
+        "path": str(dest),
+        "files": len(detail["files"]) + 1,
+        "bytes": total,
+        "verified": True,
+    }
     if fmt is Format.json:
         print_json(summary)
     else:
         print(dest)
-        message(f"downloaded step {step} of run {run_id}: {len(detail['files'])} files, {total:,} bytes, "
-                f"every SHA-256 checked against the manifest")
+        message(
+            f"downloaded step {step} of run {run_id}: {len(detail['files'])} files, {total:,} bytes, "
+            f"every SHA-256 checked against the manifest"
+        )
 
 
 def _fetch(api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance: Callable[[int], None]) -> None:
     digest, size = hashlib.sha256(), 0
     with (into / f["name"]).open("wb") as handle:
+
         def write(chunk: bytes) -> None:
             nonlocal size
             digest.update(chunk)
@@ -122,5 +149,8 @@ def _fetch(api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance:
 
         api.download(run_id, step, f["name"], write)
     if size != f["bytes"] or digest.hexdigest() != f["sha256"]:
-        raise CliError(f"{f['name']} of step {step} arrived as {size:,} bytes with SHA-256 {digest.hexdigest()}, "
-                       f"but the manifest says {f['bytes']:,} bytes and {f['sha256']}; nothing was kept", FAILURE)
+        raise CliError(
+            f"{f['name']} of step {step} arrived as {size:,} bytes with SHA-256 {digest.hexdigest()}, "
+            f"but the manifest says {f['bytes']:,} bytes and {f['sha256']}; nothing was kept",
+            FAILURE,
+        )

@@ -93,8 +93,9 @@ class ApiClient:
     def checkpoint(self, run_id: str, step: int) -> dict:
         return self._call("GET", f"/runs/{quote(run_id, safe='')}/checkpoints/{step}")
 
-    def download(self, run_id: str, step: int, name: str, write: Callable[[bytes], None],
-                 timeout_s: float = 300.0) -> None:
+    def download(
+        self, run_id: str, step: int, name: str, write: Callable[[bytes], None], timeout_s: float = 300.0
+    ) -> None:
         """Stream one file of a stored checkpoint into `write(chunk)`."""
         path = f"/runs/{quote(run_id, safe='')}/checkpoints/{step}/files/{quote(name, safe='')}"
         try:

@@ -53,8 +53,13 @@ def comparison_table(c: dict) -> Table:
     for col in columns:
         table.add_column(col, justify="left" if col in ("MODEL", "RUN") else "right")
     for r in c["rows"]:
-        cells = [r["model"], r["run_id"], num(r["test_loss"]), _score(r),
-                 "-" if r["n_items"] is None else str(r["n_items"])]
+        cells = [
+            r["model"],
+            r["run_id"],
+            num(r["test_loss"]),
+            _score(r),
+            "-" if r["n_items"] is None else str(r["n_items"]),
+        ]
         if missing:
             cells.append(str(r["n_missing"] or 0))
         table.add_row(*cells, usd(r["cost"]["cents"]))
@@ -67,9 +72,14 @@ def progress_line(c: dict) -> str:
     if c["status"] == "pending":
         waiting = [r for r in c["rows"] if r["run_status"] != "succeeded"]
         if waiting:
-            return head + " - waiting for " + ", ".join(
-                f"{'baseline ' if r['baseline'] else ''}{r['model']} (run {r['run_id']}: {r['run_status']})"
-                for r in waiting)
+            return (
+                head
+                + " - waiting for "
+                + ", ".join(
+                    f"{'baseline ' if r['baseline'] else ''}{r['model']} (run {r['run_id']}: {r['run_status']})"
+                    for r in waiting
+                )
+            )
         return head + " - waiting for a worker to judge it"
     if c["status"] == "running":
         return head + f" - judging {len(c['rows'])} models ({c['mode']}, k={c['k']})"
@@ -106,19 +116,27 @@ def show(c: dict, fmt: Format) -> None:
         out.print(comparison_table(c))
         if c.get("judge") and c.get("usage"):
             j, u = c["judge"], c["usage"]
-            message(f"judged by {j['model']} ({j['mode']}, k={j['k']}, seed {j['seed']}): "
-                    f"{u['calls_made']} calls made, {u['calls_cached']} from the cache, "
-                    f"{usd(u['cost_cents'])}; every judgement: GET /api/v1/comparisons/{c['id']}/report")
+            message(
+                f"judged by {j['model']} ({j['mode']}, k={j['k']}, seed {j['seed']}): "
+                f"{u['calls_made']} calls made, {u['calls_cached']} from the cache, "
+                f"{usd(u['cost_cents'])}; every judgement: GET /api/v1/comparisons/{c['id']}/report"
+            )
     if c["status"] == "failed":
-        raise CliError(f"comparison {c['id']} failed: {c.get('status_reason') or 'no reason given'}",
-                       RUN_NOT_SUCCEEDED)
+        raise CliError(f"comparison {c['id']} failed: {c.get('status_reason') or 'no reason given'}", RUN_NOT_SUCCEEDED)
 
 
 @cli_errors
 def compare(
-    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="run ids; each must have succeeded with evaluation.ift on")],
-    baseline: Annotated[list[Baseline] | None, typer.Option("--baseline", "-b", help="also OpenAI's GPT-2 weights, evaluated the same way (repeatable)")] = None,
-    mode: Annotated[Mode, typer.Option(help="comparative: one judge call per item for all models; pointwise: the book's prompt")] = Mode.comparative,
+    runs: Annotated[
+        list[str], typer.Argument(metavar="RUN...", help="run ids; each must have succeeded with evaluation.ift on")
+    ],
+    baseline: Annotated[
+        list[Baseline] | None,
+        typer.Option("--baseline", "-b", help="also OpenAI's GPT-2 weights, evaluated the same way (repeatable)"),
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="comparative: one judge call per item for all models; pointwise: the book's prompt")
+    ] = Mode.comparative,
     k: Annotated[int, typer.Option("--k", min=1, max=10, help="judge repeats per item")] = 3,
     seed: Annotated[int, typer.Option(help="seed of the answers' shuffled order")] = 0,
     wait: WaitOpt = True,
@@ -140,7 +158,9 @@ def compare(
 
 @cli_errors
 def comparison(
-    comparison_id: Annotated[str, typer.Argument(metavar="COMPARISON", help="comparison id, as `trainyard compare` printed it")],
+    comparison_id: Annotated[
+        str, typer.Argument(metavar="COMPARISON", help="comparison id, as `trainyard compare` printed it")
+    ],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it has ended")] = False,
     fmt: FormatOpt = Format.table,
 ) -> None:

@@ -11,8 +11,7 @@ from orchestrator.cli.errors import EXIT_CODES_HELP
 
 app = typer.Typer(
     name="trainyard",
-    help="Train GPT-2-class models on rented GPUs; know what each run cost and how good it is.\n\n"
-    + EXIT_CODES_HELP,
+    help="Train GPT-2-class models on rented GPUs; know what each run cost and how good it is.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -21,7 +20,9 @@ app = typer.Typer(
 
 @app.callback()
 def _global_options(
-    api_url: Annotated[str | None, typer.Option("--api-url", help="the service [default: TRAINYARD_API_URL or http://127.0.0.1:8000]")] = None,
+    api_url: Annotated[
+        str | None, typer.Option("--api-url", help="the service [default: TRAINYARD_API_URL or http://127.0.0.1:8000]")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
 ) -> None:
     context.state.api_url = api_url

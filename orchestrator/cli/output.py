@@ -28,7 +28,6 @@ class Format(str, enum.Enum):
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 
 
-
 def message(text: str) -> None:
     err.print(text, highlight=False, markup=False)
 
@@ -71,14 +70,41 @@ def _since(iso: str) -> str:
 
 def runs_table(runs: list[dict]) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("RUN", "NAME", "STATUS", "PROGRESS", "TOKENS", "TRAIN", "VAL", "TEST", "TOK/S", "COST", "ETA", "CREATED"):
-        table.add_column(col, justify="right" if col in {"PROGRESS", "TOKENS", "TRAIN", "VAL", "TEST", "TOK/S", "COST", "ETA"} else "left")
+    for col in (
+        "RUN",
+        "NAME",
+        "STATUS",
+        "PROGRESS",
+        "TOKENS",
+        "TRAIN",
+        "VAL",
+        "TEST",
+        "TOK/S",
+        "COST",
+        "ETA",
+        "CREATED",
+    ):
+        table.add_column(
+            col,
+            justify="right"
+            if col in {"PROGRESS", "TOKENS", "TRAIN", "VAL", "TEST", "TOK/S", "COST", "ETA"}
+            else "left",
+        )
     for r in runs:
         p = r["progress"]
         table.add_row(
-            r["id"], r["name"], r["status"], percent(p["fraction"]), integer(p["tokens_done"]),
-            num(p["train_loss"]), num(p["val_loss"]), num(p["test_loss"]), integer(p["tokens_per_s"]),
-            usd(r["cost"]["cents"]), duration(p["eta_s"]), _since(r["created_at"]),
+            r["id"],
+            r["name"],
+            r["status"],
+            percent(p["fraction"]),
+            integer(p["tokens_done"]),
+            num(p["train_loss"]),
+            num(p["val_loss"]),
+            num(p["test_loss"]),
+            integer(p["tokens_per_s"]),
+            usd(r["cost"]["cents"]),
+            duration(p["eta_s"]),
+            _since(r["created_at"]),
         )
     return table
 
@@ -93,11 +119,18 @@ def run_table(r: dict) -> Table:
         status += " - cancel requested"
     target = integer(p["target_tokens"])
     rows = [
-        ("run", r["id"]), ("name", r["name"]), ("status", status),
+        ("run", r["id"]),
+        ("name", r["name"]),
+        ("status", status),
         ("tokens", f"{integer(p['tokens_done'])} / {target} ({percent(p['fraction'])})"),
-        ("step", str(p["step"])), ("train loss", num(p["train_loss"])), ("val loss", num(p["val_loss"])),
-        ("test loss", num(p["test_loss"])), ("tokens/s", integer(p["tokens_per_s"])),
-        ("cost", usd(r["cost"]["cents"])), ("ETA", duration(p["eta_s"])), ("wall time", duration(r["wall_s"])),
+        ("step", str(p["step"])),
+        ("train loss", num(p["train_loss"])),
+        ("val loss", num(p["val_loss"])),
+        ("test loss", num(p["test_loss"])),
+        ("tokens/s", integer(p["tokens_per_s"])),
+        ("cost", usd(r["cost"]["cents"])),
+        ("ETA", duration(p["eta_s"])),
+        ("wall time", duration(r["wall_s"])),
         ("created", r["created_at"]),
     ]
     for key, value in rows:
@@ -112,6 +145,13 @@ def results_table(runs: list[dict]) -> Table:
         table.add_column(col, justify="left" if col in {"run", "name", "status"} else "right")
     for r in runs:
         p = r["progress"]
-        table.add_row(r["id"], r["name"], r["status"], integer(p["tokens_done"]), num(p["test_loss"]),
-                      duration(r["wall_s"]), usd(r["cost"]["cents"]))
+        table.add_row(
+            r["id"],
+            r["name"],
+            r["status"],
+            integer(p["tokens_done"]),
+            num(p["test_loss"]),
+            duration(r["wall_s"]),
+            usd(r["cost"]["cents"]),
+        )
     return table

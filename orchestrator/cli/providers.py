@@ -18,8 +18,13 @@ def instance_types_table(page: dict) -> Table:
     for col in ("TYPE", "GPUS", "GPU", "PRICE/H", "REGIONS WITH CAPACITY"):
         table.add_column(col, justify="right" if col in {"GPUS", "PRICE/H"} else "left")
     for t in page["instance_types"]:
-        table.add_row(t["name"], str(t["gpus"]), t["gpu_description"], usd(t["price_cents_per_hour"]),
-                      ", ".join(t["regions_with_capacity"]) or "none now")
+        table.add_row(
+            t["name"],
+            str(t["gpus"]),
+            t["gpu_description"],
+            usd(t["price_cents_per_hour"]),
+            ", ".join(t["regions_with_capacity"]) or "none now",
+        )
     return table
 
 

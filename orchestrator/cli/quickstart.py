@@ -64,13 +64,17 @@ class ServiceProcess:
         cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--host", self.host, "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             # own session: Ctrl-C in the terminal reaches us, and we decide whether it stops
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise CliError(f"`trainyard serve` exited with {self.proc.returncode}: {self._last_log_line()} "
-                               f"(full log: {self.log_path})", FAILURE)
+                raise CliError(
+                    f"`trainyard serve` exited with {self.proc.returncode}: {self._last_log_line()} "
+                    f"(full log: {self.log_path})",
+                    FAILURE,
+                )
             try:
                 if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
                     return
@@ -78,7 +82,9 @@ class ServiceProcess:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise CliError(f"`trainyard serve` did not answer within {START_TIMEOUT_S:.0f}s (log: {self.log_path})", FAILURE)
+        raise CliError(
+            f"`trainyard serve` did not answer within {START_TIMEOUT_S:.0f}s (log: {self.log_path})", FAILURE
+        )
 
     def _last_log_line(self) -> str:
         try:
@@ -136,12 +142,16 @@ def quickstart(
     finally:
         if service is not None:
             if keep_serving and service.proc is not None and service.proc.poll() is None:
-                message(f"quickstart: the service keeps running at {url} (pid {service.proc.pid}); "
-                        f"stop it with: kill {service.proc.pid}")
+                message(
+                    f"quickstart: the service keeps running at {url} (pid {service.proc.pid}); "
+                    f"stop it with: kill {service.proc.pid}"
+                )
             else:
                 service.stop()
-                message("quickstart: stopped the service it started; `trainyard serve` shows these "
-                        f"results again at http://{settings.host}:{settings.port}/")
+                message(
+                    "quickstart: stopped the service it started; `trainyard serve` shows these "
+                    f"results again at http://{settings.host}:{settings.port}/"
+                )
     if run["status"] != "succeeded":
         reason = f": {run['status_reason']}" if run.get("status_reason") else ""
         raise CliError(f"run {run['id']} ended {run['status']}{reason}", RUN_NOT_SUCCEEDED)

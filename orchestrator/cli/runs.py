@@ -68,7 +68,9 @@ def submit(
 
 @cli_errors
 def runs(
-    status: Annotated[list[RunStatus] | None, typer.Option("--status", "-s", help="only runs in this status (repeatable)")] = None,
+    status: Annotated[
+        list[RunStatus] | None, typer.Option("--status", "-s", help="only runs in this status (repeatable)")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     fmt: FormatOpt = Format.table,

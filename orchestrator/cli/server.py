@@ -30,8 +30,9 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # alembic narrates its plugin setup at INFO on every schema check; only its problems matter here
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -62,16 +63,21 @@ def make_worker(settings: Settings, engine: Engine) -> Worker:
             raise
         raise CliError(
             "the controller is not part of this install (orchestrator.controller.worker is missing); "
-            "use `trainyard serve --no-controller` to serve the API only", FAILURE,
+            "use `trainyard serve --no-controller` to serve the API only",
+            FAILURE,
         ) from exc
     return Worker(settings, make_sessionmaker(engine))
 
 
 @cli_errors
 def serve(
-    host: Annotated[str | None, typer.Option(help="address to listen on [default: TRAINYARD_HOST or 127.0.0.1]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on [default: TRAINYARD_HOST or 127.0.0.1]")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="port [default: TRAINYARD_PORT or 8000]")] = None,
-    controller: Annotated[bool, typer.Option("--controller/--no-controller", help="also run the controller in this process")] = True,
+    controller: Annotated[
+        bool, typer.Option("--controller/--no-controller", help="also run the controller in this process")
+    ] = True,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     fmt: FormatOpt = Format.table,
@@ -82,16 +88,25 @@ def serve(
     from orchestrator.api.app import create_app
 
     _setup_logging(log_level)
-    settings = get_settings().model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    settings = get_settings().model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
     engine = checked_engine(settings)
     worker = make_worker(settings, engine) if controller else None
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
-        access_log=access_log, server_header=False,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            access_log=access_log,
+            server_header=False,
+        )
+    )
     stop = threading.Event()
     thread = None
     if worker is not None:
+
         def run_controller() -> None:
             try:
                 worker.run_forever(stop)
@@ -105,8 +120,10 @@ def serve(
     url = f"http://{settings.host}:{settings.port}"
     if fmt is Format.json:
         print_json({"url": url, "dashboard": url + "/", "controller": worker is not None}, one_line=True)
-    message(f"trainyard serving on {url} (database {_describe_db(engine)}; controller "
-            f"{'on' if worker else 'off'}); dashboard at {url}/")
+    message(
+        f"trainyard serving on {url} (database {_describe_db(engine)}; controller "
+        f"{'on' if worker else 'off'}); dashboard at {url}/"
+    )
     try:
         server.run()
     finally:

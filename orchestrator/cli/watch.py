@@ -24,16 +24,22 @@ QUIET_REPEAT_S = 60.0
 def _fields(run: dict) -> dict:
     p = run["progress"]
     return dict(
-        status=run["status"], loss=num(p["train_loss"]), val=num(p["val_loss"]),
-        tps=integer(p["tokens_per_s"]), cost=usd(run["cost"]["cents"]), eta=duration(p["eta_s"]),
+        status=run["status"],
+        loss=num(p["train_loss"]),
+        val=num(p["val_loss"]),
+        tps=integer(p["tokens_per_s"]),
+        cost=usd(run["cost"]["cents"]),
+        eta=duration(p["eta_s"]),
         tokens=f"{integer(p['tokens_done'])}/{integer(p['target_tokens'])}",
     )
 
 
 def _plain_line(run: dict) -> str:
     f = _fields(run)
-    return (f"{run['id']} {f['status']}: tokens {f['tokens']}  loss {f['loss']}  val {f['val']}  "
-            f"{f['tps']} tok/s  {f['cost']}  ETA {f['eta']}")
+    return (
+        f"{run['id']} {f['status']}: tokens {f['tokens']}  loss {f['loss']}  val {f['val']}  "
+        f"{f['tps']} tok/s  {f['cost']}  ETA {f['eta']}"
+    )
 
 
 class _PendingGuard:
@@ -56,9 +62,7 @@ class _PendingGuard:
             )
 
 
-def watch_run(
-    client: ApiClient, run_id: str, interval_s: float = 1.0, pending_timeout_s: float | None = None
-) -> dict:
+def watch_run(client: ApiClient, run_id: str, interval_s: float = 1.0, pending_timeout_s: float | None = None) -> dict:
     """Poll until the run is terminal; return its last state."""
     guard = _PendingGuard(pending_timeout_s)
     if err.is_terminal:
@@ -68,9 +72,12 @@ def watch_run(
 
 def _watch_bar(client: ApiClient, run_id: str, interval_s: float, guard: _PendingGuard) -> dict:
     columns = (
-        TextColumn("[bold]{task.fields[status]:<13}"), BarColumn(bar_width=30),
-        TextColumn("{task.fields[tokens]} tok"), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"), TextColumn("{task.fields[cost]}"),
+        TextColumn("[bold]{task.fields[status]:<13}"),
+        BarColumn(bar_width=30),
+        TextColumn("{task.fields[tokens]} tok"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("{task.fields[cost]}"),
         TextColumn("ETA {task.fields[eta]}"),
     )
     with Progress(*columns, console=err, transient=False) as bar:
@@ -95,8 +102,12 @@ def _watch_plain(client: ApiClient, run_id: str, interval_s: float, guard: _Pend
         # an unchanged line again only after a long quiet spell, to show the watch is alive
         changed = line != last_line
         status_changed = line.split(":", 1)[0] != last_line.split(":", 1)[0]
-        if status_changed or run["status"] in TERMINAL_VALUES or (changed and now - last_print >= PLAIN_EVERY_S) \
-                or now - last_print >= QUIET_REPEAT_S:
+        if (
+            status_changed
+            or run["status"] in TERMINAL_VALUES
+            or (changed and now - last_print >= PLAIN_EVERY_S)
+            or now - last_print >= QUIET_REPEAT_S
+        ):
             message(line)
             last_line, last_print = line, now
         if run["status"] in TERMINAL_VALUES:

@@ -52,8 +52,9 @@ def bootstrapping(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
     for row in sorted(usable_instances(run), key=lambda r: r.rank):
         if row.python is not None:
             continue
-        ready, pending = run_task(ctx, f"bootstrap-{row.rank}", f"bootstrapping {row.name}",
-                                  partial(_install, ctx, row))
+        ready, pending = run_task(
+            ctx, f"bootstrap-{row.rank}", f"bootstrapping {row.name}", partial(_install, ctx, row)
+        )
         if pending is not None:
             if pending is not WAITING:
                 return pending
@@ -83,15 +84,24 @@ def _install(ctx: RunContext, row: Instance, cancel: threading.Event) -> NodeRea
         if wait_for_ssh is not None:
             wait_for_ssh(time.monotonic() + ctx.settings.node_ssh_timeout_s, interval_s=1.0)
         s = ctx.settings
-        result = bootstrap(node, BootstrapSpec(
-            run_dir=f"{s.node_root}/runs/{row.name}", python=s.node_python,
-            torch_site_packages=s.node_torch_site_packages, root=s.node_root, data_source=None,
-        ), wheels=ctx.wheels, on_event=lambda m: ctx.event("bootstrap", f"{row.name}: {m}"))
+        result = bootstrap(
+            node,
+            BootstrapSpec(
+                run_dir=f"{s.node_root}/runs/{row.name}",
+                python=s.node_python,
+                torch_site_packages=s.node_torch_site_packages,
+                root=s.node_root,
+                data_source=None,
+            ),
+            wheels=ctx.wheels,
+            on_event=lambda m: ctx.event("bootstrap", f"{row.name}: {m}"),
+        )
         if cancel.is_set():
             raise Cancelled("the run ended")
         took = sum(result.timings.values())
-        return NodeReady(result.run_dir, result.python,
-                         f"ready in {took:.1f} s (torch {result.torch_version or 'as before'})")
+        return NodeReady(
+            result.run_dir, result.python, f"ready in {took:.1f} s (torch {result.torch_version or 'as before'})"
+        )
     finally:
         node.close()
 
@@ -116,15 +126,20 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
             continue
         if prep.ended and prep.exit_code is not None:
             # ended with a code and no manifest: a failure (even exit 0 means nothing usable)
-            return Failed(cmd.failure_reason(h.node, cmd.path(h.workdir, "prepare.log"), "data preparation",
-                                             prep.exit_code))
+            return Failed(
+                cmd.failure_reason(h.node, cmd.path(h.workdir, "prepare.log"), "data preparation", prep.exit_code)
+            )
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
         cache = storage.data_cache_uri(ctx, run, spec)
-        pid = h.node.start_detached(cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache),
-                                    workdir=h.workdir, name="prepare")
-        ctx.event("info", f"preparing data from {spec.data.source} on {row.name} (pid {pid}"
-                  + (f"; prepared shards are cached at {cache})" if cache else ")"))
+        pid = h.node.start_detached(
+            cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache), workdir=h.workdir, name="prepare"
+        )
+        ctx.event(
+            "info",
+            f"preparing data from {spec.data.source} on {row.name} (pid {pid}"
+            + (f"; prepared shards are cached at {cache})" if cache else ")"),
+        )
     if not ready:
         return WAITING
     checkpoints = storage.checkpoints_uri(ctx, run, spec)

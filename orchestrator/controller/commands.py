@@ -18,6 +18,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from orchestrator.controller.policy import one_line
 from orchestrator.spec import RunSpec
 from provision.launch import DEFAULT_MASTER_PORT, env_prefix, torchrun_command
 from provision.node import Node, ProcessStatus
@@ -44,35 +45,67 @@ def prepare_args(spec: RunSpec, cache_uri: str | None = None) -> list[str]:
     return args
 
 
-def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str,
-                    cache_uri: str | None = None) -> str:
-    args = [python, "-m", "trainer.prepare", "--source", spec.data.source, "--out", path(workdir, DATA),
-            *prepare_args(spec, cache_uri)]
+def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, cache_uri: str | None = None) -> str:
+    args = [
+        python,
+        "-m",
+        "trainer.prepare",
+        "--source",
+        spec.data.source,
+        "--out",
+        path(workdir, DATA),
+        *prepare_args(spec, cache_uri),
+    ]
     return env_prefix(env) + shlex.join(args)
 
 
-def train_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                  node_rank: int, master_addr: str | None, master_port: int = DEFAULT_MASTER_PORT,
-                  socket_ifname: str | None = None, resume_from: str | None = None) -> str:
+def train_command(
+    python: str,
+    env: dict[str, str],
+    spec: RunSpec,
+    workdir: str,
+    *,
+    node_rank: int,
+    master_addr: str | None,
+    master_port: int = DEFAULT_MASTER_PORT,
+    socket_ifname: str | None = None,
+    resume_from: str | None = None,
+) -> str:
     """torchrun + trainer.train on one node of the run (provision.launch explains the rendezvous);
     `resume_from`: a stored checkpoint's URI that rank 0 pulls first when the run directory has no
     newer one (a replaced node has none)."""
     c = spec.compute
     return torchrun_command(
-        python=python, nproc_per_node=c.procs_per_node, config=path(workdir, CONFIG), run_dir=workdir,
-        train_args=["--resume-from", resume_from] if resume_from else [], env=env,
-        nnodes=c.nodes, node_rank=node_rank, master_addr=master_addr or "127.0.0.1", master_port=master_port,
+        python=python,
+        nproc_per_node=c.procs_per_node,
+        config=path(workdir, CONFIG),
+        run_dir=workdir,
+        train_args=["--resume-from", resume_from] if resume_from else [],
+        env=env,
+        nnodes=c.nodes,
+        node_rank=node_rank,
+        master_addr=master_addr or "127.0.0.1",
+        master_port=master_port,
         socket_ifname=socket_ifname,
     )
 
 
-def eval_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *,
-                 checkpoint: str | None, test_sha256: str | None) -> str:
+def eval_command(
+    python: str, env: dict[str, str], spec: RunSpec, workdir: str, *, checkpoint: str | None, test_sha256: str | None
+) -> str:
     """trainer.evaluate on a committed checkpoint (its folder name), or with `checkpoint` None on
     OpenAI's weights for a pretrained run (`hf:NAME`, spec.model.pretrained)."""
     model = path(workdir, "checkpoints", checkpoint) if checkpoint is not None else f"hf:{spec.model.pretrained}"
-    args = [python, "-m", "trainer.evaluate", model,
-            "--test-set", path(workdir, DATA), "--out", path(workdir, EVAL_OUT)]
+    args = [
+        python,
+        "-m",
+        "trainer.evaluate",
+        model,
+        "--test-set",
+        path(workdir, DATA),
+        "--out",
+        path(workdir, EVAL_OUT),
+    ]
     if test_sha256:
         args += ["--expect-sha256", test_sha256]
     if spec.evaluation.test_max_tokens is not None:
@@ -84,10 +117,28 @@ def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *
     """trainer.ift on `model` (a checkpoint folder on the node, or `hf:NAME`) with the spec's
     evaluation.ift settings, writing answers.json and ift.json into RUN_DIR/ift/."""
     i = spec.evaluation.ift
-    args = [python, "-m", "trainer.ift", model, "--data", i.data, "--out", path(workdir, IFT_OUT),
-            "--epochs-max", str(i.epochs_max), "--patience", str(i.patience),
-            "--batch-size", str(i.batch_size), "--lr", str(i.lr),
-            "--max-new-tokens", str(i.max_new_tokens), "--seed", str(i.seed)]
+    args = [
+        python,
+        "-m",
+        "trainer.ift",
+        model,
+        "--data",
+        i.data,
+        "--out",
+        path(workdir, IFT_OUT),
+        "--epochs-max",
+        str(i.epochs_max),
+        "--patience",
+        str(i.patience),
+        "--batch-size",
+        str(i.batch_size),
+        "--lr",
+        str(i.lr),
+        "--max-new-tokens",
+        str(i.max_new_tokens),
+        "--seed",
+        str(i.seed),
+    ]
     if i.limit_test is not None:
         args += ["--limit-test", str(i.limit_test)]
     return env_prefix(env) + shlex.join(args)
@@ -134,8 +185,9 @@ LOG_TAIL_BYTES = 65536
 
 def log_tail(node: Node, workdir: str, name: str) -> str:
     """The last LOG_TAIL_BYTES of a log in the run directory ('' if there is none)."""
-    return node.run(f"tail -c {LOG_TAIL_BYTES} {shlex.quote(path(workdir, name))} 2>/dev/null",
-                    check=False).replace("\x00", "")
+    return node.run(f"tail -c {LOG_TAIL_BYTES} {shlex.quote(path(workdir, name))} 2>/dev/null", check=False).replace(
+        "\x00", ""
+    )
 
 
 def trainer_failure(node: Node, workdir: str) -> str | None:
@@ -146,7 +198,7 @@ def trainer_failure(node: Node, workdir: str) -> str | None:
     failed = node.read_json(path(workdir, "FAILED"))
     if not failed or not str(failed.get("error") or "").strip():
         return None
-    error = str(failed["error"]).strip().splitlines()[0]
+    error = one_line(str(failed["error"]))
     kind = str(failed.get("kind") or "")
     if kind in ("ConfigError", "DataError", "CheckpointError") or not kind:
         return f"training failed: {error}"
@@ -178,7 +230,7 @@ CACHE_MESSAGES = {
 
 
 def cache_outcome(prepare_output: str) -> str | None:
-    """"hit", "miss" or "off" from trainer.prepare's JSON summary line; None if it printed none."""
+    """ "hit", "miss" or "off" from trainer.prepare's JSON summary line; None if it printed none."""
     for line in reversed(prepare_output.splitlines()):
         line = line.strip()
         if not (line.startswith("{") and '"cache"' in line):

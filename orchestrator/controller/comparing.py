@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.comparisons import answers_of
 from orchestrator.controller import lease
+from orchestrator.controller.policy import one_line
 from orchestrator.db.models import ComparisonRequest, ComparisonStatus, Run, RunStatus, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.judge import judge_answers
@@ -76,8 +77,14 @@ class Comparisons:
         it made come from the cache). Its thread is a daemon: it does not hold up the exit."""
         for cid, j in list(self._held.items()):
             try:
-                self._write(cid, j.token, status=ComparisonStatus.pending.value, lease_owner=None,
-                            lease_token=None, lease_expires_at=None)
+                self._write(
+                    cid,
+                    j.token,
+                    status=ComparisonStatus.pending.value,
+                    lease_owner=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                )
             except Exception:  # noqa: BLE001 - the lease expires by itself
                 log.warning("could not release the lease on comparison %s", cid)
         self._held.clear()
@@ -95,13 +102,12 @@ class Comparisons:
                 self._errors.pop(cid, None)
                 self._end(cid, j.token, ComparisonStatus.succeeded, None, report_id=j.future.result())
             elif isinstance(error, (ComparisonFailed, JudgeError)):
-                self._end(cid, j.token, ComparisonStatus.failed, str(error).splitlines()[0][:1000])
+                self._end(cid, j.token, ComparisonStatus.failed, one_line(str(error)))
             else:
                 n = self._errors[cid] = self._errors.get(cid, 0) + 1
                 log.error("comparison %s: judging failed (%d of %d)", cid, n, MAX_ATTEMPTS, exc_info=error)
                 if n >= MAX_ATTEMPTS:
-                    self._end(cid, j.token, ComparisonStatus.failed,
-                              f"judging failed {n} times: {type(error).__name__}: {error}".splitlines()[0][:1000])
+                    self._end(cid, j.token, ComparisonStatus.failed, f"judging failed {n} times: {one_line(error)}")
                 else:  # let it be claimed again (by us or another worker) on a later pass
                     self._write(cid, j.token, lease_expires_at=utcnow())
 
@@ -111,18 +117,29 @@ class Comparisons:
                 log.warning("comparison %s: lost its lease while judging", cid)
                 j.lost = True
 
-    def _end(self, cid: str, token: str, status: ComparisonStatus, reason: str | None,
-             report_id: str | None = None) -> None:
+    def _end(
+        self, cid: str, token: str, status: ComparisonStatus, reason: str | None, report_id: str | None = None
+    ) -> None:
         now = utcnow()
-        if self._write(cid, token, status=status.value, status_reason=reason, report_id=report_id,
-                       finished_at=now, lease_owner=None, lease_token=None, lease_expires_at=None):
+        if self._write(
+            cid,
+            token,
+            status=status.value,
+            status_reason=reason,
+            report_id=report_id,
+            finished_at=now,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        ):
             log.info("comparison %s %s%s", cid, status.value, f": {reason}" if reason else "")
 
     def _write(self, cid: str, token: str, **values: object) -> bool:
         """A write fenced by our lease token; False when the lease is not ours any more."""
         with transaction(self.factory) as session:
-            return lease.compare_and_set(session, ComparisonRequest, cid, ComparisonRequest.lease_token == token,
-                                         updated_at=utcnow(), **values)
+            return lease.compare_and_set(
+                session, ComparisonRequest, cid, ComparisonRequest.lease_token == token, updated_at=utcnow(), **values
+            )
 
     def _expiry(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.lease_s)
@@ -132,10 +149,13 @@ class Comparisons:
         now = utcnow()
         with self.factory() as session:
             rows = session.scalars(
-                select(ComparisonRequest).where(
+                select(ComparisonRequest)
+                .where(
                     ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value]),
                     lease.is_free(ComparisonRequest, now),
-                ).order_by(ComparisonRequest.created_at).limit(_SCAN)
+                )
+                .order_by(ComparisonRequest.created_at)
+                .limit(_SCAN)
             ).all()
             waiting = [(c.id, list(c.models)) for c in rows]
         for cid, models in waiting:
@@ -166,19 +186,31 @@ class Comparisons:
             session.execute(
                 update(ComparisonRequest)
                 .where(ComparisonRequest.id == cid, ComparisonRequest.status == ComparisonStatus.pending.value)
-                .values(status=ComparisonStatus.failed.value, status_reason=reason[:1000],
-                        finished_at=utcnow(), updated_at=utcnow())
-                .execution_options(synchronize_session=False))
+                .values(
+                    status=ComparisonStatus.failed.value,
+                    status_reason=reason[:1000],
+                    finished_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
         log.info("comparison %s failed: %s", cid, reason)
 
     def _claim(self, cid: str) -> None:
         token, now = uuid.uuid4().hex, utcnow()
         open_ = ComparisonRequest.status.in_([ComparisonStatus.pending.value, ComparisonStatus.running.value])
         with transaction(self.factory) as session:
-            won = lease.compare_and_set(session, ComparisonRequest, cid,
-                                        and_(open_, lease.is_free(ComparisonRequest, now)),
-                                        status=ComparisonStatus.running.value, lease_owner=self.owner,
-                                        lease_token=token, lease_expires_at=self._expiry(), updated_at=now)
+            won = lease.compare_and_set(
+                session,
+                ComparisonRequest,
+                cid,
+                and_(open_, lease.is_free(ComparisonRequest, now)),
+                status=ComparisonStatus.running.value,
+                lease_owner=self.owner,
+                lease_token=token,
+                lease_expires_at=self._expiry(),
+                updated_at=now,
+            )
         if won:
             log.info("comparison %s: judging on worker %s", cid, self.owner)
             self._held[cid] = _Judging(token, self._start(cid))
@@ -215,9 +247,16 @@ def judge(factory: sessionmaker[Session], settings: Settings, comparison_id: str
         if answers[m["label"]].item_set_hash != first.item_set_hash:
             raise ComparisonFailed(
                 f"{m['label']} (run {m['run_id']}) answered other test items than {models[0]['label']} "
-                f"(run {models[0]['run_id']}); their evaluation.ift settings differ")
+                f"(run {models[0]['run_id']}); their evaluation.ift settings differ"
+            )
     report = judge_answers(
-        factory, settings, first.items, {label: a.responses for label, a in answers.items()},
-        k=k, seed=seed, mode=mode, run_ids={m["label"]: m["run_id"] for m in models},
+        factory,
+        settings,
+        first.items,
+        {label: a.responses for label, a in answers.items()},
+        k=k,
+        seed=seed,
+        mode=mode,
+        run_ids={m["label"]: m["run_id"] for m in models},
     )
     return report.id

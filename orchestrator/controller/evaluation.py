@@ -42,8 +42,12 @@ def _keep_log(session: Session, run_id: str, text: str) -> None:
 def _checkpoint_id(session: Session, run_id: str, step: object) -> int | None:
     if step is None:
         return None
-    return session.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.step == step)
-                          .order_by(Checkpoint.id.desc()).limit(1))
+    return session.scalar(
+        select(Checkpoint.id)
+        .where(Checkpoint.run_id == run_id, Checkpoint.step == step)
+        .order_by(Checkpoint.id.desc())
+        .limit(1)
+    )
 
 
 def evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
@@ -96,12 +100,18 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
 
 def _record_test_loss(result: dict, eval_log: str) -> Record:
     def record(session: Session, fresh: Run) -> None:
-        session.add(Evaluation(
-            run_id=fresh.id, checkpoint_id=_checkpoint_id(session, fresh.id, result.get("step")),
-            kind="test_loss", test_loss=float(result["test_loss"]),
-            bits_per_byte=result.get("bits_per_byte"), tokens=result.get("tokens"),
-            test_set_sha256=result.get("test_set_sha256"), details=result,
-        ))
+        session.add(
+            Evaluation(
+                run_id=fresh.id,
+                checkpoint_id=_checkpoint_id(session, fresh.id, result.get("step")),
+                kind="test_loss",
+                test_loss=float(result["test_loss"]),
+                bits_per_byte=result.get("bits_per_byte"),
+                tokens=result.get("tokens"),
+                test_set_sha256=result.get("test_set_sha256"),
+                details=result,
+            )
+        )
         fresh.test_loss = float(result["test_loss"])
         _keep_log(session, fresh.id, eval_log)
         add_event(session, fresh.id, "info", f"test loss {fresh.test_loss:.4f} on the test split")
@@ -124,13 +134,18 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
         command = cmd.ift_command(h.python, h.env, spec, h.workdir, model=model)
         pid = h.node.start_detached(command, workdir=h.workdir, name="ift")
         with ctx.write() as (session, _fresh):
-            add_event(session, run.id, "info", f"instruction fine-tuning {model} on {ift.data}, then "
-                                               f"answering its test items (pid {pid})")
+            add_event(
+                session,
+                run.id,
+                "info",
+                f"instruction fine-tuning {model} on {ift.data}, then answering its test items (pid {pid})",
+            )
         return WAITING
     ift_log = cmd.log_tail(h.node, h.workdir, "ift.log")
     if proc.exit_code != 0:
-        return Failed(cmd.failure_reason(h.node, cmd.path(h.workdir, "ift.log"), "instruction fine-tuning",
-                                         proc.exit_code))
+        return Failed(
+            cmd.failure_reason(h.node, cmd.path(h.workdir, "ift.log"), "instruction fine-tuning", proc.exit_code)
+        )
     out = cmd.path(h.workdir, cmd.IFT_OUT)
     summary = h.node.read_json(cmd.path(out, "ift.json"))
     answers, problem = _answers(h.node.read_json_list(cmd.path(out, "answers.json")))
@@ -139,11 +154,19 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
     items = [Item(instruction=a["instruction"], input=a["input"], output=a["output"]) for a in answers]
 
     def record(session: Session, fresh: Run) -> None:
-        session.add(Evaluation(
-            run_id=fresh.id, checkpoint_id=_checkpoint_id(session, fresh.id, evaluated.get("step")),
-            kind="ift", details={"summary": summary, "item_set_hash": item_set_hash(items),
-                                 "n_items": len(answers), "answers": answers},
-        ))
+        session.add(
+            Evaluation(
+                run_id=fresh.id,
+                checkpoint_id=_checkpoint_id(session, fresh.id, evaluated.get("step")),
+                kind="ift",
+                details={
+                    "summary": summary,
+                    "item_set_hash": item_set_hash(items),
+                    "n_items": len(answers),
+                    "answers": answers,
+                },
+            )
+        )
         _keep_log(session, fresh.id, ift_log)
 
     best = summary.get("best_epoch")
@@ -151,8 +174,9 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
     how = f"best epoch {best} of {summary.get('epochs_run')}" if best is not None else "fine-tuned"
     if isinstance(val, (int, float)):
         how += f", val loss {val:.4f}"
-    return Done(f"test loss {run.test_loss:.4f}; instruction fine-tuned ({how}) and answered "
-                f"{len(answers)} test items", record)
+    return Done(
+        f"test loss {run.test_loss:.4f}; instruction fine-tuned ({how}) and answered {len(answers)} test items", record
+    )
 
 
 def _answers(value: list | None) -> tuple[list[dict], str | None]:

@@ -65,10 +65,13 @@ def read_new(handle: NodeHandle, run: Run) -> NewOutput:
     log_text, log_offset, l_all = _read(handle.node, path(handle.workdir, TRAIN_LOG), run.log_offset)
     return NewOutput(
         complete=m_all and l_all,
-        metrics_from=run.metrics_offset, metrics_offset=metrics_offset,
-        log_from=run.log_offset, log_offset=log_offset,
+        metrics_from=run.metrics_offset,
+        metrics_offset=metrics_offset,
+        log_from=run.log_offset,
+        log_offset=log_offset,
         # PostgreSQL text cannot hold NUL; a log is for people, so drop them
-        log_text=log_text.replace("\x00", ""), lines=parse_metrics(metrics_text),
+        log_text=log_text.replace("\x00", ""),
+        lines=parse_metrics(metrics_text),
     )
 
 
@@ -138,30 +141,55 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
             if resumed is not None:
                 # Steps after the checkpoint were trained before a failure and are trained again
                 # now: the curve goes on from the checkpoint, not twice over the same steps.
-                session.execute(delete(MetricPoint).where(
-                    MetricPoint.run_id == run.id, MetricPoint.step > _int(resumed)))
+                session.execute(
+                    delete(MetricPoint).where(MetricPoint.run_id == run.id, MetricPoint.step > _int(resumed))
+                )
                 run.step = _int(resumed)
-            add_event(session, run.id, "info",
-                      f"trainer started: world size {run.world_size}, {_int(m.get('params')):,} "
-                      f"parameters, {run.target_tokens or 0:,} target tokens"
-                      + (f", resumed from step {resumed}" if resumed is not None else ""))
+            add_event(
+                session,
+                run.id,
+                "info",
+                f"trainer started: world size {run.world_size}, {_int(m.get('params')):,} "
+                f"parameters, {run.target_tokens or 0:,} target tokens"
+                + (f", resumed from step {resumed}" if resumed is not None else ""),
+            )
         elif kind == "train":
-            points.append(dict(
-                run_id=run.id, kind="train", step=step, tokens=tokens, time=time,
-                train_loss=_num(m.get("train_loss")), val_loss=None, lr=_num(m.get("lr")),
-                tokens_per_s=_num(m.get("tokens_per_s")), mfu=_num(m.get("mfu")),
-                peak_mem_bytes=_int(m.get("peak_mem_bytes")) if m.get("peak_mem_bytes") is not None else None,
-                wall_s=_num(m.get("wall_s")),
-            ))
+            points.append(
+                dict(
+                    run_id=run.id,
+                    kind="train",
+                    step=step,
+                    tokens=tokens,
+                    time=time,
+                    train_loss=_num(m.get("train_loss")),
+                    val_loss=None,
+                    lr=_num(m.get("lr")),
+                    tokens_per_s=_num(m.get("tokens_per_s")),
+                    mfu=_num(m.get("mfu")),
+                    peak_mem_bytes=_int(m.get("peak_mem_bytes")) if m.get("peak_mem_bytes") is not None else None,
+                    wall_s=_num(m.get("wall_s")),
+                )
+            )
             run.step, run.tokens_done = step, tokens
             run.train_loss = _num(m.get("train_loss"))
             run.tokens_per_s = _num(m.get("tokens_per_s"))
         elif kind == "val":
-            points.append(dict(
-                run_id=run.id, kind="val", step=step, tokens=tokens, time=time, train_loss=None,
-                val_loss=_num(m.get("val_loss")), lr=None, tokens_per_s=None, mfu=None,
-                peak_mem_bytes=None, wall_s=None,
-            ))
+            points.append(
+                dict(
+                    run_id=run.id,
+                    kind="val",
+                    step=step,
+                    tokens=tokens,
+                    time=time,
+                    train_loss=None,
+                    val_loss=_num(m.get("val_loss")),
+                    lr=None,
+                    tokens_per_s=None,
+                    mfu=None,
+                    peak_mem_bytes=None,
+                    wall_s=None,
+                )
+            )
             run.val_loss = _num(m.get("val_loss"))
         elif kind == "checkpoint" and isinstance(m.get("path"), str):
             row = _checkpoint_row(session, run.id, step, tokens, m)
@@ -170,12 +198,20 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
         elif kind == "checkpoint_stored" and isinstance(m.get("uri"), str):
             row = _checkpoint_row(session, run.id, step, tokens, m)
             row.uri, row.state, row.stored_at = m["uri"], CheckpointState.stored.value, utcnow()
-            add_event(session, run.id, "checkpoint",
-                      f"checkpoint of step {step} stored at {m['uri']}"
-                      + (f" ({_num(m.get('seconds')):.1f} s)" if _num(m.get("seconds")) is not None else ""))
+            add_event(
+                session,
+                run.id,
+                "checkpoint",
+                f"checkpoint of step {step} stored at {m['uri']}"
+                + (f" ({_num(m.get('seconds')):.1f} s)" if _num(m.get("seconds")) is not None else ""),
+            )
         elif kind == "checkpoint_upload_failed":
-            add_event(session, run.id, "checkpoint",
-                      f"uploading the checkpoint of step {step} failed: {str(m.get('error'))[:500]}")
+            add_event(
+                session,
+                run.id,
+                "checkpoint",
+                f"uploading the checkpoint of step {step} failed: {str(m.get('error'))[:500]}",
+            )
         elif kind == "done":
             run.step, run.tokens_done = max(run.step, step), max(run.tokens_done, tokens)
         # other kinds are the trainer's to add; the service ignores what it does not know

@@ -43,13 +43,13 @@ def is_free(model: Any, now: datetime) -> ColumnElement[bool]:
     return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
 
 
-def compare_and_set(session: Session, model: Any, row_id: str, condition: ColumnElement[bool],
-                    **values: object) -> bool:
+def compare_and_set(
+    session: Session, model: Any, row_id: str, condition: ColumnElement[bool], **values: object
+) -> bool:
     """The one lease primitive: UPDATE the row SET `values` WHERE its id and `condition` match.
     True when it matched (we won); atomic on PostgreSQL and SQLite alike (see the module doc)."""
     result = session.execute(
-        update(model).where(model.id == row_id, condition).values(**values)
-        .execution_options(synchronize_session=False)
+        update(model).where(model.id == row_id, condition).values(**values).execution_options(synchronize_session=False)
     )
     # an UPDATE's result is a CursorResult (it has a rowcount); Session.execute is typed for any statement
     return cast(CursorResult[Any], result).rowcount == 1
@@ -60,8 +60,15 @@ def acquire(factory: sessionmaker[Session], run_id: str, owner: str, lease_s: fl
     now = utcnow()
     token = uuid.uuid4().hex
     with transaction(factory) as session:
-        won = compare_and_set(session, Run, run_id, or_(is_free(Run, now), Run.lease_owner == owner),
-                              lease_owner=owner, lease_token=token, lease_expires_at=_expiry(lease_s, now))
+        won = compare_and_set(
+            session,
+            Run,
+            run_id,
+            or_(is_free(Run, now), Run.lease_owner == owner),
+            lease_owner=owner,
+            lease_token=token,
+            lease_expires_at=_expiry(lease_s, now),
+        )
         return token if won else None
 
 
@@ -79,14 +86,13 @@ def _extend(session: Session, run_id: str, token: str, lease_s: float) -> bool:
 def release(factory: sessionmaker[Session], run_id: str, token: str) -> None:
     """Give the lease back so another worker may pick the run up at once. No-op if not ours."""
     with transaction(factory) as session:
-        compare_and_set(session, Run, run_id, Run.lease_token == token,
-                        lease_owner=None, lease_token=None, lease_expires_at=None)
+        compare_and_set(
+            session, Run, run_id, Run.lease_token == token, lease_owner=None, lease_token=None, lease_expires_at=None
+        )
 
 
 @contextmanager
-def fenced(
-    factory: sessionmaker[Session], run_id: str, token: str, lease_s: float
-) -> Iterator[tuple[Session, Run]]:
+def fenced(factory: sessionmaker[Session], run_id: str, token: str, lease_s: float) -> Iterator[tuple[Session, Run]]:
     """A transaction that may write about `run_id` only while `token` still holds its lease.
 
     Yields (session, run). Raises LeaseLostError (and writes nothing) when the lease was lost.

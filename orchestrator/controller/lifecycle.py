@@ -34,24 +34,44 @@ def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance
     """Remember an instance the provider has for this run (its price frozen now)."""
     now = utcnow()
     with ctx.write() as (session, fresh):
-        exists = session.scalar(select(Instance.id).where(
-            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None),
-            Instance.terminate_requested_at.is_(None)))
+        exists = session.scalar(
+            select(Instance.id).where(
+                Instance.run_id == run.id,
+                Instance.rank == rank,
+                Instance.terminated_at.is_(None),
+                Instance.terminate_requested_at.is_(None),
+            )
+        )
         if exists is not None:
             return
         active = inst.status == InstanceStatus.active
-        session.add(Instance(
-            run_id=run.id, rank=rank, name=inst.name, provider=ctx.provider.name,
-            provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
-            public_ip=inst.public_ip, private_ip=inst.private_ip, ssh_port=inst.ssh_port,
-            price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch, with the billing increment
-            billing_minute_s=ctx.settings.billing_minute_s,
-            status=inst.status.value, workdir=inst.extra.get("workdir"),
-            launched_at=now, active_at=now if active else None,
-        ))
-        add_event(session, run.id, "placement",
-                  f"instance {inst.name} ({inst.instance_type} in {inst.region}, "
-                  f"{inst.price_cents_per_hour} c/h) is {inst.status.value}")
+        session.add(
+            Instance(
+                run_id=run.id,
+                rank=rank,
+                name=inst.name,
+                provider=ctx.provider.name,
+                provider_instance_id=inst.id,
+                instance_type=inst.instance_type,
+                region=inst.region,
+                public_ip=inst.public_ip,
+                private_ip=inst.private_ip,
+                ssh_port=inst.ssh_port,
+                price_cents_per_hour=inst.price_cents_per_hour,  # frozen at launch, with the billing increment
+                billing_minute_s=ctx.settings.billing_minute_s,
+                status=inst.status.value,
+                workdir=inst.extra.get("workdir"),
+                launched_at=now,
+                active_at=now if active else None,
+            )
+        )
+        add_event(
+            session,
+            run.id,
+            "placement",
+            f"instance {inst.name} ({inst.instance_type} in {inst.region}, "
+            f"{inst.price_cents_per_hour} c/h) is {inst.status.value}",
+        )
 
 
 def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
@@ -133,12 +153,10 @@ def book_terminations(session: Session, run: Run, term: Termination) -> None:
     (orchestrator.costs.instance_cost: the same rule as the live estimate)."""
     now = utcnow()
     touched = term.requested | term.confirmed
-    rows = session.scalars(
-        select(Instance).where(Instance.run_id == run.id, Instance.terminated_at.is_(None))
-    ).all()
-    booked = set(session.scalars(
-        select(CostEntry.instance_id).where(CostEntry.run_id == run.id, CostEntry.kind == "instance")
-    ))
+    rows = session.scalars(select(Instance).where(Instance.run_id == run.id, Instance.terminated_at.is_(None))).all()
+    booked = set(
+        session.scalars(select(CostEntry.instance_id).where(CostEntry.run_id == run.id, CostEntry.kind == "instance"))
+    )
     for row in rows:
         if row.id not in touched:
             continue
@@ -152,12 +170,18 @@ def book_terminations(session: Session, run: Run, term: Termination) -> None:
         if row.id in booked:
             continue
         cost = instance_cost(row, now)
-        session.add(CostEntry(
-            run_id=run.id, instance_id=row.id, kind="instance",
-            cents=cost.cents, quantity=float(cost.minutes), unit="minute",
-            description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) "
-                        f"at {row.price_cents_per_hour} c/h",
-        ))
+        session.add(
+            CostEntry(
+                run_id=run.id,
+                instance_id=row.id,
+                kind="instance",
+                cents=cost.cents,
+                quantity=float(cost.minutes),
+                unit="minute",
+                description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) "
+                f"at {row.price_cents_per_hour} c/h",
+            )
+        )
         add_event(session, run.id, "info", f"instance {row.name} terminated ({cost.minutes} billed minutes)")
 
 

@@ -46,9 +46,13 @@ def placement(ctx: RunContext, run: Run, spec: RunSpec, since: datetime | None =
             continue
         name = row.name if row is not None else next_instance_name(run.id, rank, run.instances)
         recorded = row.provider_instance_id if row is not None else None
-        placed, pending = run_task(ctx, f"place-{rank}", f"placing {name}",
-                                   partial(_place_until_active, ctx, run, spec, rank, name, recorded, deadline),
-                                   may_launch=True)
+        placed, pending = run_task(
+            ctx,
+            f"place-{rank}",
+            f"placing {name}",
+            partial(_place_until_active, ctx, run, spec, rank, name, recorded, deadline),
+            may_launch=True,
+        )
         if pending is not None:
             if pending is not WAITING:
                 return pending
@@ -65,8 +69,16 @@ def preferred_instance_types(compute: ComputeSpec, provider: Provider) -> list[s
     return wanted or [t.name for t in provider.instance_types()]
 
 
-def _place_until_active(ctx: RunContext, run: Run, spec: RunSpec, rank: int, name: str, recorded: str | None,
-                        deadline: datetime, cancel: threading.Event) -> tuple[ProviderInstance, datetime]:
+def _place_until_active(
+    ctx: RunContext,
+    run: Run,
+    spec: RunSpec,
+    rank: int,
+    name: str,
+    recorded: str | None,
+    deadline: datetime,
+    cancel: threading.Event,
+) -> tuple[ProviderInstance, datetime]:
     """The task: place node `rank` as `name` and record it (unless an instance is `recorded` for
     it already: that one is waited for, never placed again), then wait until it is active."""
     sleep = sleeper(cancel)
@@ -75,17 +87,25 @@ def _place_until_active(ctx: RunContext, run: Run, spec: RunSpec, rank: int, nam
         if inst is None:
             raise NodeLost(f"instance {name} disappeared while booting")
     else:
-        inst = place(ctx.provider, name=name, instance_types=preferred_instance_types(spec.compute, ctx.provider),
-                     regions=spec.compute.regions, timeout_s=max(0.0, (deadline - utcnow()).total_seconds()),
-                     poll_s=ctx.settings.placement_poll_s, on_event=partial(ctx.event, "placement"), sleep=sleep)
+        inst = place(
+            ctx.provider,
+            name=name,
+            instance_types=preferred_instance_types(spec.compute, ctx.provider),
+            regions=spec.compute.regions,
+            timeout_s=max(0.0, (deadline - utcnow()).total_seconds()),
+            poll_s=ctx.settings.placement_poll_s,
+            on_event=partial(ctx.event, "placement"),
+            sleep=sleep,
+        )
         record_instance(ctx, run, rank, inst)
     if cancel.is_set():
         raise Cancelled("the run ended")  # recorded above, so the run's end terminates it
     return _wait_active(ctx, inst, sleep)
 
 
-def _wait_active(ctx: RunContext, inst: ProviderInstance,
-                 sleep: Callable[[float], None]) -> tuple[ProviderInstance, datetime]:
+def _wait_active(
+    ctx: RunContext, inst: ProviderInstance, sleep: Callable[[float], None]
+) -> tuple[ProviderInstance, datetime]:
     """Poll until the provider shows the instance active. Returns it and when it turned active.
 
     Billing starts when an instance turns active, and the API does not say when that was: only
@@ -106,19 +126,30 @@ def _wait_active(ctx: RunContext, inst: ProviderInstance,
             state = now.status.value if now is not None else "gone"
             raise NodeLost(f"instance {inst.name} became {state} while booting")
         if time.monotonic() > give_up:
-            raise NodeLost(f"instance {inst.name} did not become active within "
-                           f"{ctx.settings.node_boot_timeout_s:g} s (still {now.status.value})")
+            raise NodeLost(
+                f"instance {inst.name} did not become active within "
+                f"{ctx.settings.node_boot_timeout_s:g} s (still {now.status.value})"
+            )
         sleep(ctx.settings.node_active_poll_s)
 
 
 def _record_active(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance, seen: datetime) -> None:
     with ctx.write() as (session, _fresh):
-        row = session.scalars(select(Instance).where(
-            Instance.run_id == run.id, Instance.rank == rank, Instance.terminated_at.is_(None),
-            Instance.terminate_requested_at.is_(None))).first()
+        row = session.scalars(
+            select(Instance).where(
+                Instance.run_id == run.id,
+                Instance.rank == rank,
+                Instance.terminated_at.is_(None),
+                Instance.terminate_requested_at.is_(None),
+            )
+        ).first()
         if row is None or row.active_at is not None:
             return
         row.status, row.active_at = inst.status.value, seen
         row.public_ip, row.private_ip = inst.public_ip, inst.private_ip
-        add_event(session, run.id, "placement",
-                  f"instance {row.name} is active at {inst.public_ip} (private {inst.private_ip})")
+        add_event(
+            session,
+            run.id,
+            "placement",
+            f"instance {row.name} is active at {inst.public_ip} (private {inst.private_ip})",
+        )

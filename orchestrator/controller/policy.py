@@ -113,8 +113,9 @@ def task_failure(ctx: RunContext, what: str, error: BaseException) -> Outcome:
     return WAITING
 
 
-def run_task(ctx: RunContext, key: str, what: str, work: Callable[[threading.Event], Any], *,
-             may_launch: bool = False) -> tuple[Any, Outcome | None]:
+def run_task(
+    ctx: RunContext, key: str, what: str, work: Callable[[threading.Event], Any], *, may_launch: bool = False
+) -> tuple[Any, Outcome | None]:
     """Start or look at the run's task `key` (doing `what`): (its value, None) once it succeeded,
     else (None, the outcome so far: Waiting while it works or will be retried, Failed or Lost)."""
     out = ctx.task(key, work, may_launch=may_launch)

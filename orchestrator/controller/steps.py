@@ -78,8 +78,10 @@ def set_status(session: Session, run: Run, to: RunStatus, message: str = "", *, 
     Raises IllegalTransition, naming both states, for a change TRANSITIONS does not allow."""
     frm = RunStatus(run.status)
     if to not in TRANSITIONS[frm]:
-        raise IllegalTransition(f"run {run.id}: {frm.value} -> {to.value} is not an allowed transition "
-                                f"(from {frm.value}: {', '.join(sorted(s.value for s in TRANSITIONS[frm])) or 'none'})")
+        raise IllegalTransition(
+            f"run {run.id}: {frm.value} -> {to.value} is not an allowed transition "
+            f"(from {frm.value}: {', '.join(sorted(s.value for s in TRANSITIONS[frm])) or 'none'})"
+        )
     now = utcnow()
     run.status = to.value
     run.updated_at = now
@@ -158,8 +160,12 @@ def _next(status: RunStatus, spec: RunSpec) -> RunStatus:
         return S.evaluating if spec.model.pretrained else S.training
     if status == S.training:
         return S.evaluating if spec.evaluation.test_loss else S.succeeded
-    return {S.pending: S.provisioning, S.provisioning: S.bootstrapping, S.recovering: S.training,
-            S.evaluating: S.succeeded}[status]
+    return {
+        S.pending: S.provisioning,
+        S.provisioning: S.bootstrapping,
+        S.recovering: S.training,
+        S.evaluating: S.succeeded,
+    }[status]
 
 
 def _apply(ctx: RunContext, run: Run, spec: RunSpec, status: RunStatus, outcome: Outcome) -> None:
@@ -185,8 +191,11 @@ def _apply(ctx: RunContext, run: Run, spec: RunSpec, status: RunStatus, outcome:
     to = _next(status, spec)
     message = outcome.message
     if status == S.bootstrapping:
-        message += (f"; evaluating OpenAI's {spec.model.pretrained} (not trained)" if spec.model.pretrained
-                    else "; starting the trainer")
+        message += (
+            f"; evaluating OpenAI's {spec.model.pretrained} (not trained)"
+            if spec.model.pretrained
+            else "; starting the trainer"
+        )
     if to.is_terminal:
         return end_run(ctx, run, to, message, outcome.record)
     record = outcome.record

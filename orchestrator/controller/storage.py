@@ -99,8 +99,9 @@ def revoke_node_access(ctx: RunContext, run: Run, spec: RunSpec) -> None:
         return
     _scheme, bucket, prefix = split_uri(folder)
     try:
-        revoke_run_access(bucket, prefix, endpoint_url=ctx.settings.artifact_endpoint_url,
-                          region=ctx.settings.artifact_region)
+        revoke_run_access(
+            bucket, prefix, endpoint_url=ctx.settings.artifact_endpoint_url, region=ctx.settings.artifact_region
+        )
     except ArtifactError as exc:
         log.warning("run %s: revoking the nodes' store access failed (it expires anyway): %s", run.id, exc)
     ctx.store_access.clear()
@@ -125,9 +126,12 @@ def latest_stored(ctx: RunContext, run: Run, spec: RunSpec) -> tuple[int, str] |
         except ArtifactError as exc:
             log.warning("run %s: cannot list the stored checkpoints (%s); using the recorded ones", run.id, exc)
     with ctx.factory() as session:
-        row = session.scalar(select(Checkpoint).where(
-            Checkpoint.run_id == run.id, Checkpoint.state == CheckpointState.stored.value
-        ).order_by(Checkpoint.step.desc()).limit(1))
+        row = session.scalar(
+            select(Checkpoint)
+            .where(Checkpoint.run_id == run.id, Checkpoint.state == CheckpointState.stored.value)
+            .order_by(Checkpoint.step.desc())
+            .limit(1)
+        )
     return (row.step, row.uri) if row is not None else None
 
 
@@ -139,19 +143,34 @@ def retention_victims(rows: list[Checkpoint], keep_last: int, referenced: set[in
     best = best_checkpoint(stored)
     if best is not None:
         keep.add(best.id)
-    return [r for r in rows if r.state == CheckpointState.deleting.value
-            or (r.state == CheckpointState.stored.value and r.id not in keep)]
+    return [
+        r
+        for r in rows
+        if r.state == CheckpointState.deleting.value or (r.state == CheckpointState.stored.value and r.id not in keep)
+    ]
 
 
 def apply_retention(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     """Delete what retention does not keep from the store. A store error is logged and retried
     on a later pass: retention never stops a run."""
     with ctx.factory() as session:
-        rows = list(session.scalars(select(Checkpoint).where(
-            Checkpoint.run_id == run.id,
-            Checkpoint.state.in_([CheckpointState.stored.value, CheckpointState.deleting.value]))))
-        referenced = {i for i in session.scalars(select(Evaluation.checkpoint_id).where(
-            Evaluation.run_id == run.id, Evaluation.checkpoint_id.is_not(None))) if i is not None}
+        rows = list(
+            session.scalars(
+                select(Checkpoint).where(
+                    Checkpoint.run_id == run.id,
+                    Checkpoint.state.in_([CheckpointState.stored.value, CheckpointState.deleting.value]),
+                )
+            )
+        )
+        referenced = {
+            i
+            for i in session.scalars(
+                select(Evaluation.checkpoint_id).where(
+                    Evaluation.run_id == run.id, Evaluation.checkpoint_id.is_not(None)
+                )
+            )
+            if i is not None
+        }
     victims = retention_victims(rows, spec.training.keep_last, referenced)
     uri = checkpoints_uri(ctx, run, spec)
     if not victims or uri is None:  # None: the nodes upload nowhere, so nothing is in a store
@@ -173,6 +192,10 @@ def apply_retention(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     with ctx.write() as (session, _fresh):
         for row in session.scalars(select(Checkpoint).where(Checkpoint.id.in_([d.id for d in deleted]))):
             row.state = CheckpointState.deleted.value
-        add_event(session, run.id, "checkpoint",
-                  f"retention deleted the stored checkpoint(s) of step {', '.join(str(d.step) for d in deleted)} "
-                  f"(keeping the last {spec.training.keep_last}, the best and the evaluated)")
+        add_event(
+            session,
+            run.id,
+            "checkpoint",
+            f"retention deleted the stored checkpoint(s) of step {', '.join(str(d.step) for d in deleted)} "
+            f"(keeping the last {spec.training.keep_last}, the best and the evaluated)",
+        )

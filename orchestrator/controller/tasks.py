@@ -64,8 +64,9 @@ class TaskPool:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def poll(self, run_id: str, key: str, work: Callable[[threading.Event], Any], *,
-             may_launch: bool = False) -> TaskOutcome:
+    def poll(
+        self, run_id: str, key: str, work: Callable[[threading.Event], Any], *, may_launch: bool = False
+    ) -> TaskOutcome:
         """Start `work(cancel_event)` unless it runs; its outcome once it has ended (then forgotten)."""
         with self._lock:
             task = self._tasks.get((run_id, key))
@@ -94,8 +95,7 @@ class TaskPool:
             if late:
                 # rare (each provider call has a timeout); what they launch now carries the
                 # run's name and is recorded on the ended run, whose cleanup terminates it
-                log.warning("run %s: %d placement task(s) did not stop within %.0f s",
-                            run_id, len(late), wait_s)
+                log.warning("run %s: %d placement task(s) did not stop within %.0f s", run_id, len(late), wait_s)
 
     def close(self) -> None:
         for run_id in list(self._cancel):

@@ -78,8 +78,9 @@ def training(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         # rank 0 writes why in FAILED; the other ranks only see their peer vanish
         own = cmd.trainer_failure(head.node, head.workdir)
         row, h, p = failed[0]
-        return Failed(own or cmd.failure_reason(h.node, cmd.path(h.workdir, "train.log"), f"training on {row.name}",
-                                                p.exit_code))
+        return Failed(
+            own or cmd.failure_reason(h.node, cmd.path(h.workdir, "train.log"), f"training on {row.name}", p.exit_code)
+        )
     killed = [row.name for row, _h, p in procs if p.exit_code is None]
     if killed:
         return Killed(f"the trainer on {', '.join(killed)} ended without an exit code (killed)")
@@ -94,23 +95,33 @@ def _done(spec: RunSpec) -> Done:
     return Done("training done (evaluation is off)")
 
 
-def start_trainer(ctx: RunContext, run: Run, spec: RunSpec, handles: list[tuple[Instance, NodeHandle]],
-                  row: Instance, h: NodeHandle) -> None:
+def start_trainer(
+    ctx: RunContext, run: Run, spec: RunSpec, handles: list[tuple[Instance, NodeHandle]], row: Instance, h: NodeHandle
+) -> None:
     """Start the trainer on one node (the caller checked its pid file: not started, or killed)."""
     head = handles[0][1].instance
     resume = storage.latest_stored(ctx, run, spec) if run.step > 0 or run.recoveries else None
-    command = cmd.train_command(h.python, {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)},
-                                spec, h.workdir, node_rank=row.rank,
-                                master_addr=head.private_ip or head.public_ip,
-                                master_port=_master_port(ctx, run),
-                                socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
-                                resume_from=resume[1] if resume is not None else None)
+    command = cmd.train_command(
+        h.python,
+        {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)},
+        spec,
+        h.workdir,
+        node_rank=row.rank,
+        master_addr=head.private_ip or head.public_ip,
+        master_port=_master_port(ctx, run),
+        socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
+        resume_from=resume[1] if resume is not None else None,
+    )
     pid = h.node.start_detached(command, workdir=h.workdir, name="train")
     with ctx.write() as (session, _fresh):
         session.get_one(Instance, row.id).trainer_pid = pid
-        add_event(session, run.id, "info", f"trainer launched on {row.name} (pid {pid})"
-                  + (f"; it resumes from step {resume[0]} unless it holds a newer checkpoint"
-                     if resume is not None else ""))
+        add_event(
+            session,
+            run.id,
+            "info",
+            f"trainer launched on {row.name} (pid {pid})"
+            + (f"; it resumes from step {resume[0]} unless it holds a newer checkpoint" if resume is not None else ""),
+        )
 
 
 def _master_port(ctx: RunContext, run: Run) -> int:
@@ -149,16 +160,21 @@ def begin_recovery(ctx: RunContext, run: Run, reason: str, *, replace_lost: bool
             row.trainer_pid = None  # every trainer is restarted (recovering sets it again)
         if node0_replaced:  # node 0's files are on the new node's empty disk: read from the start
             fresh.metrics_offset = fresh.log_offset = 0
-        add_event(session, fresh.id, "recovery", f"{what}; resuming from the last checkpoint "
-                                                 f"(recovery {fresh.recoveries} of {MAX_RECOVERIES})")
+        add_event(
+            session,
+            fresh.id,
+            "recovery",
+            f"{what}; resuming from the last checkpoint (recovery {fresh.recoveries} of {MAX_RECOVERIES})",
+        )
 
     return count
 
 
 def _recovery_began(ctx: RunContext, run: Run) -> datetime | None:
     with ctx.factory() as session:
-        return session.scalar(select(func.max(RunEvent.time)).where(
-            RunEvent.run_id == run.id, RunEvent.kind == "recovery"))
+        return session.scalar(
+            select(func.max(RunEvent.time)).where(RunEvent.run_id == run.id, RunEvent.kind == "recovery")
+        )
 
 
 def recovering(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:

@@ -62,8 +62,9 @@ class _Held:
 class Worker:
     """Drives runs through their lifecycle. Not thread-safe: one thread calls it."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 providers: dict[str, Provider] | None = None):
+    def __init__(
+        self, settings: Settings, session_factory: sessionmaker[Session], providers: dict[str, Provider] | None = None
+    ):
         self.settings = settings
         self.factory = session_factory
         self.owner = settings.worker_id
@@ -181,8 +182,13 @@ class Worker:
     def _count_error(self, run_id: str, held: _Held, exc: Exception) -> None:
         """A step failed in a way retrying may not fix; fail the run if it keeps happening."""
         held.errors += 1
-        log.warning("run %s: step failed (%d in a row): %s", run_id, held.errors, one_line(exc),
-                    exc_info=not isinstance(exc, ProvisionError))
+        log.warning(
+            "run %s: step failed (%d in a row): %s",
+            run_id,
+            held.errors,
+            one_line(exc),
+            exc_info=not isinstance(exc, ProvisionError),
+        )
         if held.errors >= MAX_CONSECUTIVE_ERRORS:
             self._give_up(run_id, held, exc)
 
@@ -200,16 +206,29 @@ class Worker:
                 provider = get_provider(name, self.settings)
             except ProvisionError as exc:
                 if not RunStatus(run.status).is_terminal:
-                    end_run(self._make_context(run_id, held, UnavailableProvider(name, exc)), run,
-                            RunStatus.failed, one_line(exc))
+                    end_run(
+                        self._make_context(run_id, held, UnavailableProvider(name, exc)),
+                        run,
+                        RunStatus.failed,
+                        one_line(exc),
+                    )
                 return None
             self.providers[name] = provider
         return self._make_context(run_id, held, provider)
 
     def _make_context(self, run_id: str, held: _Held, provider: Provider) -> RunContext:
-        return RunContext(run_id, held.token, self.settings, self.factory, provider, held.handles,
-                          tasks=self.tasks, wheels=self.wheels, attempts=held.attempts,
-                          store_access=held.store_access)
+        return RunContext(
+            run_id,
+            held.token,
+            self.settings,
+            self.factory,
+            provider,
+            held.handles,
+            tasks=self.tasks,
+            wheels=self.wheels,
+            attempts=held.attempts,
+            store_access=held.store_access,
+        )
 
     def _give_up(self, run_id: str, held: _Held, exc: Exception) -> None:
         reason = f"controller error after {held.errors} attempts: {one_line(exc)}"

@@ -208,10 +208,10 @@ class MetricPoint(Base):
 
 
 class CheckpointState(str, enum.Enum):
-    on_node = "on_node"    # committed on the node; its upload to the store is not confirmed yet
-    stored = "stored"      # committed in the artifact store (manifest written, every hash checked)
+    on_node = "on_node"  # committed on the node; its upload to the store is not confirmed yet
+    stored = "stored"  # committed in the artifact store (manifest written, every hash checked)
     deleting = "deleting"  # chosen by retention; its manifest may already be gone from the store
-    deleted = "deleted"    # removed from the store by retention (the row stays, as history)
+    deleted = "deleted"  # removed from the store by retention (the row stays, as history)
 
 
 class Checkpoint(Base):
@@ -335,10 +335,10 @@ class Comparison(Base):
 
 
 class ComparisonStatus(str, enum.Enum):
-    pending = "pending"      # waiting for its baseline runs to succeed
-    running = "running"      # a worker is judging (in the service process, never on a node)
+    pending = "pending"  # waiting for its baseline runs to succeed
+    running = "running"  # a worker is judging (in the service process, never on a node)
     succeeded = "succeeded"  # judged: `report_id` names the report
-    failed = "failed"        # `status_reason` says why
+    failed = "failed"  # `status_reason` says why
 
     @property
     def is_terminal(self) -> bool:

@@ -15,6 +15,11 @@ from orchestrator.judge.errors import InvalidComparisonError, JudgeError, JudgeN
 from orchestrator.judge.schemas import ComparisonReport, Item, JudgeVersion
 
 __all__ = [
-    "judge_answers", "ComparisonReport", "Item", "JudgeVersion",
-    "JudgeError", "JudgeNotConfiguredError", "InvalidComparisonError",
+    "judge_answers",
+    "ComparisonReport",
+    "Item",
+    "JudgeVersion",
+    "JudgeError",
+    "JudgeNotConfiguredError",
+    "InvalidComparisonError",
 ]

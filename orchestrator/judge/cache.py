@@ -28,12 +28,12 @@ from orchestrator.db.session import transaction
 _CHUNK = 500  # keys per IN (...) query; well under SQLite's bound-parameter limit
 
 
-def cache_key(*, model: str, template_hash: str, messages: list[dict[str, str]],
-              repeat: int, attempt: int) -> str:
+def cache_key(*, model: str, template_hash: str, messages: list[dict[str, str]], repeat: int, attempt: int) -> str:
     blob = json.dumps(
-        {"model": model, "template": template_hash, "messages": messages,
-         "repeat": repeat, "attempt": attempt},
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+        {"model": model, "template": template_hash, "messages": messages, "repeat": repeat, "attempt": attempt},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -64,7 +64,7 @@ class NewAnswer:
 
 def _chunks(keys: list[str]) -> Iterable[list[str]]:
     for i in range(0, len(keys), _CHUNK):
-        yield keys[i:i + _CHUNK]
+        yield keys[i : i + _CHUNK]
 
 
 def load(factory: sessionmaker[Session], keys: Iterable[str]) -> dict[str, CachedAnswer]:
@@ -84,12 +84,20 @@ def store(factory: sessionmaker[Session], answers: list[NewAnswer]) -> None:
     for a in answers:
         try:
             with transaction(factory) as session:
-                session.add(Judgement(
-                    key=a.key, mode=a.mode, judge_model=a.model, template_hash=a.template_hash,
-                    request={"model": a.model, "messages": a.messages}, response_text=a.text,
-                    parsed=a.parsed, error=a.error,
-                    input_tokens=a.input_tokens, output_tokens=a.output_tokens,
-                ))
+                session.add(
+                    Judgement(
+                        key=a.key,
+                        mode=a.mode,
+                        judge_model=a.model,
+                        template_hash=a.template_hash,
+                        request={"model": a.model, "messages": a.messages},
+                        response_text=a.text,
+                        parsed=a.parsed,
+                        error=a.error,
+                        input_tokens=a.input_tokens,
+                        output_tokens=a.output_tokens,
+                    )
+                )
         except IntegrityError:
             pass
 

@@ -36,13 +36,12 @@ class JudgeClient:
     """A chat-completions caller, temperature 0, safe to share between threads (openai's client
     is). `complete` returns the answer text and token usage or raises CallFailed."""
 
-    def __init__(self, *, api_key: str, model: str, base_url: str | None = None,
-                 timeout_s: float = 120.0, max_retries: int = 2):
+    def __init__(
+        self, *, api_key: str, model: str, base_url: str | None = None, timeout_s: float = 120.0, max_retries: int = 2
+    ):
         self.model = model
         self._secret = api_key
-        self._client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
-        )
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
         # Servers that do not know `response_format` answer 400 to it; after the first such
         # answer we stop sending it (the prompt asks for JSON anyway, and answers are validated).
         self._json_mode = True
@@ -51,8 +50,11 @@ class JudgeClient:
     @classmethod
     def from_settings(cls, settings: Settings, api_key: str) -> JudgeClient:
         return cls(
-            api_key=api_key, model=settings.judge_model, base_url=settings.judge_base_url,
-            timeout_s=settings.judge_timeout_s, max_retries=settings.judge_max_retries,
+            api_key=api_key,
+            model=settings.judge_model,
+            base_url=settings.judge_base_url,
+            timeout_s=settings.judge_timeout_s,
+            max_retries=settings.judge_max_retries,
         )
 
     def scrub(self, text: str) -> str:

@@ -81,8 +81,7 @@ def parse(order: list[str], text: str) -> tuple[dict, dict[str, tuple[float, str
     """(the validated answer by label, {model: (score, comments)}) for answers shown in `order`."""
     by_label = parse_labels(text, len(order))
     stored = {lab: v.model_dump() for lab, v in by_label.items()}
-    scores = {model: (by_label[label(i)].score, by_label[label(i)].comments or "")
-              for i, model in enumerate(order)}
+    scores = {model: (by_label[label(i)].score, by_label[label(i)].comments or "") for i, model in enumerate(order)}
     return stored, scores
 
 
@@ -92,9 +91,15 @@ def plan(items: list[Item], answers: dict[str, list[str]], *, k: int, seed: int)
         for i, item in enumerate(items):
             s = shuffle_seed(seed, i, repeat)
             order = shuffled(list(answers), s)
-            planned.append(Planned(
-                item=i, repeat=repeat, order=order, shuffle_seed=s,
-                messages=comparative_messages(item, [answers[m][i] for m in order]),
-                json_object=True, parse=partial(parse, order),
-            ))
+            planned.append(
+                Planned(
+                    item=i,
+                    repeat=repeat,
+                    order=order,
+                    shuffle_seed=s,
+                    messages=comparative_messages(item, [answers[m][i] for m in order]),
+                    json_object=True,
+                    parse=partial(parse, order),
+                )
+            )
     return planned

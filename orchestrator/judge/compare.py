@@ -50,8 +50,7 @@ def make_client(settings: Settings) -> JudgeClient:
     return JudgeClient.from_settings(settings, settings.openai_api_key.get_secret_value())
 
 
-def _check(items: list[Item], answers: dict[str, list[str]], k: int, mode: str,
-           run_ids: dict[str, str]) -> None:
+def _check(items: list[Item], answers: dict[str, list[str]], k: int, mode: str, run_ids: dict[str, str]) -> None:
     if not items:
         raise InvalidComparisonError("no test items to judge", field="items")
     if not answers:
@@ -63,11 +62,11 @@ def _check(items: list[Item], answers: dict[str, list[str]], k: int, mode: str,
     for model, texts in answers.items():
         if len(texts) != len(items):
             raise InvalidComparisonError(
-                f"model {model!r} has {len(texts)} answers for {len(items)} items", field="answers")
+                f"model {model!r} has {len(texts)} answers for {len(items)} items", field="answers"
+            )
     unknown = set(run_ids) - set(answers)
     if unknown:
-        raise InvalidComparisonError(f"run ids given for models not compared: {sorted(unknown)}",
-                                     field="run_ids")
+        raise InvalidComparisonError(f"run ids given for models not compared: {sorted(unknown)}", field="run_ids")
 
 
 def _check_runs_exist(factory: sessionmaker[Session], run_ids: dict[str, str]) -> None:
@@ -89,8 +88,10 @@ def _usage(verdicts: list[runner.Verdict], prices: cost.Prices, booked: float) -
         calls_cached=sum(o.calls_cached for o in verdicts),
         input_tokens=sum(o.input_tokens for o in verdicts),
         output_tokens=sum(o.output_tokens for o in verdicts),
-        paid_input_tokens=paid_in, paid_output_tokens=paid_out,
-        cost_cents=cost.token_cost_cents(paid_in, paid_out, prices), booked_cents=booked,
+        paid_input_tokens=paid_in,
+        paid_output_tokens=paid_out,
+        cost_cents=cost.token_cost_cents(paid_in, paid_out, prices),
+        booked_cents=booked,
     )
 
 
@@ -127,17 +128,28 @@ def judge_answers(
             client.close()
 
 
-def _judge(session_factory: sessionmaker[Session], settings: Settings, items: list[Item],
-           answers: dict[str, list[str]], k: int, seed: int, mode: Mode,
-           run_ids: dict[str, str], client: JudgeClient) -> ComparisonReport:
+def _judge(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    items: list[Item],
+    answers: dict[str, list[str]],
+    k: int,
+    seed: int,
+    mode: Mode,
+    run_ids: dict[str, str],
+    client: JudgeClient,
+) -> ComparisonReport:
     template_hash = TEMPLATE_HASHES[mode]
-    version = JudgeVersion(mode=mode, model=client.model, template_hash=template_hash,
-                           item_set_hash=item_set_hash(items), k=k, seed=seed)
+    version = JudgeVersion(
+        mode=mode, model=client.model, template_hash=template_hash, item_set_hash=item_set_hash(items), k=k, seed=seed
+    )
     is_comparative = mode == "comparative"
-    planned = (comparative.plan(items, answers, k=k, seed=seed) if is_comparative
-               else pointwise.plan(items, answers, k=k))
-    setup = runner.JudgeSetup(client=client, mode=mode, template_hash=template_hash,
-                              attempts=max(1, settings.judge_attempts))
+    planned = (
+        comparative.plan(items, answers, k=k, seed=seed) if is_comparative else pointwise.plan(items, answers, k=k)
+    )
+    setup = runner.JudgeSetup(
+        client=client, mode=mode, template_hash=template_hash, attempts=max(1, settings.judge_attempts)
+    )
     verdicts = runner.run(session_factory, setup, planned, settings.judge_concurrency)
 
     models = list(answers)
@@ -145,28 +157,57 @@ def _judge(session_factory: sessionmaker[Session], settings: Settings, items: li
     comparison_id = uuid.uuid4().hex
     prices = cost.Prices.from_settings(settings)
     with transaction(session_factory) as session:
-        booked = cost.book(session, verdicts, run_ids, prices,
-                           f"judge ({mode}, {client.model}) for comparison {comparison_id}")
+        booked = cost.book(
+            session, verdicts, run_ids, prices, f"judge ({mode}, {client.model}) for comparison {comparison_id}"
+        )
         n_missing = sum(o.scores is None for o in verdicts)
         report = ComparisonReport(
-            id=comparison_id, created_at=utcnow(), judge=version,
-            models=model_scores(obs, models, run_ids), differences=differences(obs, models),
-            n_expected=len(verdicts), n_missing=n_missing, missing_reasons=missing_counts(verdicts),
-            consistency=consistency(obs, models, k), usage=_usage(verdicts, prices, booked),
+            id=comparison_id,
+            created_at=utcnow(),
+            judge=version,
+            models=model_scores(obs, models, run_ids),
+            differences=differences(obs, models),
+            n_expected=len(verdicts),
+            n_missing=n_missing,
+            missing_reasons=missing_counts(verdicts),
+            consistency=consistency(obs, models, k),
+            usage=_usage(verdicts, prices, booked),
             items=item_reports(items, verdicts, is_comparative),
         )
         judge = version.model_dump(mode="json")
-        session.add(Comparison(id=comparison_id, mode=mode, judge_model=client.model,
-                               judge_version=judge, models=models,
-                               report=report.model_dump(mode="json")))
+        session.add(
+            Comparison(
+                id=comparison_id,
+                mode=mode,
+                judge_model=client.model,
+                judge_version=judge,
+                models=models,
+                report=report.model_dump(mode="json"),
+            )
+        )
         for score in report.models:
             if score.run_id is not None:
-                session.add(Evaluation(
-                    run_id=score.run_id, kind=f"judge_{mode}",
-                    details={"comparison_id": comparison_id, "judge": judge,
-                             **score.model_dump(mode="json", exclude={"run_id"})},
-                ))
-    log.info("judge comparison %s: %d models, %d items x %d repeats, %d of %d judgements missing, "
-             "%d calls made, %d from cache", comparison_id, len(models), len(items), k, n_missing,
-             len(verdicts), report.usage.calls_made, report.usage.calls_cached)
+                session.add(
+                    Evaluation(
+                        run_id=score.run_id,
+                        kind=f"judge_{mode}",
+                        details={
+                            "comparison_id": comparison_id,
+                            "judge": judge,
+                            **score.model_dump(mode="json", exclude={"run_id"}),
+                        },
+                    )
+                )
+    log.info(
+        "judge comparison %s: %d models, %d items x %d repeats, %d of %d judgements missing, "
+        "%d calls made, %d from cache",
+        comparison_id,
+        len(models),
+        len(items),
+        k,
+        n_missing,
+        len(verdicts),
+        report.usage.calls_made,
+        report.usage.calls_cached,
+    )
     return report

@@ -37,9 +37,11 @@ def _model_consistency(obs: list[Obs], model: str, k: int) -> ModelConsistency:
     item_stds = [s for s in (sample_std(v) for v in by_item.values()) if s is not None]
     mean_by_position = {str(p): sum(v) / len(v) for p, v in sorted(by_pos.items())}
     return ModelConsistency(
-        model=model, repeat_means=repeat_means,
+        model=model,
+        repeat_means=repeat_means,
         repeat_std=sample_std([m for m in repeat_means if m is not None]),
-        mean_item_std=mean_or_none(item_stds), mean_by_position=mean_by_position,
+        mean_item_std=mean_or_none(item_stds),
+        mean_by_position=mean_by_position,
         position_spread=_spread(list(mean_by_position.values())),
     )
 
@@ -49,8 +51,7 @@ def _positions(obs: list[Obs]) -> list[PositionStat]:
     if not scored:
         return []
     grand = sum(s for _o, s, _p in scored) / len(scored)
-    model_mean = {m: fmean([s for o, s, _p in scored if o.model == m])
-                  for m in {o.model for o, _s, _p in scored}}
+    model_mean = {m: fmean([s for o, s, _p in scored if o.model == m]) for m in {o.model for o, _s, _p in scored}}
     by_judgement: dict[int, list[float]] = defaultdict(list)
     for o, s, _p in scored:
         by_judgement[o.judgement].append(s)
@@ -61,8 +62,7 @@ def _positions(obs: list[Obs]) -> list[PositionStat]:
         raw[p].append(s)
         effects[p].append(s - model_mean[o.model] - (call_mean[o.judgement] - grand))
     return [
-        PositionStat(position=p, n=len(raw[p]), mean_score=mean_or_none(raw[p]),
-                     effect=mean_or_none(effects[p]))
+        PositionStat(position=p, n=len(raw[p]), mean_score=mean_or_none(raw[p]), effect=mean_or_none(effects[p]))
         for p in sorted(raw)
     ]
 

@@ -35,8 +35,7 @@ class Prices:
 
 
 def token_cost_cents(input_tokens: int, output_tokens: int, prices: Prices) -> float:
-    return (input_tokens * prices.input_cents_per_mtok
-            + output_tokens * prices.output_cents_per_mtok) / 1_000_000
+    return (input_tokens * prices.input_cents_per_mtok + output_tokens * prices.output_cents_per_mtok) / 1_000_000
 
 
 def run_shares(amount: float, models: list[str], run_ids: dict[str, str]) -> dict[str, float]:
@@ -48,8 +47,7 @@ def run_shares(amount: float, models: list[str], run_ids: dict[str, str]) -> dic
     return dict(shares)
 
 
-def book(session: Session, verdicts: list[Verdict], run_ids: dict[str, str], prices: Prices,
-         description: str) -> float:
+def book(session: Session, verdicts: list[Verdict], run_ids: dict[str, str], prices: Prices, description: str) -> float:
     """Write cost entries for the judgements used that are not booked yet; returns the cents
     booked. Call inside the transaction that stores the comparison."""
     models_of_key = {key: o.planned.order for o in verdicts for key in o.keys}
@@ -62,6 +60,14 @@ def book(session: Session, verdicts: list[Verdict], run_ids: dict[str, str], pri
         for run_id, share in run_shares(float(tin + tout), models, run_ids).items():
             tokens[run_id] += share
     for run_id in sorted(cents):
-        session.add(CostEntry(run_id=run_id, kind="judge", cents=cents[run_id],
-                              quantity=tokens[run_id], unit="tokens", description=description))
+        session.add(
+            CostEntry(
+                run_id=run_id,
+                kind="judge",
+                cents=cents[run_id],
+                quantity=tokens[run_id],
+                unit="tokens",
+                description=description,
+            )
+        )
     return sum(cents.values())

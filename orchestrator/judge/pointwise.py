@@ -39,9 +39,15 @@ def plan(items: list[Item], answers: dict[str, list[str]], *, k: int) -> list[Pl
     for repeat in range(k):
         for i, item in enumerate(items):
             for model in sorted(answers):
-                planned.append(Planned(
-                    item=i, repeat=repeat, order=[model], shuffle_seed=None,
-                    messages=pointwise_messages(item, answers[model][i]), json_object=False,
-                    parse=partial(_parse, model),
-                ))
+                planned.append(
+                    Planned(
+                        item=i,
+                        repeat=repeat,
+                        order=[model],
+                        shuffle_seed=None,
+                        messages=pointwise_messages(item, answers[model][i]),
+                        json_object=False,
+                        parse=partial(_parse, model),
+                    )
+                )
     return planned

@@ -41,9 +41,7 @@ def format_input(item: Item) -> str:
 
 
 def pointwise_messages(item: Item, response: str) -> list[dict[str, str]]:
-    prompt = POINTWISE_TEMPLATE.format(
-        formatted_input=format_input(item), output=item.output, response=response
-    )
+    prompt = POINTWISE_TEMPLATE.format(formatted_input=format_input(item), output=item.output, response=response)
     return [{"role": "user", "content": prompt}]
 
 
@@ -81,12 +79,14 @@ def label(position: int) -> str:
 def comparative_messages(item: Item, shown_answers: list[str]) -> list[dict[str, str]]:
     """Messages for one item, the answers in the (already shuffled) order they are shown."""
     n = len(shown_answers)
-    blocks = "\n\n".join(
-        ANSWER_BLOCK.format(label=label(i), answer=answer) for i, answer in enumerate(shown_answers)
-    )
+    blocks = "\n\n".join(ANSWER_BLOCK.format(label=label(i), answer=answer) for i, answer in enumerate(shown_answers))
     user = COMPARATIVE_TEMPLATE.format(
-        n=n, labels_first=label(0), labels_last=label(n - 1),
-        formatted_input=format_input(item), output=item.output, answers=blocks,
+        n=n,
+        labels_first=label(0),
+        labels_last=label(n - 1),
+        formatted_input=format_input(item),
+        output=item.output,
+        answers=blocks,
     )
     return [{"role": "system", "content": COMPARATIVE_SYSTEM}, {"role": "user", "content": user}]
 
@@ -97,7 +97,11 @@ def _hash(*parts: str) -> str:
 
 POINTWISE_TEMPLATE_HASH = _hash("pointwise", ALPACA_INSTRUCTION, ALPACA_INPUT, POINTWISE_TEMPLATE)
 COMPARATIVE_TEMPLATE_HASH = _hash(
-    "comparative", ALPACA_INSTRUCTION, ALPACA_INPUT, COMPARATIVE_SYSTEM, COMPARATIVE_TEMPLATE,
+    "comparative",
+    ALPACA_INSTRUCTION,
+    ALPACA_INPUT,
+    COMPARATIVE_SYSTEM,
+    COMPARATIVE_TEMPLATE,
     ANSWER_BLOCK,
 )
 TEMPLATE_HASHES = {"pointwise": POINTWISE_TEMPLATE_HASH, "comparative": COMPARATIVE_TEMPLATE_HASH}

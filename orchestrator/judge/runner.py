@@ -75,14 +75,16 @@ class JudgeSetup:
 
 def _keys(setup: JudgeSetup, p: Planned) -> list[str]:
     return [
-        cache.cache_key(model=setup.client.model, template_hash=setup.template_hash,
-                        messages=p.messages, repeat=p.repeat, attempt=a)
+        cache.cache_key(
+            model=setup.client.model, template_hash=setup.template_hash, messages=p.messages, repeat=p.repeat, attempt=a
+        )
         for a in range(setup.attempts)
     ]
 
 
-def _judge_one(setup: JudgeSetup, p: Planned, keys: list[str],
-               cached: dict[str, cache.CachedAnswer]) -> tuple[Verdict, list[cache.NewAnswer]]:
+def _judge_one(
+    setup: JudgeSetup, p: Planned, keys: list[str], cached: dict[str, cache.CachedAnswer]
+) -> tuple[Verdict, list[cache.NewAnswer]]:
     out = Verdict(planned=p)
     new: list[cache.NewAnswer] = []
     for key in keys:
@@ -112,11 +114,20 @@ def _judge_one(setup: JudgeSetup, p: Planned, keys: list[str],
         except Malformed as exc:
             stored, scores, error = None, None, setup.client.scrub(str(exc))[:1000]
         if hit is None:
-            new.append(cache.NewAnswer(
-                key=key, mode=setup.mode, model=setup.client.model,
-                template_hash=setup.template_hash, messages=p.messages, text=text, parsed=stored,
-                error=error, input_tokens=tin, output_tokens=tout,
-            ))
+            new.append(
+                cache.NewAnswer(
+                    key=key,
+                    mode=setup.mode,
+                    model=setup.client.model,
+                    template_hash=setup.template_hash,
+                    messages=p.messages,
+                    text=text,
+                    parsed=stored,
+                    error=error,
+                    input_tokens=tin,
+                    output_tokens=tout,
+                )
+            )
         if scores is not None:
             out.scores, out.error = scores, None
             return out, new
@@ -125,8 +136,7 @@ def _judge_one(setup: JudgeSetup, p: Planned, keys: list[str],
     return out, new
 
 
-def run(factory: sessionmaker[Session], setup: JudgeSetup, planned: list[Planned],
-        concurrency: int) -> list[Verdict]:
+def run(factory: sessionmaker[Session], setup: JudgeSetup, planned: list[Planned], concurrency: int) -> list[Verdict]:
     """Judge every planned call; the verdicts come back in the planned order."""
     keys = [_keys(setup, p) for p in planned]
     cached = cache.load(factory, (k for ks in keys for k in ks))
@@ -141,7 +151,12 @@ def run(factory: sessionmaker[Session], setup: JudgeSetup, planned: list[Planned
             cache.store(factory, new)
             if verdict.missing_reason:
                 p = verdict.planned
-                log.warning("judgement missing (item %d, repeat %d, %s): %s",
-                            p.item, p.repeat, verdict.missing_reason, verdict.error)
+                log.warning(
+                    "judgement missing (item %d, repeat %d, %s): %s",
+                    p.item,
+                    p.repeat,
+                    verdict.missing_reason,
+                    verdict.error,
+                )
             verdicts[futures[fut]] = verdict
     return [o for o in verdicts if o is not None]

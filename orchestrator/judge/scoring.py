@@ -61,11 +61,19 @@ def model_scores(obs: list[Obs], models: list[str], run_ids: dict[str, str]) -> 
         per_item = item_scores(obs, model)
         mean, low, high = mean_ci(list(per_item.values()))
         n_scored = sum(o.score is not None for o in mine)
-        result.append(ModelScore(
-            model=model, run_id=run_ids.get(model), mean=mean, ci_low=low, ci_high=high,
-            n_items_scored=len(per_item), n_expected=len(mine), n_scored=n_scored,
-            n_missing=len(mine) - n_scored,
-        ))
+        result.append(
+            ModelScore(
+                model=model,
+                run_id=run_ids.get(model),
+                mean=mean,
+                ci_low=low,
+                ci_high=high,
+                n_items_scored=len(per_item),
+                n_expected=len(mine),
+                n_scored=n_scored,
+                n_missing=len(mine) - n_scored,
+            )
+        )
     return result
 
 
@@ -75,8 +83,7 @@ def differences(obs: list[Obs], models: list[str]) -> list[Difference]:
     for a, b in combinations(models, 2):
         common = sorted(per_model[a].keys() & per_model[b].keys())
         mean, low, high = mean_ci([per_model[a][i] - per_model[b][i] for i in common])
-        result.append(Difference(model_a=a, model_b=b, mean=mean, ci_low=low, ci_high=high,
-                                 n_items=len(common)))
+        result.append(Difference(model_a=a, model_b=b, mean=mean, ci_low=low, ci_high=high, n_items=len(common)))
     return result
 
 
@@ -92,14 +99,22 @@ def item_reports(items: list[Item], verdicts: list[Verdict], comparative: bool) 
             )
             for pos, model in enumerate(p.order)
         }
-        records[p.item].append(JudgementRecord(
-            repeat=p.repeat, shuffle_seed=p.shuffle_seed, order=p.order, scores=scores,
-            error=o.error if o.scores is None else None, missing_reason=o.missing_reason,
-            attempts=o.attempts, cached=o.calls_made == 0 and o.calls_cached > 0,
-        ))
+        records[p.item].append(
+            JudgementRecord(
+                repeat=p.repeat,
+                shuffle_seed=p.shuffle_seed,
+                order=p.order,
+                scores=scores,
+                error=o.error if o.scores is None else None,
+                missing_reason=o.missing_reason,
+                attempts=o.attempts,
+                cached=o.calls_made == 0 and o.calls_cached > 0,
+            )
+        )
     return [
-        ItemReport(index=i, instruction=item.instruction,
-                   judgements=sorted(records[i], key=lambda r: (r.repeat, r.order)))
+        ItemReport(
+            index=i, instruction=item.instruction, judgements=sorted(records[i], key=lambda r: (r.repeat, r.order))
+        )
         for i, item in enumerate(items)
     ]
 
@@ -110,4 +125,3 @@ def missing_counts(verdicts: list[Verdict]) -> dict[str, int]:
         if o.missing_reason:
             counts[o.missing_reason] += 1
     return dict(counts)
-

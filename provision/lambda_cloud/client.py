@@ -61,8 +61,13 @@ class LambdaClient:
         self._launch_lock = threading.Lock()
         self._last_launch: float | None = None
         self._api = ApiTransport(
-            key, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
-            retry=self.retry, trust_env=trust_env, sleep=sleep,
+            key,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            retry=self.retry,
+            trust_env=trust_env,
+            sleep=sleep,
         )
 
     @property
@@ -124,8 +129,11 @@ class LambdaClient:
         def launch_once() -> str:
             try:
                 data = self._api.call(
-                    "POST", "/api/v1/instance-operations/launch", json_body=body,
-                    creates=True, before_each_try=self._wait_for_launch_slot,
+                    "POST",
+                    "/api/v1/instance-operations/launch",
+                    json_body=body,
+                    creates=True,
+                    before_each_try=self._wait_for_launch_slot,
                 )
             except AmbiguousOutcome as exc:
                 found = self._live_instance_named(name) if name else None
@@ -142,8 +150,12 @@ class LambdaClient:
             log.warning("%s; no instance named %r, so launching again in %.2fs", exc, name, wait_s)
 
         # Only a named launch is sent again: without a name we cannot look whether the last one took.
-        return self.retry.run(launch_once, retry_if=lambda exc: bool(name) and isinstance(exc, AmbiguousOutcome),
-                              sleep=self._sleep, on_retry=on_retry)
+        return self.retry.run(
+            launch_once,
+            retry_if=lambda exc: bool(name) and isinstance(exc, AmbiguousOutcome),
+            sleep=self._sleep,
+            on_retry=on_retry,
+        )
 
     def terminate(self, instance_ids: list[str]) -> list[LambdaInstance]:
         """Ask Lambda to terminate the instances; returns them as Lambda reports them (terminating).

@@ -40,8 +40,12 @@ def to_instance(raw: LambdaInstance, *, ssh_port: int = 22) -> Instance:
         public_ip=raw.ip,
         private_ip=raw.private_ip,
         ssh_port=ssh_port,
-        extra={"hostname": raw.hostname, "raw_status": raw.status, "ssh_key_names": raw.ssh_key_names,
-               "gpus": raw.instance_type.specs.gpus},
+        extra={
+            "hostname": raw.hostname,
+            "raw_status": raw.status,
+            "ssh_key_names": raw.ssh_key_names,
+            "gpus": raw.instance_type.specs.gpus,
+        },
     )
 
 
@@ -61,9 +65,18 @@ class LambdaProvider(Provider):
 
     name = "lambda"
 
-    def __init__(self, client: LambdaClient, *, ssh_key_name: str, private_key_file: str | Path,
-                 known_hosts: PinnedHostKeys, ssh_user: str = "ubuntu", ssh_port: int = 22,
-                 ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS, check_capacity: bool = True):
+    def __init__(
+        self,
+        client: LambdaClient,
+        *,
+        ssh_key_name: str,
+        private_key_file: str | Path,
+        known_hosts: PinnedHostKeys,
+        ssh_user: str = "ubuntu",
+        ssh_port: int = 22,
+        ssh_timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS,
+        check_capacity: bool = True,
+    ):
         self.client = client
         self.ssh_key_name = ssh_key_name
         self.private_key_file = Path(private_key_file)
@@ -118,8 +131,9 @@ class LambdaProvider(Provider):
                     f"no capacity for {instance_type} in {region} "
                     f"(regions with capacity: {', '.join(regions) or 'none'})"
                 )
-        instance_id = self.client.launch(region=region, instance_type=instance_type,
-                                         ssh_key_name=self.ssh_key_name, name=name)
+        instance_id = self.client.launch(
+            region=region, instance_type=instance_type, ssh_key_name=self.ssh_key_name, name=name
+        )
         log.info("launched %s (%s in %s) as %s", name, instance_type, region, instance_id)
         return to_instance(self.client.get_instance(instance_id), ssh_port=self.ssh_port)
 
@@ -154,10 +168,15 @@ class LambdaProvider(Provider):
     def node(self, instance: Instance) -> SshNode:
         if not instance.public_ip:
             raise NodeUnreachable(f"instance {instance.name or instance.id} has no IP yet ({instance.status.value})")
-        target = SshTarget(host=instance.public_ip, user=self.ssh_user, key_file=self.private_key_file,
-                           port=instance.ssh_port)
-        return SshNode.to(target, self.known_hosts, label=f"{instance.name or instance.id}@{instance.public_ip}",
-                          timeouts=self.ssh_timeouts)
+        target = SshTarget(
+            host=instance.public_ip, user=self.ssh_user, key_file=self.private_key_file, port=instance.ssh_port
+        )
+        return SshNode.to(
+            target,
+            self.known_hosts,
+            label=f"{instance.name or instance.id}@{instance.public_ip}",
+            timeouts=self.ssh_timeouts,
+        )
 
     def close(self) -> None:
         self.client.close()

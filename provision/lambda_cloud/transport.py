@@ -77,18 +77,29 @@ class RetryPolicy:
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
 
-    def run(self, fn: Callable[[], T], *, retry_if: Callable[[BaseException], bool],
-            sleep: Callable[[float], None], on_retry: Callable[[BaseException | None, int, float], None]) -> T:
+    def run(
+        self,
+        fn: Callable[[], T],
+        *,
+        retry_if: Callable[[BaseException], bool],
+        sleep: Callable[[float], None],
+        on_retry: Callable[[BaseException | None, int, float], None],
+    ) -> T:
         """fn(), repeated while it raises what `retry_if` accepts, at most `attempts` tries in all;
         the last try's exception is raised as it is. `on_retry(exc, next_try, wait_s)` logs."""
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             assert state.outcome is not None and state.next_action is not None  # tenacity sets both first
             on_retry(state.outcome.exception(), state.attempt_number + 1, state.next_action.sleep)
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max(1, self.attempts)), wait=self._wait,
-            retry=tenacity.retry_if_exception(retry_if), sleep=sleep, before_sleep=before_sleep,
-            reraise=True)
+            stop=tenacity.stop_after_attempt(max(1, self.attempts)),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(retry_if),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
         return retrying(fn)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -215,8 +226,9 @@ class ApiTransport:
             log.warning("%s; try %d of %d in %.2fs", exc, next_try, self.retry.attempts, wait_s)
 
         try:
-            return self.retry.run(one_try, retry_if=lambda exc: isinstance(exc, _Transient),
-                                  sleep=self._sleep, on_retry=on_retry)
+            return self.retry.run(
+                one_try, retry_if=lambda exc: isinstance(exc, _Transient), sleep=self._sleep, on_retry=on_retry
+            )
         except _Transient as exc:
             raise exc.error from None
 

@@ -69,16 +69,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.state_dir.mkdir(parents=True, exist_ok=True)
     config = SimConfig(
-        state_dir=args.state_dir, catalog=load_catalog(args.catalog), api_key=api_key(args.state_dir),
-        boot_s=args.boot_seconds, terminate_s=args.terminate_seconds, linger_s=args.linger_seconds,
-        minute_s=args.minute_seconds, launch_interval_s=args.launch_interval,
-        requests_per_s=args.requests_per_second, burst=args.burst, quota=args.quota,
-        ssh_port=args.ssh_port, first_ip=args.first_ip, last_ip=args.last_ip, sshd=sshd,
+        state_dir=args.state_dir,
+        catalog=load_catalog(args.catalog),
+        api_key=api_key(args.state_dir),
+        boot_s=args.boot_seconds,
+        terminate_s=args.terminate_seconds,
+        linger_s=args.linger_seconds,
+        minute_s=args.minute_seconds,
+        launch_interval_s=args.launch_interval,
+        requests_per_s=args.requests_per_second,
+        burst=args.burst,
+        quota=args.quota,
+        ssh_port=args.ssh_port,
+        first_ip=args.first_ip,
+        last_ip=args.last_ip,
+        sshd=sshd,
     )
     app = create_app(Cloud(config))
     where = "$LAMBDA_SIM_API_KEY" if os.environ.get("LAMBDA_SIM_API_KEY") else args.state_dir / "api-key"
     logging.getLogger("provision.simulator").info(
-        "Lambda Cloud simulator on http://%s:%d (API key in %s, admin API at /sim/v1)", args.host, args.port, where)
+        "Lambda Cloud simulator on http://%s:%d (API key in %s, admin API at /sim/v1)", args.host, args.port, where
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 

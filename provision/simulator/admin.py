@@ -76,8 +76,13 @@ class CapacitySetting(BaseModel):
 
 @router.get("/health")
 def health(sim: SimAdmin) -> dict:
-    return {"status": "ok", "ssh_user": getpass.getuser(), "ssh_port": sim.config.ssh_port,
-            "boot_seconds": sim.config.boot_s, "minute_seconds": sim.config.minute_s}
+    return {
+        "status": "ok",
+        "ssh_user": getpass.getuser(),
+        "ssh_port": sim.config.ssh_port,
+        "boot_seconds": sim.config.boot_s,
+        "minute_seconds": sim.config.minute_s,
+    }
 
 
 @router.get("/billing")

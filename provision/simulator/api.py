@@ -24,14 +24,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from provision.simulator.cloud import ApiError, Cloud, invalid
 from provision.simulator.limits import retry_after_header
 
-INVALID_KEY = ApiError(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
-                       "Check your API key or create a new one, then try again.")
+INVALID_KEY = ApiError(
+    401,
+    "global/invalid-api-key",
+    "API key was invalid, expired, or deleted.",
+    "Check your API key or create a new one, then try again.",
+)
 
 
 def rate_limited(wait_s: float) -> ApiError:
     # Lambda's 429 body is undocumented; the usual envelope keeps clients' parsing uniform
-    return ApiError(429, "global/too-many-requests", "Too many requests.",
-                    "Slow down and try again later.", headers=retry_after_header(wait_s))
+    return ApiError(
+        429,
+        "global/too-many-requests",
+        "Too many requests.",
+        "Slow down and try again later.",
+        headers=retry_after_header(wait_s),
+    )
 
 
 def presented_key(header: str | None) -> str | None:
@@ -66,8 +75,12 @@ def guard(request: Request, sim: Annotated[Cloud, Depends(cloud)]) -> Cloud:
     if forced == 429:
         raise rate_limited(1)
     if forced is not None:
-        raise ApiError(forced, "global/internal-error", "An internal server error occurred.",
-                       "Try again later. Contact Support if the problem persists.")
+        raise ApiError(
+            forced,
+            "global/internal-error",
+            "An internal server error occurred.",
+            "Try again later. Contact Support if the problem persists.",
+        )
     wait = sim.requests.take()
     if wait is not None:
         raise rate_limited(wait)
@@ -146,11 +159,20 @@ def launch(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
     if req.quantity is not None and req.quantity > 1:
         raise invalid("Requested too many instances.")
     if req.file_system_names:
-        raise ApiError(404, "global/object-does-not-exist", "Filesystem was not found.",
-                       "The simulator has no filesystems; launch without file_system_names.")
-    instance_id = sim.launch(region=req.region_name, instance_type=req.instance_type_name,
-                             ssh_key_names=req.ssh_key_names, name=req.name, hostname=req.hostname,
-                             tags=req.tags)
+        raise ApiError(
+            404,
+            "global/object-does-not-exist",
+            "Filesystem was not found.",
+            "The simulator has no filesystems; launch without file_system_names.",
+        )
+    instance_id = sim.launch(
+        region=req.region_name,
+        instance_type=req.instance_type_name,
+        ssh_key_names=req.ssh_key_names,
+        name=req.name,
+        hostname=req.hostname,
+        tags=req.tags,
+    )
     return ok({"instance_ids": [instance_id]})
 
 
@@ -180,6 +202,9 @@ def delete_ssh_key(key_id: str, sim: Sim) -> dict:
 def error_response(exc: ApiError) -> JSONResponse | HTMLResponse:
     if exc.status in (502, 503, 504):
         # what a proxy in front of an API says: not JSON, which clients must survive too
-        return HTMLResponse(f"<html><body><h1>{exc.status}</h1>upstream unavailable</body></html>",
-                            status_code=exc.status, headers=exc.headers)
+        return HTMLResponse(
+            f"<html><body><h1>{exc.status}</h1>upstream unavailable</body></html>",
+            status_code=exc.status,
+            headers=exc.headers,
+        )
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

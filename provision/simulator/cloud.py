@@ -48,8 +48,9 @@ LIVE = ("booting", "active", "unhealthy")
 class ApiError(Exception):
     """An error as Lambda returns it: HTTP status plus `{"error": {code, message, suggestion}}`."""
 
-    def __init__(self, status: int, code: str, message: str, suggestion: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, suggestion: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.suggestion = status, code, message, suggestion
         self.headers = headers or {}
@@ -116,8 +117,7 @@ class Cloud:
         self.lock = threading.RLock()
         self.instances: dict[str, SimInstance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}
-        self.capacity = {(t, r): n for t, item in self.catalog.instance_types.items()
-                         for r, n in item.capacity.items()}
+        self.capacity = {(t, r): n for t, item in self.catalog.instance_types.items() for r, n in item.capacity.items()}
         self.faults = Faults()
         self.requests = TokenBucket(config.requests_per_s, config.burst)
         self.launches = LaunchLimiter(config.launch_interval_s)
@@ -165,15 +165,20 @@ class Cloud:
         to_boot = []
         with self.lock:
             for inst in list(self.instances.values()):
-                if inst.status == "booting" and inst.id not in self._booting \
-                        and now >= inst.launched_at + self.config.boot_s:
+                if (
+                    inst.status == "booting"
+                    and inst.id not in self._booting
+                    and now >= inst.launched_at + self.config.boot_s
+                ):
                     self._booting.add(inst.id)
                     to_boot.append(inst)
                 elif inst.status == "terminating" and now >= (inst.ended_at or now) + self.config.terminate_s:
                     inst.status = "terminated"
                     self._return_capacity(inst)
-                elif inst.status in ("terminated", "preempted") and \
-                        now >= (inst.ended_at or now) + self.config.terminate_s + self.config.linger_s:
+                elif (
+                    inst.status in ("terminated", "preempted")
+                    and now >= (inst.ended_at or now) + self.config.terminate_s + self.config.linger_s
+                ):
                     del self.instances[inst.id]
         for inst in to_boot:  # starting sshd takes a moment: not under the lock
             self._boot(inst)
@@ -205,9 +210,14 @@ class Cloud:
                 return
             inst.machine, inst.ip, inst.status = machine, machine.address, "active"
             inst.hostname = inst.hostname or machine.address
-            self.ledger.start(instance_id=inst.id, name=inst.name, instance_type=inst.instance_type,
-                              region=inst.region, at=time.time(),
-                              price_cents_per_hour=self.catalog.instance_types[inst.instance_type].price_cents_per_hour)
+            self.ledger.start(
+                instance_id=inst.id,
+                name=inst.name,
+                instance_type=inst.instance_type,
+                region=inst.region,
+                at=time.time(),
+                price_cents_per_hour=self.catalog.instance_types[inst.instance_type].price_cents_per_hour,
+            )
 
     def _free_addresses(self) -> Iterator[str]:
         first = int(ipaddress.IPv4Address(self.config.first_ip))
@@ -227,8 +237,9 @@ class Cloud:
 
     # -- instance types ---------------------------------------------------------------------------
     def has_capacity(self, instance_type: str, region: str) -> bool:
-        return self.capacity.get((instance_type, region), 0) > 0 and \
-            not self.faults.capacity_blocked(instance_type, region)
+        return self.capacity.get((instance_type, region), 0) > 0 and not self.faults.capacity_blocked(
+            instance_type, region
+        )
 
     def instance_types(self) -> dict[str, Any]:
         with self.lock:
@@ -243,29 +254,57 @@ class Cloud:
             }
 
     # -- instances --------------------------------------------------------------------------------
-    def launch(self, *, region: str, instance_type: str, ssh_key_names: list[str], name: str | None,
-               hostname: str | None = None, tags: list[dict] | None = None) -> str:
+    def launch(
+        self,
+        *,
+        region: str,
+        instance_type: str,
+        ssh_key_names: list[str],
+        name: str | None,
+        hostname: str | None = None,
+        tags: list[dict] | None = None,
+    ) -> str:
         with self.lock:
             if instance_type not in self.catalog.instance_types:
-                raise ApiError(404, "global/object-does-not-exist", f"Instance type {instance_type!r} does not exist.",
-                               "Check GET /api/v1/instance-types for the instance types offered.")
+                raise ApiError(
+                    404,
+                    "global/object-does-not-exist",
+                    f"Instance type {instance_type!r} does not exist.",
+                    "Check GET /api/v1/instance-types for the instance types offered.",
+                )
             if region not in self.catalog.regions:
                 raise invalid(suggestion=f"Unknown region_name {region!r}.")
             keys = [k for k in self.ssh_keys.values() if k["name"] == ssh_key_names[0]]
             if not keys:
-                raise ApiError(404, "global/object-does-not-exist", f"SSH key {ssh_key_names[0]!r} does not exist.",
-                               "Add the key with POST /api/v1/ssh-keys, then try again.")
+                raise ApiError(
+                    404,
+                    "global/object-does-not-exist",
+                    f"SSH key {ssh_key_names[0]!r} does not exist.",
+                    "Add the key with POST /api/v1/ssh-keys, then try again.",
+                )
             if sum(1 for i in self.instances.values() if i.status in LIVE) >= self.config.quota:
-                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.",
-                               "Contact Support to increase your quota.")
+                raise ApiError(
+                    400, "global/quota-exceeded", "Quota exceeded.", "Contact Support to increase your quota."
+                )
             if not self.has_capacity(instance_type, region):
-                raise ApiError(400, "instance-operations/launch/insufficient-capacity",
-                               "Not enough capacity to fulfill launch request.",
-                               "Try another region or instance type, or try again later.")
+                raise ApiError(
+                    400,
+                    "instance-operations/launch/insufficient-capacity",
+                    "Not enough capacity to fulfill launch request.",
+                    "Try another region or instance type, or try again later.",
+                )
             self.capacity[(instance_type, region)] -= 1
-            inst = SimInstance(id=secrets.token_hex(16), name=name, instance_type=instance_type, region=region,
-                               ssh_key_names=list(ssh_key_names), public_key=keys[0]["public_key"],
-                               launched_at=time.time(), hostname=hostname, tags=list(tags or []))
+            inst = SimInstance(
+                id=secrets.token_hex(16),
+                name=name,
+                instance_type=instance_type,
+                region=region,
+                ssh_key_names=list(ssh_key_names),
+                public_key=keys[0]["public_key"],
+                launched_at=time.time(),
+                hostname=hostname,
+                tags=list(tags or []),
+            )
             self.instances[inst.id] = inst
             log.info("launched %s (%s, %s, name=%r)", inst.id, instance_type, region, name)
             return inst.id
@@ -343,8 +382,9 @@ class Cloud:
             if any(k["name"] == name for k in self.ssh_keys.values()):
                 raise invalid("SSH key name already in use.", "Choose another name or delete the existing key.")
             if len(self.ssh_keys) >= 1024:
-                raise ApiError(400, "global/quota-exceeded", "Quota exceeded.",
-                               "An account holds at most 1024 SSH keys.")
+                raise ApiError(
+                    400, "global/quota-exceeded", "Quota exceeded.", "An account holds at most 1024 SSH keys."
+                )
             key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key.strip()}
             self.ssh_keys[key["id"]] = key
             out = dict(key)
@@ -361,8 +401,11 @@ class Cloud:
         booting = inst.status == "booting"
         gone = inst.status in ("terminating", "terminated", "preempted")
         reason = "vm-has-not-launched" if booting else "vm-is-terminating" if gone else None
-        action = {"available": False, "reason_code": reason,
-                  "reason_description": reason.replace("-", " ")} if reason else {"available": True}
+        action = (
+            {"available": False, "reason_code": reason, "reason_description": reason.replace("-", " ")}
+            if reason
+            else {"available": True}
+        )
         data: dict[str, Any] = {
             "id": inst.id,
             "status": inst.status,
@@ -385,11 +428,17 @@ class Cloud:
     def machines(self) -> builtins.list[dict[str, Any]]:
         """Simulator-only view: where each instance's sshd and disk are."""
         with self.lock:
-            return [{
-                "id": i.id, "name": i.name, "status": i.status, "address": i.ip,
-                "ssh_port": self.config.ssh_port,
-                "sshd_pid": i.machine.sshd_pid if i.machine else None,
-                "root": str(self.state_dir / "instances" / i.id),
-                "disk": str(self.state_dir / "instances" / i.id / "disk"),
-                "host_public_key": i.machine.host_public_key if i.machine else None,
-            } for i in self.instances.values()]
+            return [
+                {
+                    "id": i.id,
+                    "name": i.name,
+                    "status": i.status,
+                    "address": i.ip,
+                    "ssh_port": self.config.ssh_port,
+                    "sshd_pid": i.machine.sshd_pid if i.machine else None,
+                    "root": str(self.state_dir / "instances" / i.id),
+                    "disk": str(self.state_dir / "instances" / i.id / "disk"),
+                    "host_public_key": i.machine.host_public_key if i.machine else None,
+                }
+                for i in self.instances.values()
+            ]

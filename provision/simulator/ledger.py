@@ -70,11 +70,20 @@ class Ledger:
                 entry.ended_at = max(entry.started_at, last_write)
             self._entries[entry.instance_id] = entry
 
-    def start(self, *, instance_id: str, name: str | None, instance_type: str, region: str,
-              price_cents_per_hour: int, at: float) -> None:
+    def start(
+        self,
+        *,
+        instance_id: str,
+        name: str | None,
+        instance_type: str,
+        region: str,
+        price_cents_per_hour: int,
+        at: float,
+    ) -> None:
         with self._lock:
-            self._entries[instance_id] = LedgerEntry(instance_id, name, instance_type, region,
-                                                     price_cents_per_hour, started_at=at)
+            self._entries[instance_id] = LedgerEntry(
+                instance_id, name, instance_type, region, price_cents_per_hour, started_at=at
+            )
             self._save()
 
     def stop(self, instance_id: str, *, at: float) -> None:
@@ -112,5 +121,6 @@ class Ledger:
 
     def _save(self) -> None:
         if self.path is not None:
-            write_json(self.path, {"minute_seconds": self.minute_s,
-                                   "entries": [asdict(e) for e in self._entries.values()]})
+            write_json(
+                self.path, {"minute_seconds": self.minute_s, "entries": [asdict(e) for e in self._entries.values()]}
+            )

@@ -90,9 +90,7 @@ class Faults:
         return None
 
     def capacity_blocked(self, instance_type: str, region: str) -> bool:
-        return any(
-            t in ("*", instance_type) and r in ("*", region) for t, r in self.no_capacity
-        )
+        return any(t in ("*", instance_type) and r in ("*", region) for t, r in self.no_capacity)
 
     def describe(self) -> dict:
         return {

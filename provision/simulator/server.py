@@ -59,8 +59,7 @@ class SimulatorServer:
     Usable as a context manager.
     """
 
-    def __init__(self, config: SimConfig, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning"):
+    def __init__(self, config: SimConfig, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.cloud = Cloud(config)
         self.app = create_app(self.cloud)
         # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only
@@ -77,8 +76,9 @@ class SimulatorServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> "SimulatorServer":
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="simulator", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:

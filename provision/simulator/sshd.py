@@ -63,8 +63,9 @@ def write_host_key(path: Path) -> str:
 def generate_key_pair(comment: str) -> tuple[str, str]:
     """A new ed25519 pair as (OpenSSH private key text, public key line)."""
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, f"{public.decode()} {comment}".strip()
 
@@ -110,7 +111,7 @@ class Machine:
         # Debian's bash reads ~/.bashrc for commands run by sshd: start sessions in the disk,
         # as a real machine starts them in $HOME.
         (self.disk / ".bashrc").write_text(
-            '# simulated instance: sessions start in the instance disk ($HOME)\n'
+            "# simulated instance: sessions start in the instance disk ($HOME)\n"
             'case "$PWD" in "$HOME"*) ;; *) cd "$HOME" 2>/dev/null ;; esac\n'
         )
         self.host_public_key = write_host_key(self.etc / "ssh_host_ed25519_key")
@@ -118,27 +119,29 @@ class Machine:
     # -- sshd -------------------------------------------------------------------------------------
     def _config(self, address: str, port: int) -> Path:
         env = f"{INSTANCE_ENV}={self.instance_id} {SIM_ENV}={self.sim_tag} HOME={self.disk}"
-        text = "\n".join([
-            f"ListenAddress {address}",
-            f"Port {port}",
-            f"HostKey {self.etc / 'ssh_host_ed25519_key'}",
-            f"AuthorizedKeysFile {self.etc / 'authorized_keys'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "PidFile none",
-            "PrintMotd no",
-            "X11Forwarding no",
-            "AllowAgentForwarding no",
-            "MaxStartups 50:30:100",
-            "LogLevel INFO",
-            f"SetEnv {env}",
-            f"Subsystem sftp internal-sftp -d {self.disk}",
-            "",
-        ])
+        text = "\n".join(
+            [
+                f"ListenAddress {address}",
+                f"Port {port}",
+                f"HostKey {self.etc / 'ssh_host_ed25519_key'}",
+                f"AuthorizedKeysFile {self.etc / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                "PidFile none",
+                "PrintMotd no",
+                "X11Forwarding no",
+                "AllowAgentForwarding no",
+                "MaxStartups 50:30:100",
+                "LogLevel INFO",
+                f"SetEnv {env}",
+                f"Subsystem sftp internal-sftp -d {self.disk}",
+                "",
+            ]
+        )
         path = self.etc / "sshd_config"
         path.write_text(text)
         return path
@@ -148,13 +151,16 @@ class Machine:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         config = self._config(address, port)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), INSTANCE_ENV: self.instance_id,
-               SIM_ENV: self.sim_tag}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), INSTANCE_ENV: self.instance_id, SIM_ENV: self.sim_tag}
         log_path = self.etc / "sshd.log"
         self._proc = subprocess.Popen(
             [sshd, "-D", "-f", str(config), "-E", str(log_path)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=self.disk, start_new_session=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.disk,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while True:

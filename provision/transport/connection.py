@@ -59,8 +59,9 @@ class SshTarget:
         return f"{self.user}@{host_key_name(self.host, self.port)}"
 
 
-def make_connection(target: SshTarget, known_hosts: PinnedHostKeys,
-                    timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS) -> Connection:
+def make_connection(
+    target: SshTarget, known_hosts: PinnedHostKeys, timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS
+) -> Connection:
     """A fabric `Connection` to `target` with timeouts and pinned host keys. Does not connect yet."""
     config = Config(
         ssh_config=SSHConfig(),  # an explicit empty ssh_config: ~/.ssh/config is not read
@@ -117,8 +118,9 @@ def open_connection(conn: Connection, known_hosts: PinnedHostKeys, *, keepalive_
         conn.transport.set_keepalive(int(keepalive_s))
 
 
-def wait_for_ssh(conn: Connection, known_hosts: PinnedHostKeys, *, deadline: float,
-                 interval_s: float = 2.0, keepalive_s: int = 15) -> None:
+def wait_for_ssh(
+    conn: Connection, known_hosts: PinnedHostKeys, *, deadline: float, interval_s: float = 2.0, keepalive_s: int = 15
+) -> None:
     """Retry opening `conn` until it works or `deadline` (a `time.monotonic()` value) passes.
 
     Blocks. A refused key is retried too (a cloud machine installs the key while it boots).
@@ -141,8 +143,7 @@ def wait_for_ssh(conn: Connection, known_hosts: PinnedHostKeys, *, deadline: flo
         left = deadline - time.monotonic()
         if left <= 0:
             raise NodeUnreachable(
-                f"{conn.user}@{host_key_name(conn.host, conn.port)}: no SSH after {attempts} "
-                f"attempts: {last}"
+                f"{conn.user}@{host_key_name(conn.host, conn.port)}: no SSH after {attempts} attempts: {last}"
             ) from None
         time.sleep(min(interval_s, left))
 
@@ -161,26 +162,45 @@ class SshNode(Node):
     `close` is safe to call more than once; the next operation reconnects.
     """
 
-    def __init__(self, connection: Connection, known_hosts: PinnedHostKeys, *,
-                 label: str | None = None, timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS):
-        super().__init__(connection, label=label or f"{connection.user}@{connection.host}",
-                         command_timeout=timeouts.command_s)
+    def __init__(
+        self,
+        connection: Connection,
+        known_hosts: PinnedHostKeys,
+        *,
+        label: str | None = None,
+        timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS,
+    ):
+        super().__init__(
+            connection, label=label or f"{connection.user}@{connection.host}", command_timeout=timeouts.command_s
+        )
         self.known_hosts = known_hosts
         self.timeouts = timeouts
 
     @classmethod
-    def to(cls, target: SshTarget, known_hosts: PinnedHostKeys, *, label: str | None = None,
-           timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS) -> "SshNode":
-        return cls(make_connection(target, known_hosts, timeouts), known_hosts,
-                   label=label or target.label, timeouts=timeouts)
+    def to(
+        cls,
+        target: SshTarget,
+        known_hosts: PinnedHostKeys,
+        *,
+        label: str | None = None,
+        timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS,
+    ) -> "SshNode":
+        return cls(
+            make_connection(target, known_hosts, timeouts), known_hosts, label=label or target.label, timeouts=timeouts
+        )
 
     def connect(self) -> None:
         open_connection(self.runner, self.known_hosts, keepalive_s=self.timeouts.keepalive_s)
 
     def wait_for_ssh(self, deadline: float, *, interval_s: float = 2.0) -> None:
         """Block until SSH answers or `deadline` (`time.monotonic()`) passes (`NodeUnreachable`)."""
-        wait_for_ssh(self.runner, self.known_hosts, deadline=deadline, interval_s=interval_s,
-                     keepalive_s=self.timeouts.keepalive_s)
+        wait_for_ssh(
+            self.runner,
+            self.known_hosts,
+            deadline=deadline,
+            interval_s=interval_s,
+            keepalive_s=self.timeouts.keepalive_s,
+        )
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:
         self.connect()

@@ -23,8 +23,15 @@ from urllib.parse import unquote, urlparse
 from trainer.artifacts.errors import ArtifactError, IntegrityError, TransferError
 from trainer.artifacts.store import ArtifactStore, TransferStats
 
-__all__ = ["open_store", "split_uri", "ArtifactStore", "TransferStats", "ArtifactError",
-           "IntegrityError", "TransferError"]
+__all__ = [
+    "open_store",
+    "split_uri",
+    "ArtifactStore",
+    "TransferStats",
+    "ArtifactError",
+    "IntegrityError",
+    "TransferError",
+]
 
 
 def split_uri(uri: str) -> tuple[str, str, str]:
@@ -32,8 +39,7 @@ def split_uri(uri: str) -> tuple[str, str, str]:
     u = urlparse(uri)
     if u.scheme == "file":
         if u.netloc not in ("", "localhost") or not u.path.startswith("/"):
-            raise ArtifactError(f"artifact URI {uri!r}: a file:// URI needs an absolute path "
-                                f"(file:///data/artifacts)")
+            raise ArtifactError(f"artifact URI {uri!r}: a file:// URI needs an absolute path (file:///data/artifacts)")
         return "file", "", unquote(u.path)
     if u.scheme == "s3":
         if not u.netloc or u.query or u.fragment:
@@ -42,8 +48,9 @@ def split_uri(uri: str) -> tuple[str, str, str]:
     raise ArtifactError(f"artifact URI {uri!r}: the scheme must be file:// or s3://")
 
 
-def open_store(uri: str, *, endpoint_url: str | None = None, credentials: dict | None = None,
-               **options) -> ArtifactStore:
+def open_store(
+    uri: str, *, endpoint_url: str | None = None, credentials: dict | None = None, **options
+) -> ArtifactStore:
     """The store rooted at `uri`.
 
     file:///abs/path       a local folder (created on first write).
@@ -56,6 +63,8 @@ def open_store(uri: str, *, endpoint_url: str | None = None, credentials: dict |
     scheme, bucket, path = split_uri(uri)
     if scheme == "file":
         from trainer.artifacts.file import FileStore
+
         return FileStore(Path(path))
     from trainer.artifacts.s3 import S3Store  # imports boto3: only for s3://
+
     return S3Store(bucket, path, endpoint_url=endpoint_url, credentials=credentials, **options)

@@ -39,8 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m trainer.artifacts", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(
+        prog="python -m trainer.artifacts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (s3:// only)")
     common.add_argument("--part-size-mib", type=int, default=16, help="multipart part size (min 5)")

@@ -1,10 +1,10 @@
 """The artifact store's errors, part of the trainer's tree (so the CLIs print one line).
 
-    TrainerError (exit 2)
-    └── ArtifactError          a bad URI or key, or a missing checkpoint/object
-        ├── IntegrityError     bytes that do not match their manifest / sha256 (local or remote)
-        └── TransferError      the store could not be reached or kept failing after retries (exit 1:
-                               an infrastructure failure, not bad input; retrying later may work)
+TrainerError (exit 2)
+└── ArtifactError          a bad URI or key, or a missing checkpoint/object
+    ├── IntegrityError     bytes that do not match their manifest / sha256 (local or remote)
+    └── TransferError      the store could not be reached or kept failing after retries (exit 1:
+                           an infrastructure failure, not bad input; retrying later may work)
 """
 
 from __future__ import annotations

@@ -50,8 +50,7 @@ class FileStore(ArtifactStore):
             return None
         return ObjectInfo(size=p.stat().st_size, sha256=mf.sha256_file(p))
 
-    def _upload(self, local: Path, key: str, size: int, sha256: str | None,
-                stats: TransferStats) -> str:
+    def _upload(self, local: Path, key: str, size: int, sha256: str | None, stats: TransferStats) -> str:
         dest = self._path(key)
         for stale in dest.parent.glob(f".{dest.name}{_PARTIAL}*") if dest.parent.is_dir() else []:
             stale.unlink(missing_ok=True)  # left by a copy that was killed part-way
@@ -66,8 +65,10 @@ class FileStore(ArtifactStore):
                 os.fsync(out.fileno())
             got = h.hexdigest()
             if sha256 is not None and got != sha256:
-                raise IntegrityError(f"{local} has sha256 {got}, its manifest says {sha256}: the local "
-                                     f"file changed or is corrupt; nothing was stored")
+                raise IntegrityError(
+                    f"{local} has sha256 {got}, its manifest says {sha256}: the local "
+                    f"file changed or is corrupt; nothing was stored"
+                )
             if tmp.stat().st_size != size:
                 raise IntegrityError(f"{local} changed size while it was copied")
             self._commit(tmp, dest)

@@ -49,8 +49,15 @@ def fsync_file(path: str | Path) -> None:
 
 def check_file_name(name: str, where: str) -> str:
     """A manifest names plain files inside its folder; anything else could write outside it."""
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
-            or "\\" in name or "\0" in name or name == MANIFEST):
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name == MANIFEST
+    ):
         raise CheckpointError(f"{where}: the manifest lists an invalid file name {name!r}")
     return name
 
@@ -68,8 +75,13 @@ def parse(data: bytes | str, where: str) -> dict:
         raise CheckpointError(f"{where}: unknown manifest format {manifest.get('format')!r}")
     for name, meta in files.items():
         check_file_name(name, where)
-        if (not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or meta["bytes"] < 0
-                or not isinstance(meta.get("sha256"), str) or len(meta["sha256"]) != 64):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("bytes"), int)
+            or meta["bytes"] < 0
+            or not isinstance(meta.get("sha256"), str)
+            or len(meta["sha256"]) != 64
+        ):
             raise CheckpointError(f"{where}: the manifest entry for {name} is malformed")
     return manifest
 
@@ -93,8 +105,9 @@ def verify(ckpt: str | Path) -> dict:
             raise CheckpointError(f"checkpoint {ckpt}: {name} is missing")
         size = f.stat().st_size
         if size != meta["bytes"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is {size} bytes, the manifest says "
-                                  f"{meta['bytes']} (truncated or corrupt)")
+            raise CheckpointError(
+                f"checkpoint {ckpt}: {name} is {size} bytes, the manifest says {meta['bytes']} (truncated or corrupt)"
+            )
         if sha256_file(f) != meta["sha256"]:
             raise CheckpointError(f"checkpoint {ckpt}: {name} does not match its sha256 (corrupt)")
     return manifest

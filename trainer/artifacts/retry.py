@@ -23,16 +23,30 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def with_retries(fn: Callable[[], T], *, what: str, is_transient: Callable[[BaseException], bool],
-                 attempts: int = 5, base_s: float = 0.2, cap_s: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    is_transient: Callable[[BaseException], bool],
+    attempts: int = 5,
+    base_s: float = 0.2,
+    cap_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call fn(); on a transient error wait and call again, at most `attempts` times in all.
 
     A transient error on the last try becomes TransferError; any other error is raised at once."""
+
     def before_sleep(state: tenacity.RetryCallState) -> None:
         assert state.outcome is not None and state.next_action is not None  # tenacity sets both first
-        log.warning("%s failed (%s); retry %d/%d in %.2fs", what, state.outcome.exception(),
-                    state.attempt_number, attempts - 1, state.next_action.sleep)
+        log.warning(
+            "%s failed (%s); retry %d/%d in %.2fs",
+            what,
+            state.outcome.exception(),
+            state.attempt_number,
+            attempts - 1,
+            state.next_action.sleep,
+        )
 
     def give_up(state: tenacity.RetryCallState) -> T:  # only after a transient error on the last try
         assert state.outcome is not None
@@ -42,6 +56,9 @@ def with_retries(fn: Callable[[], T], *, what: str, is_transient: Callable[[Base
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max(1, attempts)),
         wait=tenacity.wait_random_exponential(multiplier=base_s, max=cap_s),
-        retry=tenacity.retry_if_exception(is_transient), sleep=sleep, before_sleep=before_sleep,
-        retry_error_callback=give_up)
+        retry=tenacity.retry_if_exception(is_transient),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+    )
     return retrying(fn)

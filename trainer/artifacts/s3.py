@@ -66,8 +66,17 @@ MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 # boto3's own defaults; measured against moto on loopback, larger parts were slower, not faster.
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 10
-_TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable",
-                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed", "503", "500"}
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+}
 
 
 class AccessDenied(ArtifactError):
@@ -114,7 +123,8 @@ def _same_checksum(server: str, ours: str) -> bool:
 def client_config(concurrency: int, path_style: bool) -> Config:
     """Timeouts on every call; botocore retries each request (standard mode) before ours."""
     return Config(
-        connect_timeout=10, read_timeout=120,
+        connect_timeout=10,
+        read_timeout=120,
         retries={"max_attempts": 5, "mode": "standard"},
         max_pool_connections=max(10, 2 * concurrency + 2),
         s3={"addressing_style": "path" if path_style else "auto"},
@@ -125,10 +135,19 @@ def client_config(concurrency: int, path_style: bool) -> Config:
 
 
 class S3Store(ArtifactStore):
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 credentials: dict | None = None, region: str | None = None,
-                 part_size: int = DEFAULT_PART_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
-                 state_dir: str | Path | None = None, attempts: int = 5):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        credentials: dict | None = None,
+        region: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        state_dir: str | Path | None = None,
+        attempts: int = 5,
+    ):
         if part_size < MIN_PART_SIZE:
             raise ArtifactError(f"part size {part_size} is below S3's minimum of {MIN_PART_SIZE} bytes")
         if concurrency < 1:
@@ -137,20 +156,27 @@ class S3Store(ArtifactStore):
         self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.part_size, self.concurrency, self.attempts = part_size, concurrency, attempts
         self.endpoint_url = endpoint_url
-        self.state_dir = Path(state_dir or os.environ.get("TRAINYARD_ARTIFACT_STATE_DIR")
-                              or Path.home() / ".cache" / "trainyard" / "uploads")
+        self.state_dir = Path(
+            state_dir
+            or os.environ.get("TRAINYARD_ARTIFACT_STATE_DIR")
+            or Path.home() / ".cache" / "trainyard" / "uploads"
+        )
         creds = credentials or {}
         session = boto3.session.Session(
             aws_access_key_id=creds.get("access_key_id"),
             aws_secret_access_key=creds.get("secret_access_key"),
             aws_session_token=creds.get("session_token"),
-            region_name=region or creds.get("region") or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            region_name=region
+            or creds.get("region")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
         )
         # Path-style addressing for custom endpoints: a loopback or in-cluster server has no
         # wildcard DNS for bucket.host names.
-        self.client = session.client("s3", endpoint_url=endpoint_url,
-                                     config=client_config(concurrency, endpoint_url is not None))
+        self.client = session.client(
+            "s3", endpoint_url=endpoint_url, config=client_config(concurrency, endpoint_url is not None)
+        )
 
     # --- helpers -----------------------------------------------------------------------------------
     def _key(self, key: str) -> str:
@@ -159,16 +185,23 @@ class S3Store(ArtifactStore):
     def _call(self, what: str, fn, *args, **kwargs) -> Any:
         """One API call with our retries on top of botocore's; access errors become one line."""
         try:
-            return with_retries(lambda: fn(*args, **kwargs), what=what, is_transient=is_transient,
-                                attempts=self.attempts)
+            return with_retries(
+                lambda: fn(*args, **kwargs), what=what, is_transient=is_transient, attempts=self.attempts
+            )
         except NoCredentialsError:
-            raise ArtifactError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
-                                f"AWS_SECRET_ACCESS_KEY, or pass credentials)") from None
+            raise ArtifactError(
+                f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass credentials)"
+            ) from None
         except ClientError as e:
             if _code(e) in ("AccessDenied", "403"):
                 raise AccessDenied(f"{what}: access denied") from None
-            if _code(e) in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                            "ExpiredToken", "TokenRefreshRequired"):
+            if _code(e) in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "InvalidToken",
+                "ExpiredToken",
+                "TokenRefreshRequired",
+            ):
                 raise ArtifactError(f"{what}: credentials refused ({_code(e)})") from None
             if _code(e) == "NoSuchBucket":
                 raise ArtifactError(f"{what}: bucket {self.bucket} does not exist") from None
@@ -177,8 +210,7 @@ class S3Store(ArtifactStore):
     # --- primitives --------------------------------------------------------------------------------
     def _stat(self, key: str) -> ObjectInfo | None:
         try:
-            r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object,
-                           Bucket=self.bucket, Key=self._key(key))
+            r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
         except AccessDenied:
             # 403: without s3:ListBucket (a node's grant has none) S3 answers 403 for a key that
             # does not exist. Taken as absent: an upload then fails on its PUT if the key is
@@ -192,14 +224,21 @@ class S3Store(ArtifactStore):
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         digest = hashlib.sha256(data).digest()
-        self._call(f"PUT {self.uri_of(key)}", self.client.put_object, Bucket=self.bucket,
-                   Key=self._key(key), Body=data, ChecksumSHA256=_b64(digest),
-                   Metadata={"sha256": digest.hex()})
+        self._call(
+            f"PUT {self.uri_of(key)}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumSHA256=_b64(digest),
+            Metadata={"sha256": digest.hex()},
+        )
 
     def _get_bytes(self, key: str) -> bytes | None:
         def fetch() -> bytes:
             r = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return r["Body"].read()  # inside the retry: a body cut off mid-read is fetched again
+
         try:
             return self._call(f"GET {self.uri_of(key)}", fetch)
         except AccessDenied:
@@ -211,8 +250,9 @@ class S3Store(ArtifactStore):
 
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
-            r = self._call(f"GET {self.uri_of(key)}", self.client.get_object, Bucket=self.bucket,
-                           Key=self._key(join_key(key)))
+            r = self._call(
+                f"GET {self.uri_of(key)}", self.client.get_object, Bucket=self.bucket, Key=self._key(join_key(key))
+            )
         except ClientError as e:
             if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
                 raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
@@ -236,35 +276,47 @@ class S3Store(ArtifactStore):
                 return
 
     def _delete_key(self, key: str) -> None:
-        self._call(f"DELETE {self.uri_of(key)}", self.client.delete_object,
-                   Bucket=self.bucket, Key=self._key(key))
+        self._call(f"DELETE {self.uri_of(key)}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def _delete_prefix(self, prefix: str) -> None:
         keys = [self._key(k) for k in self._list_keys(prefix)]
         for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-            self._call(f"DELETE {self.uri_of(prefix)}/*", self.client.delete_objects,
-                       Bucket=self.bucket,
-                       Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-        ups = self._call("LIST uploads", self.client.list_multipart_uploads, Bucket=self.bucket,
-                         Prefix=self._key(prefix) + "/")
+            self._call(
+                f"DELETE {self.uri_of(prefix)}/*",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+            )
+        ups = self._call(
+            "LIST uploads", self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix) + "/"
+        )
         for up in ups.get("Uploads", []):
-            self._call("ABORT upload", self.client.abort_multipart_upload, Bucket=self.bucket,
-                       Key=up["Key"], UploadId=up["UploadId"])
+            self._call(
+                "ABORT upload",
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=up["Key"],
+                UploadId=up["UploadId"],
+            )
 
     def _download(self, key: str, dest: Path) -> None:
         # s3transfer: parallel ranged GETs, each retried; the caller re-hashes the whole file.
-        cfg = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
-                             max_concurrency=self.concurrency, num_download_attempts=self.attempts)
+        cfg = TransferConfig(
+            multipart_threshold=self.part_size,
+            multipart_chunksize=self.part_size,
+            max_concurrency=self.concurrency,
+            num_download_attempts=self.attempts,
+        )
         try:
-            self._call(f"GET {self.uri_of(key)}", self.client.download_file, self.bucket,
-                       self._key(key), str(dest), Config=cfg)
+            self._call(
+                f"GET {self.uri_of(key)}", self.client.download_file, self.bucket, self._key(key), str(dest), Config=cfg
+            )
         except ClientError as e:
             if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
                 raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
             raise
 
-    def _upload(self, local: Path, key: str, size: int, sha256: str | None,
-                stats: TransferStats) -> str:
+    def _upload(self, local: Path, key: str, size: int, sha256: str | None, stats: TransferStats) -> str:
         if size <= self.part_size:
             got = self._upload_single(local, key, size, sha256)
         else:
@@ -273,43 +325,67 @@ class S3Store(ArtifactStore):
         stats.bytes_sent += size
         return got[0]
 
-    def _upload_single(self, local: Path, key: str, size: int,
-                       sha256: str | None) -> tuple[str, str, str]:
+    def _upload_single(self, local: Path, key: str, size: int, sha256: str | None) -> tuple[str, str, str]:
         data = local.read_bytes()
         digest = hashlib.sha256(data).digest()
         if len(data) != size or (sha256 is not None and digest.hex() != sha256):
-            raise IntegrityError(f"{local} has sha256 {digest.hex()} ({len(data)} bytes), its manifest "
-                                 f"says {sha256} ({size} bytes): nothing was stored")
-        self._call(f"PUT {self.uri_of(key)}", self.client.put_object, Bucket=self.bucket,
-                   Key=self._key(key), Body=data, ChecksumSHA256=_b64(digest),
-                   Metadata={"sha256": digest.hex()})
+            raise IntegrityError(
+                f"{local} has sha256 {digest.hex()} ({len(data)} bytes), its manifest "
+                f"says {sha256} ({size} bytes): nothing was stored"
+            )
+        self._call(
+            f"PUT {self.uri_of(key)}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumSHA256=_b64(digest),
+            Metadata={"sha256": digest.hex()},
+        )
         return digest.hex(), "ChecksumSHA256", _b64(digest)
 
     def _check_stored(self, key: str, size: int, sha256: str, field: str, checksum: str) -> None:
         """HeadObject after an upload: the size, our recorded SHA-256, and the server's checksum."""
-        r = self._call(f"HEAD {self.uri_of(key)}", self.client.head_object, Bucket=self.bucket,
-                       Key=self._key(key), ChecksumMode="ENABLED")
+        r = self._call(
+            f"HEAD {self.uri_of(key)}",
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            ChecksumMode="ENABLED",
+        )
         server = r.get(field)
-        if (r["ContentLength"] != size or r.get("Metadata", {}).get("sha256") != sha256
-                or (server is not None and not _same_checksum(server, checksum))):
+        if (
+            r["ContentLength"] != size
+            or r.get("Metadata", {}).get("sha256") != sha256
+            or (server is not None and not _same_checksum(server, checksum))
+        ):
             self._delete_key(key)  # so a retry uploads it again instead of skipping it
-            raise IntegrityError(f"{self.uri_of(key)} does not match what was sent "
-                                 f"({r['ContentLength']} bytes, checksum {server}; sent {size} bytes, "
-                                 f"checksum {checksum})")
+            raise IntegrityError(
+                f"{self.uri_of(key)} does not match what was sent "
+                f"({r['ContentLength']} bytes, checksum {server}; sent {size} bytes, "
+                f"checksum {checksum})"
+            )
 
     def journal_path(self, local: Path, key: str, size: int, sha256: str | None) -> Path:
-        ident = "|".join([self.endpoint_url or "", self.bucket, self._key(key), str(local.resolve()),
-                          str(size), sha256 or "", str(self.part_size)])
+        ident = "|".join(
+            [
+                self.endpoint_url or "",
+                self.bucket,
+                self._key(key),
+                str(local.resolve()),
+                str(size),
+                sha256 or "",
+                str(self.part_size),
+            ]
+        )
         return self.state_dir / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
 
 
 class _MultipartUpload:
     """One file as a multipart upload: parallel parts, resumable through a journal file."""
 
-    def __init__(self, store: S3Store, local: Path, key: str, size: int, sha256: str | None,
-                 stats: TransferStats):
-        self.s, self.local, self.key, self.size, self.sha256, self.stats = (
-            store, local, key, size, sha256, stats)
+    def __init__(self, store: S3Store, local: Path, key: str, size: int, sha256: str | None, stats: TransferStats):
+        self.s, self.local, self.key, self.size, self.sha256, self.stats = (store, local, key, size, sha256, stats)
         self.bucket, self.obj = store.bucket, store._key(key)
         self.journal = store.journal_path(local, key, size, sha256)
         self.lock = threading.Lock()
@@ -353,8 +429,10 @@ class _MultipartUpload:
         got = whole.hexdigest()
         if len(parts) != n_parts or read != self.size or (self.sha256 and got != self.sha256):
             self._abort(upload_id)
-            raise IntegrityError(f"{self.local} has sha256 {got}, its manifest says {self.sha256}: the "
-                                 f"local file changed or is corrupt; nothing was stored")
+            raise IntegrityError(
+                f"{self.local} has sha256 {got}, its manifest says {self.sha256}: the "
+                f"local file changed or is corrupt; nothing was stored"
+            )
         ordered = [parts[i] for i in range(1, n_parts + 1)]
         self._complete(upload_id, ordered)
         self.journal.unlink(missing_ok=True)
@@ -362,14 +440,29 @@ class _MultipartUpload:
         return got, "ChecksumCRC32", f"{composite}-{n_parts}"
 
     def _create(self) -> str:
-        r = self.s._call(f"CREATE upload {self.s.uri_of(self.key)}", self.s.client.create_multipart_upload,
-                         Bucket=self.bucket, Key=self.obj, ChecksumAlgorithm="CRC32",
-                         ChecksumType="COMPOSITE",
-                         Metadata={"sha256": self.sha256} if self.sha256 else {})
+        r = self.s._call(
+            f"CREATE upload {self.s.uri_of(self.key)}",
+            self.s.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=self.obj,
+            ChecksumAlgorithm="CRC32",
+            ChecksumType="COMPOSITE",
+            Metadata={"sha256": self.sha256} if self.sha256 else {},
+        )
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
-        mf.fsync_write(tmp, json.dumps({"bucket": self.bucket, "key": self.obj, "upload_id": r["UploadId"],
-                                        "part_size": self.s.part_size, "local": str(self.local)}).encode())
+        mf.fsync_write(
+            tmp,
+            json.dumps(
+                {
+                    "bucket": self.bucket,
+                    "key": self.obj,
+                    "upload_id": r["UploadId"],
+                    "part_size": self.s.part_size,
+                    "local": str(self.local),
+                }
+            ).encode(),
+        )
         os.replace(tmp, self.journal)
         return r["UploadId"]
 
@@ -385,9 +478,14 @@ class _MultipartUpload:
         marker = 0
         try:
             while True:
-                page = self.s._call(f"LIST parts {self.s.uri_of(self.key)}", self.s.client.list_parts,
-                                    Bucket=self.bucket, Key=self.obj, UploadId=upload_id,
-                                    PartNumberMarker=marker)
+                page = self.s._call(
+                    f"LIST parts {self.s.uri_of(self.key)}",
+                    self.s.client.list_parts,
+                    Bucket=self.bucket,
+                    Key=self.obj,
+                    UploadId=upload_id,
+                    PartNumberMarker=marker,
+                )
                 for p in page.get("Parts", []):
                     done[p["PartNumber"]] = p
                 if not page.get("IsTruncated"):
@@ -412,17 +510,29 @@ class _MultipartUpload:
 
     def _send(self, upload_id: str, number: int, data: bytes, parts: dict[int, dict]) -> None:
         checksum = _crc32(data)
-        r = self.s._call(f"PUT part {number} of {self.s.uri_of(self.key)}", self.s.client.upload_part,
-                         Bucket=self.bucket, Key=self.obj, UploadId=upload_id, PartNumber=number,
-                         Body=data, ChecksumCRC32=checksum)
+        r = self.s._call(
+            f"PUT part {number} of {self.s.uri_of(self.key)}",
+            self.s.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.obj,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumCRC32=checksum,
+        )
         with self.lock:
             parts[number] = {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": checksum}
 
     def _complete(self, upload_id: str, ordered: list[dict]) -> None:
         try:
-            self.s._call(f"COMPLETE upload {self.s.uri_of(self.key)}",
-                         self.s.client.complete_multipart_upload, Bucket=self.bucket, Key=self.obj,
-                         UploadId=upload_id, MultipartUpload={"Parts": ordered})
+            self.s._call(
+                f"COMPLETE upload {self.s.uri_of(self.key)}",
+                self.s.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.obj,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": ordered},
+            )
         except ClientError as e:
             # A retried Complete whose first try did land answers NoSuchUpload; the HeadObject
             # check that follows tells whether the object is really there and whole.

@@ -42,9 +42,9 @@ class TransferStats:
     """What one operation moved; the CLIs print it as their JSON summary line."""
 
     files_sent: int = 0
-    files_skipped: int = 0    # already stored with the right size and SHA-256
+    files_skipped: int = 0  # already stored with the right size and SHA-256
     bytes_sent: int = 0
-    parts_reused: int = 0     # multipart parts found already uploaded by an interrupted attempt
+    parts_reused: int = 0  # multipart parts found already uploaded by an interrupted attempt
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -71,8 +71,7 @@ class ArtifactStore(ABC):
         """Size and recorded SHA-256 of an object, or None when there is none."""
 
     @abstractmethod
-    def _upload(self, local: Path, key: str, size: int, sha256: str | None,
-                stats: TransferStats) -> str:
+    def _upload(self, local: Path, key: str, size: int, sha256: str | None, stats: TransferStats) -> str:
         """Store a local file under key; returns its SHA-256 as streamed. When `sha256` is given a
         mismatch (the local file is not what its manifest says) stores nothing and raises
         IntegrityError. The stored object is checked before this returns."""
@@ -171,8 +170,9 @@ class ArtifactStore(ABC):
         where = self.uri_of(prefix)
         data = self._get_bytes(join_key(prefix, mf.MANIFEST))
         if data is None:
-            raise ArtifactError(f"{where} is not a committed checkpoint (no {mf.MANIFEST}, "
-                                f"or no permission to read it)")
+            raise ArtifactError(
+                f"{where} is not a committed checkpoint (no {mf.MANIFEST}, or no permission to read it)"
+            )
         manifest = mf.parse(data, where)
         local_dir = Path(local_dir)
         stats = TransferStats()
@@ -189,8 +189,7 @@ class ArtifactStore(ABC):
         (tmp / mf.MANIFEST).unlink(missing_ok=True)
         for name, meta in manifest["files"].items():
             dest = tmp / name
-            if (dest.is_file() and dest.stat().st_size == meta["bytes"]
-                    and mf.sha256_file(dest) == meta["sha256"]):
+            if dest.is_file() and dest.stat().st_size == meta["bytes"] and mf.sha256_file(dest) == meta["sha256"]:
                 stats.files_skipped += 1  # fetched by an interrupted earlier pull
                 continue
             part = tmp / f".{name}.part"
@@ -198,9 +197,11 @@ class ArtifactStore(ABC):
             got_size, got_sha = part.stat().st_size, mf.sha256_file(part)
             if got_size != meta["bytes"] or got_sha != meta["sha256"]:
                 part.unlink()
-                raise IntegrityError(f"{self.uri_of(join_key(prefix, name))} is {got_size} bytes with "
-                                     f"sha256 {got_sha[:12]}..., the manifest says {meta['bytes']} "
-                                     f"bytes, {meta['sha256'][:12]}... (corrupt in the store)")
+                raise IntegrityError(
+                    f"{self.uri_of(join_key(prefix, name))} is {got_size} bytes with "
+                    f"sha256 {got_sha[:12]}..., the manifest says {meta['bytes']} "
+                    f"bytes, {meta['sha256'][:12]}... (corrupt in the store)"
+                )
             mf.fsync_file(part)
             part.replace(dest)
             stats.files_sent += 1
@@ -242,8 +243,7 @@ class ArtifactStore(ABC):
         key, local = join_key(key), Path(local)
         info = self._stat(key)
         if info is None:
-            raise ArtifactError(f"{self.uri_of(key)} does not exist (or is not readable with these "
-                                f"credentials)")
+            raise ArtifactError(f"{self.uri_of(key)} does not exist (or is not readable with these credentials)")
         expected = sha256 or info.sha256
         local.parent.mkdir(parents=True, exist_ok=True)
         part = local.parent / f".{local.name}.part"
@@ -251,8 +251,7 @@ class ArtifactStore(ABC):
         got = mf.sha256_file(part)
         if expected is not None and got != expected:
             part.unlink()
-            raise IntegrityError(f"{self.uri_of(key)} has sha256 {got}, expected {expected} "
-                                 f"(corrupt in the store)")
+            raise IntegrityError(f"{self.uri_of(key)} has sha256 {got}, expected {expected} (corrupt in the store)")
         mf.fsync_file(part)
         part.replace(local)
         return got
@@ -271,6 +270,8 @@ def _read_local_manifest(local_dir: Path) -> tuple[bytes, dict]:
         if not f.is_file():
             raise CheckpointError(f"checkpoint {local_dir}: {name} is missing")
         if f.stat().st_size != meta["bytes"]:
-            raise CheckpointError(f"checkpoint {local_dir}: {name} is {f.stat().st_size} bytes, the "
-                                  f"manifest says {meta['bytes']} (truncated or corrupt)")
+            raise CheckpointError(
+                f"checkpoint {local_dir}: {name} is {f.stat().st_size} bytes, the "
+                f"manifest says {meta['bytes']} (truncated or corrupt)"
+            )
     return data, manifest

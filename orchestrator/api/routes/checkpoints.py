@@ -24,8 +24,10 @@ from trainer.artifacts import ArtifactError, ArtifactStore
 
 router = APIRouter(prefix="/runs/{run_id}/checkpoints", tags=["checkpoints"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "no such run, checkpoint or file"},
-           409: {"description": "the checkpoint is not in the store (not uploaded yet, or deleted)"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such run, checkpoint or file"},
+    409: {"description": "the checkpoint is not in the store (not uploaded yet, or deleted)"},
+}
 
 
 class CheckpointOut(BaseModel):
@@ -67,9 +69,20 @@ def _rows(session: Session, run_id: str) -> list[Checkpoint]:
 def _out(rows: list[Checkpoint]) -> list[CheckpointOut]:
     best_row = best_checkpoint(r for r in rows if r.state != CheckpointState.deleted.value)
     best = best_row.id if best_row is not None else None
-    return [CheckpointOut(step=r.step, tokens=r.tokens, val_loss=r.val_loss, bytes=r.bytes, uri=r.uri,
-                          state=r.state, best=r.id == best, stored_at=r.stored_at, created_at=r.created_at)
-            for r in rows]
+    return [
+        CheckpointOut(
+            step=r.step,
+            tokens=r.tokens,
+            val_loss=r.val_loss,
+            bytes=r.bytes,
+            uri=r.uri,
+            state=r.state,
+            best=r.id == best,
+            stored_at=r.stored_at,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
 
 
 def _stored(session: Session, run_id: str, step: int) -> tuple[CheckpointOut, str]:
@@ -78,8 +91,9 @@ def _stored(session: Session, run_id: str, step: int) -> tuple[CheckpointOut, st
     if out is None:
         raise NotFoundError(f"run {run_id} has no checkpoint of step {step}")
     if out.state != CheckpointState.stored.value:
-        raise ConflictError(f"the checkpoint of step {step} of run {run_id} is {out.state.replace('_', ' ')}, "
-                            f"not in the artifact store")
+        raise ConflictError(
+            f"the checkpoint of step {step} of run {run_id} is {out.state.replace('_', ' ')}, not in the artifact store"
+        )
     return out, out.uri
 
 
@@ -111,8 +125,10 @@ async def get_checkpoint(run_id: str, step: int, db: DbDep, request: Request) ->
     out, uri = await db.read(_stored, run_id, step)
     store, name = _store_and_name(request, uri)
     manifest = await anyio.to_thread.run_sync(_read_manifest, store, name, uri)
-    files = [StoredFile(name=n, bytes=int(f["bytes"]), sha256=str(f["sha256"]))
-             for n, f in sorted(manifest.get("files", {}).items())]
+    files = [
+        StoredFile(name=n, bytes=int(f["bytes"]), sha256=str(f["sha256"]))
+        for n, f in sorted(manifest.get("files", {}).items())
+    ]
     return CheckpointDetail(**out.model_dump(), files=files, manifest=manifest)
 
 

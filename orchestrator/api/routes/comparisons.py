@@ -32,11 +32,15 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=cs.ComparisonPublic,
-    responses={404: {"description": "a run does not exist"},
-               409: {"description": "a run has not succeeded"},
-               422: {"description": "a run has no IFT answers, or the runs answered different items"},
-               503: {"description": "the judge is off (no TRAINYARD_OPENAI_API_KEY)"}},
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=cs.ComparisonPublic,
+    responses={
+        404: {"description": "a run does not exist"},
+        409: {"description": "a run has not succeeded"},
+        422: {"description": "a run has no IFT answers, or the runs answered different items"},
+        503: {"description": "the judge is off (no TRAINYARD_OPENAI_API_KEY)"},
+    },
 )
 async def create_comparison(body: cs.ComparisonCreate, db: DbDep, settings: SettingsDep) -> cs.ComparisonPublic:
     """Compare runs' IFT answers (and baselines'), judged by the service; answers at once (pending)."""
@@ -52,15 +56,21 @@ async def get_comparison(comparison_id: str, db: DbDep) -> cs.ComparisonPublic:
     return await db.read(views.comparison_detail, comparison_id)
 
 
-@router.get("/{comparison_id}/report", response_model=ComparisonReport,
-            responses={**_NOT_FOUND, 409: {"description": "not judged (yet)"}})
+@router.get(
+    "/{comparison_id}/report",
+    response_model=ComparisonReport,
+    responses={**_NOT_FOUND, 409: {"description": "not judged (yet)"}},
+)
 async def get_comparison_report(comparison_id: str, db: DbDep) -> ComparisonReport:
     """Every judgement with its comments, the differences between models, the consistency report."""
     return await db.read(views.comparison_report, comparison_id)
 
 
-@answers_router.get("/{run_id}/answers", response_model=cs.IftAnswers,
-                    responses={404: {"description": "no such run, or it has no IFT answers"}})
+@answers_router.get(
+    "/{run_id}/answers",
+    response_model=cs.IftAnswers,
+    responses={404: {"description": "no such run, or it has no IFT answers"}},
+)
 async def get_ift_answers(run_id: str, db: DbDep) -> cs.IftAnswers:
     """The run's instruction-fine-tuned answers to the IFT test items, and the fine-tuning summary."""
     return await db.read(views.ift_answers, run_id)

@@ -44,10 +44,17 @@ def list_instance_types(
         raise ProviderUnavailableError(f"provider {provider} could not list instance types: {exc}") from exc
     finally:
         built.close()
-    return InstanceTypeList(provider=provider, instance_types=[
-        InstanceTypePublic(name=t.name, description=t.description, gpus=t.gpus,
-                           gpu_description=t.gpu_description,
-                           price_cents_per_hour=t.price_cents_per_hour,
-                           regions_with_capacity=list(t.regions_with_capacity))
-        for t in sorted(types, key=lambda t: (t.price_cents_per_hour, t.name))
-    ])
+    return InstanceTypeList(
+        provider=provider,
+        instance_types=[
+            InstanceTypePublic(
+                name=t.name,
+                description=t.description,
+                gpus=t.gpus,
+                gpu_description=t.gpu_description,
+                price_cents_per_hour=t.price_cents_per_hour,
+                regions_with_capacity=list(t.regions_with_capacity),
+            )
+            for t in sorted(types, key=lambda t: (t.price_cents_per_hour, t.name))
+        ],
+    )

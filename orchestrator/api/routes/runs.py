@@ -36,7 +36,9 @@ async def get_run(run_id: str, db: DbDep) -> schemas.RunDetail:
 
 
 @router.post(
-    "/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.RunDetail,
+    "/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.RunDetail,
     responses={**_ERRORS, 409: {"description": "the run already ended"}},
 )
 async def cancel_run(run_id: str, db: DbDep) -> schemas.RunDetail:
