@@ -53,7 +53,7 @@ Responder = Callable[[dict], "str | Reply"]
 
 @dataclass
 class FakeOpenAI:
-    reply: Responder = lambda body: "50"
+    reply: Responder = lambda _body: "50"
     requests: list[Recorded] = field(default_factory=list)
     base_url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,12 +76,14 @@ def _completion(model: str, text: str, reply: Reply, body: dict) -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
     }
 
@@ -104,7 +106,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (its timeout) before we answered
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             if self.path.rstrip("/") != "/v1/chat/completions":
@@ -117,8 +119,10 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if reply.delay_s:
                 time.sleep(reply.delay_s)
             if reply.status != 200:
-                self._send(reply.status, {"error": {"message": reply.error_message,
-                                                    "type": "invalid_request_error", "code": None}})
+                self._send(
+                    reply.status,
+                    {"error": {"message": reply.error_message, "type": "invalid_request_error", "code": None}},
+                )
                 return
             self._send(200, _completion(body.get("model", ""), reply.text, reply, body))
 
@@ -164,7 +168,9 @@ def reference(body: dict) -> str:
 def score_by_content(body: dict, score_of: Callable[[str, str], float]) -> str:
     """A comparative JSON answer giving each label `score_of(answer, reference)`."""
     ref = reference(body)
-    return json.dumps({
-        lab: {"score": score_of(text, ref), "comments": f"judged {text[:20]!r}"}
-        for lab, text in shown_answers(body).items()
-    })
+    return json.dumps(
+        {
+            lab: {"score": score_of(text, ref), "comments": f"judged {text[:20]!r}"}
+            for lab, text in shown_answers(body).items()
+        }
+    )

@@ -8,6 +8,7 @@ under test reaches it through boto3 over real HTTP exactly as it reaches AWS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -34,9 +35,12 @@ def moto_server(env: dict | None = None, timeout_s: float = 30.0) -> Iterator[st
     """Start moto's server on a free 127.0.0.1 port; yields its endpoint URL; stops it after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -65,26 +69,40 @@ def iam_moto_server(bucket: str) -> Iterator[tuple[str, dict]]:
     with moto_server() as url:
         iam = admin_client(url, "iam")
         iam.create_user(UserName="trainyard-service")
-        iam.put_user_policy(UserName="trainyard-service", PolicyName="service", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="trainyard-service",
+            PolicyName="service",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}],
+                }
+            ),
+        )
         key = iam.create_access_key(UserName="trainyard-service")["AccessKey"]
         admin_client(url).create_bucket(Bucket=bucket)
-        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
+        req = urllib.request.Request(
+            f"{url}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
         urllib.request.urlopen(req, timeout=10).read()
         yield url, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
 
 
-def admin_client(endpoint_url: str, service: str = "s3", key: str = ACCESS_KEY, secret: str = SECRET_KEY,
-                 token: str | None = None):
+def admin_client(
+    endpoint_url: str, service: str = "s3", key: str = ACCESS_KEY, secret: str = SECRET_KEY, token: str | None = None
+):
     import boto3
     from botocore.config import Config
 
-    return boto3.client(service, endpoint_url=endpoint_url, region_name="us-east-1",
-                        aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token,
-                        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2},
-                                      s3={"addressing_style": "path"}))
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
+    )
 
 
 class Proxy:
@@ -136,8 +154,6 @@ class Proxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()

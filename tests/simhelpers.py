@@ -39,9 +39,18 @@ TORCH_SITE = str(Path(importlib.util.find_spec("torch").origin).parent.parent)
 
 def sim_config(state_dir: Path, sshd: str, ssh_port: int, **overrides) -> SimConfig:
     values = dict(
-        state_dir=state_dir, catalog=load_catalog(), api_key=SecretStr(API_KEY), boot_s=BOOT_S,
-        terminate_s=0.2, linger_s=1.0, minute_s=MINUTE_S, launch_interval_s=LAUNCH_INTERVAL_S,
-        requests_per_s=0, quota=6, ssh_port=ssh_port, sshd=sshd,
+        state_dir=state_dir,
+        catalog=load_catalog(),
+        api_key=SecretStr(API_KEY),
+        boot_s=BOOT_S,
+        terminate_s=0.2,
+        linger_s=1.0,
+        minute_s=MINUTE_S,
+        launch_interval_s=LAUNCH_INTERVAL_S,
+        requests_per_s=0,
+        quota=6,
+        ssh_port=ssh_port,
+        sshd=sshd,
     )
     values.update(overrides)
     return SimConfig(**values)

@@ -69,8 +69,9 @@ class FakeNode(Node):
     def append(self, path: str, text: str) -> None:
         self.files[path] = self.files.get(path, "") + text
 
-    def set_proc(self, workdir: str, name: str, *, running: bool = False, exit_code: int | None = None,
-                 command: str = "") -> FakeProc:
+    def set_proc(
+        self, workdir: str, name: str, *, running: bool = False, exit_code: int | None = None, command: str = ""
+    ) -> FakeProc:
         """A process as if started earlier (its pid file written), running or ended."""
         proc = FakeProc(command, self._pid(), running=running, exit_code=None if running else exit_code)
         self.procs[_key(workdir, name)] = proc
@@ -100,13 +101,13 @@ class FakeNode(Node):
         self._next_pid += 1
         return self._next_pid
 
-    def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:  # noqa: ARG002 - Node's signature
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:
         self._check()
         words = shlex.split(command)
         # commands.log_tail and commands.failure_reason: tail -c N FILE 2>/dev/null
         if len(words) >= 4 and words[:2] == ["tail", "-c"] and words[2].isdigit():
             data = self.files.get(words[3], "").encode()
-            return data[-int(words[2]):].decode(errors="replace")
+            return data[-int(words[2]) :].decode(errors="replace")
         self.commands.append(command)
         return ""
 
@@ -158,7 +159,7 @@ class FakeNode(Node):
             return ProcessStatus(running=False, exit_code=proc.exit_code if proc else None)
         return ProcessStatus(running=True, exit_code=None)
 
-    def stop(self, *, workdir: str, name: str = "train", grace_s: int = 10) -> None:  # noqa: ARG002 - Node's signature
+    def stop(self, *, workdir: str, name: str = "train", grace_s: int = 10) -> None:
         self._check()
         self.stopped.append(name)
         proc = self.procs.get(_key(workdir, name))
@@ -167,11 +168,11 @@ class FakeNode(Node):
 
     def read_from(self, path: str, offset: int, max_bytes: int = 1 << 20) -> tuple[str, int]:
         self._check()
-        data = self.files.get(path, "").encode()[offset:offset + max_bytes]
+        data = self.files.get(path, "").encode()[offset : offset + max_bytes]
         cut = data.rfind(b"\n")
         if cut < 0:
             return "", offset
-        return data[:cut + 1].decode(), offset + cut + 1
+        return data[: cut + 1].decode(), offset + cut + 1
 
 
 def _key(workdir: str, name: str) -> str:
@@ -185,8 +186,15 @@ class FakeProvider(Provider):
     INSTANCE_TYPE = "gpu_1x_fake"
     REGION = "here"
 
-    def __init__(self, *, needs_bootstrap: bool = True, keeps_machines: bool = False,
-                 price_cents_per_hour: int = 120, capacity: bool = True, boot_reads: int = 0):
+    def __init__(
+        self,
+        *,
+        needs_bootstrap: bool = True,
+        keeps_machines: bool = False,
+        price_cents_per_hour: int = 120,
+        capacity: bool = True,
+        boot_reads: int = 0,
+    ):
         self.needs_bootstrap = needs_bootstrap
         self.keeps_machines = keeps_machines
         self.price_cents_per_hour = price_cents_per_hour
@@ -230,18 +238,33 @@ class FakeProvider(Provider):
     # -- Provider ---------------------------------------------------------------------------------
     def instance_types(self) -> list[InstanceType]:
         self._raise("instance_types")
-        return [InstanceType(self.INSTANCE_TYPE, "a fake GPU machine", 1, "1x fake", self.price_cents_per_hour,
-                             (self.REGION,) if self.capacity else ())]
+        return [
+            InstanceType(
+                self.INSTANCE_TYPE,
+                "a fake GPU machine",
+                1,
+                "1x fake",
+                self.price_cents_per_hour,
+                (self.REGION,) if self.capacity else (),
+            )
+        ]
 
     def launch(self, *, name: str, instance_type: str, region: str) -> Instance:
         self._raise("launch")
         n = len(self.launched) + 1
         # a provider without bootstrap says where a run lives and which Python runs it (as `local`)
         extra = {} if self.needs_bootstrap else {"workdir": f"/srv/runs/{name}", "python": "/usr/bin/python3"}
-        inst = Instance(id=f"i-{n:04d}", name=name, instance_type=instance_type, region=region,
-                        status=InstanceStatus.booting if self.boot_reads else InstanceStatus.active,
-                        price_cents_per_hour=self.price_cents_per_hour,
-                        public_ip=f"203.0.113.{n}", private_ip=f"10.0.0.{n}", extra=extra)
+        inst = Instance(
+            id=f"i-{n:04d}",
+            name=name,
+            instance_type=instance_type,
+            region=region,
+            status=InstanceStatus.booting if self.boot_reads else InstanceStatus.active,
+            price_cents_per_hour=self.price_cents_per_hour,
+            public_ip=f"203.0.113.{n}",
+            private_ip=f"10.0.0.{n}",
+            extra=extra,
+        )
         self.instances[inst.id] = inst
         self._booting[inst.id] = self.boot_reads
         self.launched.append(name)
@@ -281,8 +304,9 @@ class SyncTasks:
         self.cancelled: list[str] = []
         self._cancel: dict[str, threading.Event] = {}
 
-    def poll(self, run_id: str, key: str, work: Callable[[threading.Event], Any], *,
-             may_launch: bool = False) -> TaskOutcome:  # noqa: ARG002 - TaskPool's signature
+    def poll(
+        self, run_id: str, key: str, work: Callable[[threading.Event], Any], *, may_launch: bool = False
+    ) -> TaskOutcome:
         self.polls.append(key)
         try:
             value = work(self._cancel.setdefault(run_id, threading.Event()))
@@ -290,7 +314,7 @@ class SyncTasks:
             return TaskOutcome(done=True, error=exc)
         return TaskOutcome(done=True, value=value)
 
-    def cancel(self, run_id: str, *, wait_s: float = 0) -> None:  # noqa: ARG002 - TaskPool's signature
+    def cancel(self, run_id: str, *, wait_s: float = 0) -> None:
         self.cancelled.append(run_id)
         event = self._cancel.pop(run_id, None)
         if event is not None:

@@ -24,11 +24,17 @@ def instruction_data(n: int) -> list[dict]:
     for i in range(n):
         colour = colours[i % len(colours)]
         if i % 2:
-            items.append({"instruction": f"Name the colour of item {i}.", "input": "",
-                          "output": f"Item {i} is {colour}."})
+            items.append(
+                {"instruction": f"Name the colour of item {i}.", "input": "", "output": f"Item {i} is {colour}."}
+            )
         else:
-            items.append({"instruction": "Rewrite the sentence in the past tense.",
-                          "input": f"Item {i} is {colour}.", "output": f"Item {i} was {colour}."})
+            items.append(
+                {
+                    "instruction": "Rewrite the sentence in the past tense.",
+                    "input": f"Item {i} is {colour}.",
+                    "output": f"Item {i} was {colour}.",
+                }
+            )
     return items
 
 
@@ -70,12 +76,17 @@ class HubServer:
             def log_message(self, *args) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 hub.requests.append(self.path)
                 parts = self.path.strip("/").split("/")
                 # openai-community/<name>/resolve/main/<file>
-                if (len(parts) != 5 or parts[0] != "openai-community" or parts[1] not in HF_NAMES
-                        or parts[2:4] != ["resolve", "main"] or parts[4] not in hub.files):
+                if (
+                    len(parts) != 5
+                    or parts[0] != "openai-community"
+                    or parts[1] not in HF_NAMES
+                    or parts[2:4] != ["resolve", "main"]
+                    or parts[4] not in hub.files
+                ):
                     self.send_error(404)
                     return
                 body = hub.files[parts[4]]

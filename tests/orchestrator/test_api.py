@@ -10,13 +10,12 @@ import logging
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 
-from orchestrator.api.app import create_app
-from orchestrator.db.models import CostEntry, Instance, LogChunk, MetricPoint, Run, RunEvent, utcnow
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.models import CostEntry, Instance, LogChunk, MetricPoint, RunEvent, utcnow
+from orchestrator.db.session import transaction
 from orchestrator.settings import Settings
+from orchestrator_helpers import set_run
 
 SECRET = "sk-live-do-not-leak-4f1c9e"
 SPEC = {"name": "api-test", "training": {"max_tokens": 100_000}, "budget": {"max_usd": 5}}
@@ -27,30 +26,10 @@ def settings(db_url, tmp_path):
     return Settings(database_url=db_url, data_dir=tmp_path, lambda_api_key=SECRET, openai_api_key=SECRET)
 
 
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def db(db_url):
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
 def submit(client, **changes) -> dict:
     r = client.post("/api/v1/runs", json={**SPEC, **changes})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def set_run(db, run_id: str, **columns) -> None:
-    with transaction(db) as s:
-        run = s.get(Run, run_id)
-        for k, v in columns.items():
-            setattr(run, k, v)
 
 
 def test_submit_returns_the_pending_run_and_records_the_event(client):
@@ -86,11 +65,11 @@ def test_a_body_that_is_not_json_is_422(client):
     assert client.get("/api/v1/runs").json()["total"] == 0
 
 
-def test_list_filters_by_status_and_pages_newest_first(client, db):
+def test_list_filters_by_status_and_pages_newest_first(client, factory):
     ids = [submit(client, name=f"run-{i}")["id"] for i in range(5)]
-    set_run(db, ids[0], status="training")
-    set_run(db, ids[1], status="training")
-    set_run(db, ids[2], status="succeeded")
+    set_run(factory, ids[0], status="training")
+    set_run(factory, ids[1], status="training")
+    set_run(factory, ids[2], status="succeeded")
 
     all_runs = client.get("/api/v1/runs").json()
     assert all_runs["total"] == 5
@@ -108,7 +87,9 @@ def test_list_filters_by_status_and_pages_newest_first(client, db):
     assert page3["total"] == 5 and len(page3["runs"]) == 1
 
 
-@pytest.mark.parametrize("params, field", [({"status": "bogus"}, "status"), ({"limit": 0}, "limit"), ({"offset": -1}, "offset")])
+@pytest.mark.parametrize(
+    "params, field", [({"status": "bogus"}, "status"), ({"limit": 0}, "limit"), ({"offset": -1}, "offset")]
+)
 def test_bad_list_parameters_are_422_naming_the_parameter(client, params, field):
     r = client.get("/api/v1/runs", params=params)
     assert r.status_code == 422
@@ -122,15 +103,34 @@ def test_unknown_run_is_404_with_a_message(client):
         assert r.json() == {"detail": {"message": "no run with id 'nope'", "field": None}}
 
 
-def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, db):
+def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, factory):
     run = submit(client)
     now = utcnow()
-    set_run(db, run["id"], status="training", started_at=now - timedelta(minutes=5), target_tokens=1_000_000,
-            tokens_done=250_000, step=120, train_loss=4.5, val_loss=4.75, tokens_per_s=5_000.0, world_size=8)
-    with transaction(db) as s:
+    set_run(
+        factory,
+        run["id"],
+        status="training",
+        started_at=now - timedelta(minutes=5),
+        target_tokens=1_000_000,
+        tokens_done=250_000,
+        step=120,
+        train_loss=4.5,
+        val_loss=4.75,
+        tokens_per_s=5_000.0,
+        world_size=8,
+    )
+    with transaction(factory) as s:
+
         def instance(rank: int, **kw) -> Instance:
-            inst = Instance(run_id=run["id"], rank=rank, name=f"ty-{run['id']}-{rank}", provider="lambda",
-                            instance_type="gpu_1x_a10", price_cents_per_hour=120, **kw)
+            inst = Instance(
+                run_id=run["id"],
+                rank=rank,
+                name=f"ty-{run['id']}-{rank}",
+                provider="lambda",
+                instance_type="gpu_1x_a10",
+                price_cents_per_hour=120,
+                **kw,
+            )
             s.add(inst)
             s.flush()
             return inst
@@ -139,9 +139,13 @@ def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, db):
         instance(0, active_at=now - timedelta(seconds=90))
         # terminated and booked: only its cost entry counts
         booked = instance(1, active_at=now - timedelta(hours=2), terminated_at=now - timedelta(hours=1))
-        s.add(CostEntry(run_id=run["id"], instance_id=booked.id, kind="instance", cents=120.0, quantity=60, unit="minute"))
+        s.add(
+            CostEntry(run_id=run["id"], instance_id=booked.id, kind="instance", cents=120.0, quantity=60, unit="minute")
+        )
         # terminated 61 s after it became active but not booked yet: 2 minutes
-        instance(2, active_at=now - timedelta(minutes=10), terminated_at=now - timedelta(minutes=10) + timedelta(seconds=61))
+        instance(
+            2, active_at=now - timedelta(minutes=10), terminated_at=now - timedelta(minutes=10) + timedelta(seconds=61)
+        )
         # never became active: costs nothing
         instance(3)
         s.add(CostEntry(run_id=run["id"], kind="judge", cents=0.5, quantity=1000, unit="token"))
@@ -157,13 +161,13 @@ def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, db):
     listed = client.get("/api/v1/runs").json()["runs"][0]
     assert listed["cost"]["cents"] == pytest.approx(got["cost"]["cents"], abs=2.0)  # a minute may tick over
 
-    set_run(db, run["id"], status="succeeded", test_loss=4.6, finished_at=utcnow())
+    set_run(factory, run["id"], status="succeeded", test_loss=4.6, finished_at=utcnow())
     done = client.get(f"/api/v1/runs/{run['id']}").json()
     assert done["progress"]["eta_s"] is None and done["progress"]["test_loss"] == 4.6
     assert done["finished_at"] is not None and done["wall_s"] >= 0
 
 
-def test_reading_a_run_never_touches_metric_points(client, db, settings):
+def test_reading_a_run_never_touches_metric_points(client):
     run = submit(client)
     statements: list[str] = []
     engine = client.app.state.engine
@@ -177,7 +181,7 @@ def test_reading_a_run_never_touches_metric_points(client, db, settings):
     assert statements and not any("metric_points" in s for s in statements)
 
 
-def test_cancel_is_202_then_409_once_the_run_ended(client, db):
+def test_cancel_is_202_then_409_once_the_run_ended(client, factory):
     run = submit(client)
     r = client.post(f"/api/v1/runs/{run['id']}/cancel")
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
@@ -185,21 +189,39 @@ def test_cancel_is_202_then_409_once_the_run_ended(client, db):
     kinds = [e["kind"] for e in client.get(f"/api/v1/runs/{run['id']}/events").json()["events"]]
     assert kinds == ["status", "cancel"]
 
-    set_run(db, run["id"], status="cancelled", finished_at=utcnow())
+    set_run(factory, run["id"], status="cancelled", finished_at=utcnow())
     r = client.post(f"/api/v1/runs/{run['id']}/cancel")
     assert r.status_code == 409
     assert "already ended (cancelled)" in r.json()["detail"]["message"]
 
 
-def test_metrics_page_by_id_cursor_and_filter_by_kind(client, db):
+def test_metrics_page_by_id_cursor_and_filter_by_kind(client, factory):
     run, other = submit(client), submit(client, name="other")
-    with transaction(db) as s:
+    with transaction(factory) as s:
         for step in range(1, 26):
-            s.add(MetricPoint(run_id=run["id"], kind="train", step=step, tokens=step * 100, time=1.0e9 + step,
-                              train_loss=10.0 - step * 0.1, lr=1e-3, tokens_per_s=1000.0))
+            s.add(
+                MetricPoint(
+                    run_id=run["id"],
+                    kind="train",
+                    step=step,
+                    tokens=step * 100,
+                    time=1.0e9 + step,
+                    train_loss=10.0 - step * 0.1,
+                    lr=1e-3,
+                    tokens_per_s=1000.0,
+                )
+            )
             if step % 5 == 0:
-                s.add(MetricPoint(run_id=run["id"], kind="val", step=step, tokens=step * 100, time=1.0e9 + step,
-                                  val_loss=9.0 - step * 0.1))
+                s.add(
+                    MetricPoint(
+                        run_id=run["id"],
+                        kind="val",
+                        step=step,
+                        tokens=step * 100,
+                        time=1.0e9 + step,
+                        val_loss=9.0 - step * 0.1,
+                    )
+                )
             s.add(MetricPoint(run_id=other["id"], kind="train", step=step, tokens=step, time=1.0e9, train_loss=1.0))
 
     seen, cursor, pages = [], 0, 0
@@ -221,9 +243,9 @@ def test_metrics_page_by_id_cursor_and_filter_by_kind(client, db):
     assert client.get(f"/api/v1/runs/{run['id']}/metrics", params={"limit": 20_000}).status_code == 422
 
 
-def test_events_page_with_a_cursor(client, db):
+def test_events_page_with_a_cursor(client, factory):
     run = submit(client)
-    with transaction(db) as s:
+    with transaction(factory) as s:
         for i in range(4):
             s.add(RunEvent(run_id=run["id"], kind="info", message=f"note {i}", time=utcnow()))
     first = client.get(f"/api/v1/runs/{run['id']}/events", params={"limit": 3}).json()
@@ -232,9 +254,9 @@ def test_events_page_with_a_cursor(client, db):
     assert [e["message"] for e in rest["events"]] == ["note 2", "note 3"] and not rest["has_more"]
 
 
-def test_logs_tail_and_follow_with_a_cursor(client, db):
+def test_logs_tail_and_follow_with_a_cursor(client, factory):
     run = submit(client)
-    with transaction(db) as s:
+    with transaction(factory) as s:
         for i in range(6):
             s.add(LogChunk(run_id=run["id"], rank=0, text=f"line {i}\n", time=utcnow()))
     page = client.get(f"/api/v1/runs/{run['id']}/logs", params={"limit": 4}).json()
@@ -247,7 +269,7 @@ def test_logs_tail_and_follow_with_a_cursor(client, db):
     assert [c["text"] for c in tail["chunks"]] == ["line 4\n", "line 5\n"]
     assert tail["next_after_id"] == rest["next_after_id"]
 
-    set_run(db, run["id"], status="failed", status_reason="trainer exited 1")
+    set_run(factory, run["id"], status="failed", status_reason="trainer exited 1")
     end = client.get(f"/api/v1/runs/{run['id']}/logs", params={"after_id": rest["next_after_id"]}).json()
     assert end["chunks"] == [] and end["run_terminal"] and end["run_status"] == "failed"
 
@@ -257,8 +279,14 @@ def test_health_and_openapi(client, db_url):
     assert health["status"] == "ok" and health["database"] == db_url.split(":")[0].split("+")[0]
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel",
-                 "/api/v1/runs/{run_id}/metrics", "/api/v1/runs/{run_id}/events", "/api/v1/runs/{run_id}/logs"):
+    for path in (
+        "/api/v1/runs",
+        "/api/v1/runs/{run_id}",
+        "/api/v1/runs/{run_id}/cancel",
+        "/api/v1/runs/{run_id}/metrics",
+        "/api/v1/runs/{run_id}/events",
+        "/api/v1/runs/{run_id}/logs",
+    ):
         assert path in paths
     assert "RunCreate" in schema["components"]["schemas"] and "RunDetail" in schema["components"]["schemas"]
 
@@ -277,10 +305,10 @@ def test_dashboard_pages_are_served_without_any_outside_resource(client):
     assert client.get("/ui/nothing.js").status_code == 404
 
 
-def test_secrets_never_appear_in_responses_or_logs(client, db, caplog):
+def test_secrets_never_appear_in_responses_or_logs(client, factory, caplog):
     caplog.set_level(logging.DEBUG)
     run = submit(client)
-    with transaction(db) as s:
+    with transaction(factory) as s:
         s.add(LogChunk(run_id=run["id"], text="training...\n", time=utcnow()))
     bodies = [
         client.get("/api/v1/health").text,

@@ -4,107 +4,24 @@ subprocess on a free loopback port with a temporary SQLite database."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from orchestrator.db.models import LogChunk, Run, utcnow
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.models import utcnow
+from orchestrator_helpers import TRAINYARD, api_service, cli_env, free_port, one_error_line, trainyard
 
-BIN = Path(sys.executable).with_name("trainyard")
-# the installed entry point when `pip install -e .` ran; the same code via -m otherwise
-TRAINYARD = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "orchestrator.cli"]
 GOOD_SPEC = "name: cli-test\ntraining: {max_tokens: 50000}\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli_env(data_dir: Path, api_url: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env["TRAINYARD_DATA_DIR"] = str(data_dir)
-    if api_url:
-        env["TRAINYARD_API_URL"] = api_url
-    return env
-
-
-def trainyard(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRAINYARD, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    return lines[0]
-
-
-class Service:
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = cli_env(data_dir, self.url)
-        self.db_url = f"sqlite:///{data_dir / 'trainyard.db'}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([*TRAINYARD, "serve", "--no-controller", "--port", str(self.port)],
-                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.communicate()[1]
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("serve did not come up")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-
-    def set_run(self, run_id: str, **columns) -> None:
-        engine = make_engine(self.db_url)
-        try:
-            with transaction(make_sessionmaker(engine)) as s:
-                run = s.get(Run, run_id)
-                for k, v in columns.items():
-                    setattr(run, k, v)
-        finally:
-            engine.dispose()
-
-    def add_log(self, run_id: str, *texts: str) -> None:
-        engine = make_engine(self.db_url)
-        try:
-            with transaction(make_sessionmaker(engine)) as s:
-                for text in texts:
-                    s.add(LogChunk(run_id=run_id, text=text, time=utcnow()))
-        finally:
-            engine.dispose()
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("cli"))
-    up = trainyard("db", "upgrade", env=svc.env)
-    assert up.returncode == 0, up.stderr
-    assert "is at revision" in up.stderr and up.stdout == ""
-    svc.start()
+    svc = api_service(tmp_path_factory.mktemp("cli"))
     yield svc
-    svc.stop()
+    svc.close()
 
 
 @pytest.fixture
@@ -142,8 +59,9 @@ def test_submit_prints_the_run_id_and_runs_lists_it(service, spec_file):
 
 def test_status_as_json_and_as_a_table(service, spec_file):
     run_id = submit(service, spec_file)
-    service.set_run(run_id, status="training", target_tokens=50_000, tokens_done=10_000, tokens_per_s=1_000.0,
-                    train_loss=5.25)
+    service.set_run(
+        run_id, status="training", target_tokens=50_000, tokens_done=10_000, tokens_per_s=1_000.0, train_loss=5.25
+    )
     proc = trainyard("status", run_id, "--format", "json", env=service.env)
     assert proc.returncode == 0 and proc.stderr == ""
     run = json.loads(proc.stdout)
@@ -207,8 +125,13 @@ def test_logs_print_follow_until_the_run_ends_and_tail(service, spec_file):
     assert tail.stdout == "step 2 loss 9.5\nstep 3 loss 9.0\n"
 
     # -f keeps polling while the run is live and returns once it ended and the log is drained
-    follower = subprocess.Popen([*TRAINYARD, "logs", run_id, "-f", "--format", "json"], env=service.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [*TRAINYARD, "logs", run_id, "-f", "--format", "json"],
+        env=service.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.5)
     assert follower.poll() is None
     service.add_log(run_id, "done\n")
@@ -221,7 +144,9 @@ def test_logs_print_follow_until_the_run_ends_and_tail(service, spec_file):
 
 def test_status_watch_ends_with_the_run_and_exit_7_unless_it_succeeded(service, spec_file):
     ok, bad = submit(service, spec_file), submit(service, spec_file)
-    service.set_run(ok, status="succeeded", tokens_done=50_000, target_tokens=50_000, test_loss=4.2, finished_at=utcnow())
+    service.set_run(
+        ok, status="succeeded", tokens_done=50_000, target_tokens=50_000, test_loss=4.2, finished_at=utcnow()
+    )
     service.set_run(bad, status="failed", status_reason="node lost twice", finished_at=utcnow())
     done = trainyard("status", ok, "--watch", "--format", "json", env=service.env)
     assert done.returncode == 0 and json.loads(done.stdout)["progress"]["test_loss"] == 4.2

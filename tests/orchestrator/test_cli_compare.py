@@ -16,13 +16,13 @@ from ift_helpers import instruction_data
 from openai_fake import FakeOpenAIServer, score_by_content
 from orchestrator.controller.comparing import Comparisons
 from orchestrator.db.models import ComparisonRequest, Evaluation
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.session import transaction
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
 from orchestrator.runs import create_run
 from orchestrator.settings import Settings
 from orchestrator.spec import validate_spec
-from test_cli import TRAINYARD, Service, one_error_line, trainyard
+from orchestrator_helpers import TRAINYARD, api_service, one_error_line, trainyard
 
 KEY = "sk-cli-SECRET-9090"
 ITEMS = [{k: e[k] for k in ("instruction", "input", "output")} for e in instruction_data(3)]
@@ -30,20 +30,10 @@ ITEMS = [{k: e[k] for k in ("instruction", "input", "output")} for e in instruct
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("cli-compare"))
-    svc.env["TRAINYARD_OPENAI_API_KEY"] = KEY  # the service's: POST /comparisons needs a judge
-    up = trainyard("db", "upgrade", env=svc.env)
-    assert up.returncode == 0, up.stderr
-    svc.start()
+    # the service's key: POST /comparisons needs a judge
+    svc = api_service(tmp_path_factory.mktemp("cli-compare"), TRAINYARD_OPENAI_API_KEY=KEY)
     yield svc
-    svc.stop()
-
-
-@pytest.fixture(scope="module")
-def db(service):
-    engine = make_engine(service.db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+    svc.close()
 
 
 def add_run(db, name: str, answers: list[str] | None, status: str = "succeeded", test_loss: float = 4.0) -> str:
@@ -52,16 +42,24 @@ def add_run(db, name: str, answers: list[str] | None, status: str = "succeeded",
         run = create_run(s, spec)
         run.status, run.test_loss = status, test_loss
         if answers is not None:
-            s.add(Evaluation(run_id=run.id, kind="ift", details={
-                "answers": [{**i, "model_response": a} for i, a in zip(ITEMS, answers)],
-                "item_set_hash": item_set_hash([Item(**i) for i in ITEMS]), "summary": {}}))
+            s.add(
+                Evaluation(
+                    run_id=run.id,
+                    kind="ift",
+                    details={
+                        "answers": [{**i, "model_response": a} for i, a in zip(ITEMS, answers, strict=True)],
+                        "item_set_hash": item_set_hash([Item(**i) for i in ITEMS]),
+                        "summary": {},
+                    },
+                )
+            )
         return run.id
 
 
-def test_refusals_are_one_line_with_the_usual_exit_codes(service, db):
-    good = add_run(db, "good", ["x"] * 3)
-    going = add_run(db, "going", None, status="training")
-    no_ift = add_run(db, "no-ift", None)
+def test_refusals_are_one_line_with_the_usual_exit_codes(service):
+    good = add_run(service.db, "good", ["x"] * 3)
+    going = add_run(service.db, "going", None, status="training")
+    no_ift = add_run(service.db, "no-ift", None)
     for args, code, words in [
         ((good, "nope"), 3, "no run with id 'nope'"),
         ((good, going), 4, f"run {going} (going) is training"),
@@ -76,16 +74,28 @@ def test_refusals_are_one_line_with_the_usual_exit_codes(service, db):
     assert trainyard("comparison", "nope", env=service.env).returncode == 3
 
 
-def test_compare_waits_for_the_judging_and_prints_the_table(service, db):
-    a = add_run(db, "alpha", [i["output"] for i in ITEMS], test_loss=3.25)
-    b = add_run(db, "beta", ["wrong"] * 3, test_loss=4.5)
-    cli = subprocess.Popen([*TRAINYARD, "compare", a, b, "--k", "2"], env=service.env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def test_compare_waits_for_the_judging_and_prints_the_table(service):
+    a = add_run(service.db, "alpha", [i["output"] for i in ITEMS], test_loss=3.25)
+    b = add_run(service.db, "beta", ["wrong"] * 3, test_loss=4.5)
+    cli = subprocess.Popen(
+        [*TRAINYARD, "compare", a, b, "--k", "2"],
+        env=service.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     with FakeOpenAIServer() as fake:
         fake.reply = lambda body: score_by_content(body, lambda ans, ref: 80 if ans == ref else 30)
-        settings = Settings(database_url=service.db_url, data_dir=service.data_dir, lease_s=30,
-                            openai_api_key=SecretStr(KEY), judge_base_url=fake.base_url, judge_max_retries=0)
-        driver = Comparisons(settings, db, "test-worker")
+        settings = Settings(
+            database_url=service.db_url,
+            data_dir=service.data_dir,
+            lease_s=30,
+            openai_api_key=SecretStr(KEY),
+            judge_base_url=fake.base_url,
+            judge_max_retries=0,
+        )
+        driver = Comparisons(settings, service.db, "test-worker")
         try:
             deadline = time.time() + 60
             while cli.poll() is None:
@@ -104,7 +114,7 @@ def test_compare_waits_for_the_judging_and_prints_the_table(service, db):
     assert ": succeeded" in err
     assert "6 calls made, 0 from the cache" in err and fake.calls == 6
 
-    with db() as s:
+    with service.db() as s:
         cid = s.query(ComparisonRequest.id).order_by(ComparisonRequest.created_at.desc()).first()[0]
     shown = trainyard("comparison", cid, "--format", "json", env=service.env)
     assert shown.returncode == 0
@@ -113,19 +123,18 @@ def test_compare_waits_for_the_judging_and_prints_the_table(service, db):
     assert KEY not in out + err + shown.stdout
 
 
-def test_a_failed_comparison_exits_7_with_its_reason_and_no_wait_prints_the_id(service, db):
-    a, b = add_run(db, "one", ["x"] * 3), add_run(db, "two", ["y"] * 3)
+def test_a_failed_comparison_exits_7_with_its_reason_and_no_wait_prints_the_id(service):
+    a, b = add_run(service.db, "one", ["x"] * 3), add_run(service.db, "two", ["y"] * 3)
     queued = trainyard("compare", a, b, "--no-wait", env=service.env)
     assert queued.returncode == 0, queued.stderr
     cid = queued.stdout.strip()
     assert f"see it with: trainyard comparison {cid} --wait" in queued.stderr
     pending = trainyard("comparison", cid, env=service.env)
     assert pending.returncode == 0 and f"comparison {cid}: pending - waiting for a worker" in pending.stderr
-    with transaction(db) as s:
+    with transaction(service.db) as s:
         c = s.get(ComparisonRequest, cid)
         c.status, c.status_reason = "failed", "the judge is off: set TRAINYARD_OPENAI_API_KEY"
     failed = trainyard("comparison", cid, env=service.env)
     assert failed.returncode == 7
-    assert one_error_line(failed) == (f"error: comparison {cid} failed: the judge is off: "
-                                      f"set TRAINYARD_OPENAI_API_KEY")
+    assert one_error_line(failed) == (f"error: comparison {cid} failed: the judge is off: set TRAINYARD_OPENAI_API_KEY")
     assert "one" in failed.stdout and "two" in failed.stdout  # the table as far as it got

@@ -4,15 +4,12 @@ the real service (API only) configured for the `lambda` provider, and the CLI as
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from test_cli import TRAINYARD, Service, cli_env, free_port, one_error_line, trainyard
+from orchestrator_helpers import TRAINYARD, api_service, cli_env, free_port, one_error_line, trainyard, wait_http
 
 SIM_KEY = "sim-key-for-instance-types"
 
@@ -22,20 +19,16 @@ def simulator(tmp_path_factory):
     state = tmp_path_factory.mktemp("sim")
     port = free_port()
     env = {**cli_env(state), "LAMBDA_SIM_API_KEY": SIM_KEY}
-    proc = subprocess.Popen([*TRAINYARD, "sim", "--port", str(port), "--state-dir", str(state),
-                             "--requests-per-second", "0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = state / "sim.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*TRAINYARD, "sim", "--port", str(port), "--state-dir", str(state), "--requests-per-second", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            if httpx.get(url + "/sim/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "trainyard sim did not come up"
-        time.sleep(0.2)
+    wait_http(url + "/sim/v1/health", proc, "trainyard sim", log.read_text, timeout_s=30)
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -46,13 +39,15 @@ def lambda_service(tmp_path_factory, simulator):
     data = tmp_path_factory.mktemp("svc")
     key = data / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    svc = Service(data)
-    svc.env.update(TRAINYARD_LAMBDA_API_URL=simulator, TRAINYARD_LAMBDA_API_KEY=SIM_KEY,
-                   TRAINYARD_LAMBDA_SSH_KEY_NAME="trainyard", TRAINYARD_SSH_PRIVATE_KEY_FILE=str(key))
-    assert trainyard("db", "upgrade", env=svc.env).returncode == 0
-    svc.start()
+    svc = api_service(
+        data,
+        TRAINYARD_LAMBDA_API_URL=simulator,
+        TRAINYARD_LAMBDA_API_KEY=SIM_KEY,
+        TRAINYARD_LAMBDA_SSH_KEY_NAME="trainyard",
+        TRAINYARD_SSH_PRIVATE_KEY_FILE=str(key),
+    )
     yield svc
-    svc.stop()
+    svc.close()
 
 
 def test_instance_types_lists_prices_gpus_and_capacity_from_the_provider(lambda_service):
@@ -79,9 +74,7 @@ def test_the_api_key_never_appears_in_the_answer(lambda_service):
 
 
 def test_an_unconfigured_provider_is_exit_2_naming_the_setting(tmp_path):
-    svc = Service(tmp_path)
-    assert trainyard("db", "upgrade", env=svc.env).returncode == 0
-    svc.start()
+    svc = api_service(tmp_path)
     try:
         done = trainyard("instance-types", "--provider", "lambda", env=svc.env)
         assert done.returncode == 2
@@ -89,4 +82,4 @@ def test_an_unconfigured_provider_is_exit_2_naming_the_setting(tmp_path):
         unknown = trainyard("instance-types", "--provider", "azure", env=svc.env)
         assert unknown.returncode == 2 and "provider" in one_error_line(unknown)
     finally:
-        svc.stop()
+        svc.close()

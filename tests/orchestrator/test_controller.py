@@ -14,40 +14,32 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
-from drive_helpers import drive as _drive, ended as _ended, run_of as _run
 from orchestrator.controller import Worker, lease
-from orchestrator.controller.ingest import NewOutput, apply_lines, store
 from orchestrator.controller.context import NodeHandle, RunContext
+from orchestrator.controller.ingest import NewOutput, apply_lines, record_output
 from orchestrator.db.models import (
-    Checkpoint, CostEntry, Instance, LogChunk, MetricPoint, Run, RunEvent, RunStatus, utcnow,
+    Checkpoint,
+    CostEntry,
+    Instance,
+    LogChunk,
+    MetricPoint,
+    Run,
+    RunEvent,
+    RunStatus,
+    utcnow,
 )
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.session import transaction
 from orchestrator.errors import LeaseLostError
-from orchestrator.runs import create_run, instance_name, request_cancel
+from orchestrator.runs import instance_name, request_cancel
 from orchestrator.settings import Settings
-from orchestrator.spec import validate_spec
+from orchestrator_helpers import drive as _drive
+from orchestrator_helpers import ended as _ended
+from orchestrator_helpers import run_of as _run
+from orchestrator_helpers import submit_run as _submit
 from provision.errors import InvalidRequest
 from provision.local import LocalProvider
 from provision.node import LocalNode
 from provision.registry import get_provider
-
-
-@pytest.fixture
-def factory(db_url):
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def settings(db_url, tmp_path):
-    return Settings(data_dir=tmp_path / "data", database_url=db_url, worker_id="worker-a",
-                    lease_s=30, reconcile_interval_s=0.1)
-
-
-def _submit(factory, **spec) -> str:
-    with transaction(factory) as s:
-        return create_run(s, validate_spec({"name": "t", **spec})).id
 
 
 # -- leases ---------------------------------------------------------------------------------------
@@ -76,18 +68,17 @@ def test_one_of_two_workers_wins_the_lease_and_an_expired_one_is_taken_over(fact
 def test_a_fenced_write_with_a_stale_token_raises_and_writes_nothing(factory):
     run_id = _submit(factory)
     token_a = lease.acquire(factory, run_id, "a", lease_s=30)
-    lease.fenced_update(factory, run_id, token_a, 30, step=5)
+    with lease.fenced(factory, run_id, token_a, 30) as (_session, run_row):
+        run_row.step = 5
     assert _run(factory, run_id).step == 5
 
     with transaction(factory) as s:
         s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert lease.acquire(factory, run_id, "b", lease_s=30)
 
-    with pytest.raises(LeaseLostError):
-        lease.fenced_update(factory, run_id, token_a, 30, step=99, status="failed")
-    with pytest.raises(LeaseLostError):
-        with lease.fenced(factory, run_id, token_a, 30) as (session, _run_row):
-            session.add(MetricPoint(run_id=run_id, kind="train", step=1, tokens=1, time=0.0))
+    with pytest.raises(LeaseLostError), lease.fenced(factory, run_id, token_a, 30) as (session, run_row):
+        run_row.step = 99
+        session.add(MetricPoint(run_id=run_id, kind="train", step=1, tokens=1, time=0.0))
     run = _run(factory, run_id)
     assert (run.step, run.status) == (5, "pending")
     with factory() as s:
@@ -119,8 +110,16 @@ def test_claimable_runs_are_unleased_and_unfinished_or_still_holding_instances(f
     with transaction(factory) as s:
         for rid in (done, done_with_node):
             s.get(Run, rid).status = RunStatus.failed.value
-        s.add(Instance(run_id=done_with_node, rank=0, name=instance_name(done_with_node, 0),
-                       provider="local", provider_instance_id="x", instance_type="local"))
+        s.add(
+            Instance(
+                run_id=done_with_node,
+                rank=0,
+                name=instance_name(done_with_node, 0),
+                provider="local",
+                provider_instance_id="x",
+                instance_type="local",
+            )
+        )
     assert lease.claimable_run_ids(factory, 10) == [first, second, done_with_node]
     assert lease.claimable_run_ids(factory, 1) == [first]
 
@@ -128,11 +127,29 @@ def test_claimable_runs_are_unleased_and_unfinished_or_still_holding_instances(f
 # -- ingest ---------------------------------------------------------------------------------------
 METRIC_LINES = [
     {"kind": "start", "time": 1.0, "world_size": 2, "params": 1000, "target_tokens": 4096, "resumed_from_step": None},
-    {"kind": "train", "time": 2.0, "step": 1, "tokens": 1024, "train_loss": 10.5, "lr": 1e-3, "tokens_per_s": 500.0,
-     "mfu": None, "peak_mem_bytes": 123, "wall_s": 2.0},
+    {
+        "kind": "train",
+        "time": 2.0,
+        "step": 1,
+        "tokens": 1024,
+        "train_loss": 10.5,
+        "lr": 1e-3,
+        "tokens_per_s": 500.0,
+        "mfu": None,
+        "peak_mem_bytes": 123,
+        "wall_s": 2.0,
+    },
     {"kind": "val", "time": 3.0, "step": 2, "tokens": 2048, "val_loss": 9.5},
     {"kind": "train", "time": 4.0, "step": 2, "tokens": 2048, "train_loss": 9.0, "lr": 1e-3, "tokens_per_s": 600.0},
-    {"kind": "checkpoint", "time": 5.0, "step": 2, "tokens": 2048, "path": "checkpoints/step_000002", "bytes": 77, "val_loss": 9.5},
+    {
+        "kind": "checkpoint",
+        "time": 5.0,
+        "step": 2,
+        "tokens": 2048,
+        "path": "checkpoints/step_000002",
+        "bytes": 77,
+        "val_loss": 9.5,
+    },
     {"kind": "something-new", "time": 6.0},
 ]
 
@@ -146,11 +163,18 @@ def test_ingest_stores_rows_and_offsets_once(factory, settings, tmp_path):
     inst = provider.launch(name=instance_name(run_id, 0), instance_type="local", region="local")
     ctx = RunContext(run_id, token, settings, factory, provider)
     text = "".join(json.dumps(m) + "\n" for m in METRIC_LINES)
-    new = NewOutput(complete=True, metrics_from=0, metrics_offset=len(text), log_from=0, log_offset=6,
-                    log_text="hello\n", lines=[json.loads(line) for line in text.splitlines()])
+    new = NewOutput(
+        complete=True,
+        metrics_from=0,
+        metrics_offset=len(text),
+        log_from=0,
+        log_offset=6,
+        log_text="hello\n",
+        lines=[json.loads(line) for line in text.splitlines()],
+    )
     handle = NodeHandle(inst, LocalNode())
-    assert store(ctx, handle, new) is True
-    assert store(ctx, handle, new) is False  # the same read again (a retried pass): nothing twice
+    assert record_output(ctx, handle, new) is True
+    assert record_output(ctx, handle, new) is False  # the same read again (a retried pass): nothing twice
 
     with factory() as s:
         run = s.get(Run, run_id)
@@ -170,8 +194,9 @@ def test_apply_lines_ignores_non_numbers(factory):
     run_id = _submit(factory)
     with transaction(factory) as s:
         run = s.get(Run, run_id)
-        apply_lines(s, run, [{"kind": "train", "step": 3, "tokens": 9, "train_loss": float("nan"), "lr": "x"}],
-                    lambda p: p)
+        apply_lines(
+            s, run, [{"kind": "train", "step": 3, "tokens": 9, "train_loss": float("nan"), "lr": "x"}], lambda p: p
+        )
     with factory() as s:
         (p,) = s.scalars(select(MetricPoint).where(MetricPoint.run_id == run_id)).all()
         assert (p.step, p.train_loss, p.lr) == (3, None, None)
@@ -191,11 +216,18 @@ def test_a_run_whose_data_is_missing_fails_naming_the_path_and_leaves_nothing_ru
         assert inst.status == "terminated" and inst.terminated_at is not None
         assert s.scalar(select(func.count()).select_from(CostEntry).where(CostEntry.run_id == run_id)) == 1
         assert s.scalar(select(func.count()).select_from(MetricPoint).where(MetricPoint.run_id == run_id)) == 0
-        statuses = [(e.from_status, e.to_status) for e in
-                    s.scalars(select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "status")
-                              .order_by(RunEvent.id))]
-    assert statuses == [(None, "pending"), ("pending", "provisioning"), ("provisioning", "bootstrapping"),
-                        ("bootstrapping", "failed")]
+        statuses = [
+            (e.from_status, e.to_status)
+            for e in s.scalars(
+                select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "status").order_by(RunEvent.id)
+            )
+        ]
+    assert statuses == [
+        (None, "pending"),
+        ("pending", "provisioning"),
+        ("provisioning", "bootstrapping"),
+        ("bootstrapping", "failed"),
+    ]
     assert worker.held_runs == []
 
 
@@ -225,8 +257,19 @@ def test_an_ended_run_with_a_live_instance_is_terminated(factory, settings):
     node.start_detached("sleep 300", workdir=inst.extra["workdir"], name="train")
     with transaction(factory) as s:
         s.get(Run, run_id).status = RunStatus.failed.value
-        s.add(Instance(run_id=run_id, rank=0, name=inst.name, provider="local", provider_instance_id=inst.id,
-                       instance_type="local", status="active", active_at=utcnow(), workdir=inst.extra["workdir"]))
+        s.add(
+            Instance(
+                run_id=run_id,
+                rank=0,
+                name=inst.name,
+                provider="local",
+                provider_instance_id=inst.id,
+                instance_type="local",
+                status="active",
+                active_at=utcnow(),
+                workdir=inst.extra["workdir"],
+            )
+        )
     worker = Worker(settings, factory)
     _drive(worker, factory, run_id, lambda r: r.lease_token is None and worker.held_runs == [])
     assert not node.status(workdir=inst.extra["workdir"], name="train").running
@@ -241,7 +284,9 @@ def test_an_ended_run_with_a_live_instance_is_terminated(factory, settings):
 def test_a_worker_that_lost_its_lease_stops_acting(factory, settings):
     run_id = _submit(factory)
     a = Worker(settings, factory)
-    a.reconcile_once()
+    # training: no placement or bootstrap task of a's is in flight (their fenced writes would
+    # extend a's lease before b could take it)
+    _drive(a, factory, run_id, lambda r: r.status == RunStatus.training.value)
     assert a.held_runs == [run_id]
     with transaction(factory) as s:
         s.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -251,6 +296,11 @@ def test_a_worker_that_lost_its_lease_stops_acting(factory, settings):
     assert a.held_runs == []
     run = _run(factory, run_id)
     assert (run.lease_token, run.status) == (b_token, status_before)
+    # b hands the run back, cancelled; a takes it again and ends it (its trainer stopped)
+    lease.release(factory, run_id, b_token)
+    with transaction(factory) as s:
+        request_cancel(s, run_id)
+    assert _drive(a, factory, run_id, _ended).status == RunStatus.cancelled.value
 
 
 def test_the_registry_names_what_it_has():
@@ -261,22 +311,38 @@ def test_the_registry_names_what_it_has():
 
 
 def test_the_registry_names_the_settings_a_provider_lacks(tmp_path):
-    bare = Settings(data_dir=tmp_path, lambda_api_key=None, lambda_ssh_key_name=None,
-                    ssh_private_key_file=None, ssh_hosts_file=None)
-    with pytest.raises(InvalidRequest, match="^provider lambda needs TRAINYARD_LAMBDA_API_KEY and "
-                                             "TRAINYARD_LAMBDA_SSH_KEY_NAME and TRAINYARD_SSH_PRIVATE_KEY_FILE$"):
+    bare = Settings(
+        data_dir=tmp_path, lambda_api_key=None, lambda_ssh_key_name=None, ssh_private_key_file=None, ssh_hosts_file=None
+    )
+    with pytest.raises(
+        InvalidRequest,
+        match="^provider lambda needs TRAINYARD_LAMBDA_API_KEY and "
+        "TRAINYARD_LAMBDA_SSH_KEY_NAME and TRAINYARD_SSH_PRIVATE_KEY_FILE$",
+    ):
         get_provider("lambda", bare)
     with pytest.raises(InvalidRequest, match="^provider ssh needs TRAINYARD_SSH_HOSTS_FILE$"):
         get_provider("ssh", bare)
     with pytest.raises(InvalidRequest, match="TRAINYARD_SSH_PRIVATE_KEY_FILE .* is not a file"):
-        get_provider("lambda", bare.model_copy(update={
-            "lambda_api_key": "k", "lambda_ssh_key_name": "me", "ssh_private_key_file": tmp_path / "none"}))
+        get_provider(
+            "lambda",
+            bare.model_copy(
+                update={"lambda_api_key": "k", "lambda_ssh_key_name": "me", "ssh_private_key_file": tmp_path / "none"}
+            ),
+        )
 
     key = tmp_path / "id_ed25519"
     key.write_text("not read until a node is reached")
-    built = get_provider("lambda", bare.model_copy(update={
-        "lambda_api_key": SecretStr("secret-key-123"), "lambda_ssh_key_name": "me", "ssh_private_key_file": key,
-        "lambda_api_url": "http://127.0.0.1:9"}))  # built without touching the network
+    built = get_provider(
+        "lambda",
+        bare.model_copy(
+            update={
+                "lambda_api_key": SecretStr("secret-key-123"),
+                "lambda_ssh_key_name": "me",
+                "ssh_private_key_file": key,
+                "lambda_api_url": "http://127.0.0.1:9",
+            }
+        ),
+    )  # built without touching the network
     assert built.name == "lambda" and built.known_hosts.path == tmp_path / "known_hosts"
     assert "secret-key-123" not in repr(built) + repr(built.client)
     built.close()
@@ -289,14 +355,17 @@ def test_the_registry_names_the_settings_a_provider_lacks(tmp_path):
 
 
 def test_a_lambda_run_without_its_settings_fails_naming_them(factory, settings):
-    bare = settings.model_copy(update={"lambda_api_key": None, "lambda_ssh_key_name": None,
-                                       "ssh_private_key_file": None})
+    bare = settings.model_copy(
+        update={"lambda_api_key": None, "lambda_ssh_key_name": None, "ssh_private_key_file": None}
+    )
     run_id = _submit(factory, compute={"provider": "lambda", "instance_type": "gpu_1x_a10"})
     worker = Worker(bare, factory)
     run = _drive(worker, factory, run_id, _ended, timeout=20)
     assert (run.status, run.status_reason) == (
-        "failed", "provider lambda needs TRAINYARD_LAMBDA_API_KEY and TRAINYARD_LAMBDA_SSH_KEY_NAME and "
-                  "TRAINYARD_SSH_PRIVATE_KEY_FILE")
+        "failed",
+        "provider lambda needs TRAINYARD_LAMBDA_API_KEY and TRAINYARD_LAMBDA_SSH_KEY_NAME and "
+        "TRAINYARD_SSH_PRIVATE_KEY_FILE",
+    )
     worker.close()
 
 

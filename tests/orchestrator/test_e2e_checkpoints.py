@@ -27,8 +27,11 @@ def test_checkpoints_are_stored_while_training_kept_by_retention_downloaded_and_
     run_id = svc.submit(spec)
 
     # a checkpoint is in the store while the run is still training, not only at the end
-    seen = svc.wait(run_id, lambda r: r["status"] == "training"
-                    and any(c["state"] == "stored" for c in svc.checkpoints(run_id)), what="storing checkpoints")
+    seen = svc.wait(
+        run_id,
+        lambda r: r["status"] == "training" and any(c["state"] == "stored" for c in svc.checkpoints(run_id)),
+        what="storing checkpoints",
+    )
     assert seen["progress"]["step"] < 48
     run = svc.wait(run_id, lambda r: r["status"] in TERMINAL, what="ended")
     assert run["status"] == "succeeded", run["status_reason"]
@@ -82,9 +85,11 @@ def test_checkpoints_are_stored_while_training_kept_by_retention_downloaded_and_
         return [e["message"] for e in svc.events(rid) if e["kind"] == "data"]
 
     assert data_events(run_id) == [
-        f"ty-{run_id}-0: the data was prepared from its source and stored in the data cache for later runs"]
+        f"ty-{run_id}-0: the data was prepared from its source and stored in the data cache for later runs"
+    ]
     assert data_events(second) == [
-        f"ty-{second}-0: the prepared data came from the store's data cache (nothing was tokenised again)"]
+        f"ty-{second}-0: the prepared data came from the store's data cache (nothing was tokenised again)"
+    ]
     cached = next((svc.data_dir / "artifacts" / "data").iterdir())
     first_data, second_data = (svc.runs_dir / f"ty-{rid}-0" / "data" for rid in (run_id, second))
     for f in sorted(p.name for p in first_data.iterdir()):  # the same shards, byte for byte

@@ -12,17 +12,13 @@ baseline run's trainer. A second identical compare makes no judge call (the cach
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from ift_helpers import HubServer, write_instruction_data, write_tiny_gpt2
 from openai_fake import FakeOpenAIServer, score_by_content
-from orchestrator.db.migrations import upgrade
-from test_e2e_local import REPO, TERMINAL, Service, kill_processes_mentioning, tiny_spec
+from orchestrator_helpers import TERMINAL, tiny_spec
 
 KEY = "sk-e2e-SECRET-5150-do-not-leak"
 
@@ -36,40 +32,28 @@ def ift_spec(name: str, data: str, lr: float) -> dict:
     spec = tiny_spec(name, train_tokens=4096)
     spec["data"]["max_tokens"] = 30000
     spec["training"]["lr"] = lr
-    spec["evaluation"]["ift"] = {"enabled": True, "data": data, "epochs_max": 2, "limit_test": 3,
-                                 "max_new_tokens": 8}
+    spec["evaluation"]["ift"] = {"enabled": True, "data": data, "epochs_max": 2, "limit_test": 3, "max_new_tokens": 8}
     return spec
 
 
-def trainyard(api_url: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("TRAINYARD_OPENAI_API_KEY", None)  # the CLI needs no key: the service judges
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "--api-url", api_url, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
-def world(tmp_path):
-    url = f"sqlite:///{tmp_path / 'trainyard.db'}"
-    upgrade(url)
+def world(make_service, tmp_path):
     weights = write_tiny_gpt2(tmp_path / "tiny-gpt2")
     with FakeOpenAIServer() as judge, HubServer(weights) as hub:
         judge.reply = lambda body: score_by_content(body, judge_by_length)
-        env = {"TRAINYARD_OPENAI_API_KEY": KEY, "TRAINYARD_JUDGE_BASE_URL": judge.base_url,
-               "TRAINYARD_JUDGE_MODEL": "judge-e2e", "TRAINYARD_JUDGE_MAX_RETRIES": "0",
-               "HF_ENDPOINT": hub.url, "TRAINYARD_HF_CACHE": str(tmp_path / "hf-cache")}
-        serve = Service(url, tmp_path / "data", tmp_path, **env)
-        worker = Service(url, tmp_path / "data", tmp_path, command=("worker",),
-                         TRAINYARD_WORKER_ID="worker-e2e", **env)
-        try:
-            serve.start()
-            worker.start(wait_http=False)
-            yield serve, worker, judge, hub, tmp_path
-        finally:
-            for svc in (serve, worker):
-                svc.stop()
-                svc.client.close()
-            kill_processes_mentioning(str(tmp_path / "data" / "runs"))
+        env = {
+            "TRAINYARD_OPENAI_API_KEY": KEY,
+            "TRAINYARD_JUDGE_BASE_URL": judge.base_url,
+            "TRAINYARD_JUDGE_MODEL": "judge-e2e",
+            "TRAINYARD_JUDGE_MAX_RETRIES": "0",
+            "HF_ENDPOINT": hub.url,
+            "TRAINYARD_HF_CACHE": str(tmp_path / "hf-cache"),
+        }
+        serve = make_service(**env).start()
+        worker = make_service(command=("worker",), TRAINYARD_WORKER_ID="worker-e2e", **env).start(wait=False)
+        yield serve, worker, judge, hub, tmp_path
+        for svc in (serve, worker):  # before the judge and the Hub go
+            svc.stop()
 
 
 def test_two_runs_and_the_gpt2_baseline_are_compared_by_one_command(world):
@@ -83,7 +67,7 @@ def test_two_runs_and_the_gpt2_baseline_are_compared_by_one_command(world):
         answers = serve.client.get(f"/runs/{run_id}/answers").json()["answers"]
         assert len(answers) == 3 and all("model_response" in a for a in answers)
 
-    done = trainyard(serve.url, "compare", *runs, "--baseline", "gpt2")
+    done = serve.cli("compare", *runs, "--baseline", "gpt2", timeout=240)  # no key: the service judges
     logs = serve.log_tail(400) + worker.log_tail(400)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
 
@@ -94,7 +78,7 @@ def test_two_runs_and_the_gpt2_baseline_are_compared_by_one_command(world):
     assert [r[0] for r in rows] == ["small-a", "small-b", "gpt2"], done.stdout
     baseline_id = rows[2][1]
     assert [r[1] for r in rows[:2]] == runs and baseline_id not in runs
-    for model, run_id, loss, score, items, cost in rows:
+    for model, _run_id, loss, score, items, cost in rows:
         assert re.fullmatch(r"\d+\.\d{3}", loss) and 5 < float(loss) < 12, (model, loss)
         assert re.fullmatch(r"\d+\.\d ± \d+\.\d", score), (model, score)
         assert items == "3" and re.fullmatch(r"\$\d+\.\d{2,4}", cost), (model, items, cost)
@@ -105,12 +89,19 @@ def test_two_runs_and_the_gpt2_baseline_are_compared_by_one_command(world):
     base = serve.run(baseline_id)
     assert (base["name"], base["status"], base["spec"]["model"]["pretrained"]) == ("baseline gpt2", "succeeded", "gpt2")
     assert [e["to_status"] for e in serve.events(baseline_id) if e["kind"] == "status"] == [
-        "pending", "provisioning", "bootstrapping", "evaluating", "succeeded"]
-    assert sorted(set(hub.requests)) == ["/openai-community/gpt2/resolve/main/config.json",
-                                         "/openai-community/gpt2/resolve/main/model.safetensors"]
+        "pending",
+        "provisioning",
+        "bootstrapping",
+        "evaluating",
+        "succeeded",
+    ]
+    assert sorted(set(hub.requests)) == [
+        "/openai-community/gpt2/resolve/main/config.json",
+        "/openai-community/gpt2/resolve/main/model.safetensors",
+    ]
 
     # the same command again: the same baseline run and every judgement from the cache
-    again = trainyard(serve.url, "compare", *runs, "--baseline", "gpt2", "--format", "json")
+    again = serve.cli("compare", *runs, "--baseline", "gpt2", "--format", "json", timeout=240)
     assert again.returncode == 0, again.stderr
     assert judge.calls == 9
     c = json.loads(again.stdout)

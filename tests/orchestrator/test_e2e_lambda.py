@@ -16,6 +16,7 @@ minutes disagree only for a run ending that close to a minute boundary (about 1 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -29,7 +30,13 @@ from sqlalchemy import select
 from orchestrator.costs import instance_cost
 from orchestrator.db.models import CostEntry, Instance, utcnow
 from orchestrator_helpers import (
-    LIVE, admin, assert_nothing_left, lambda_spec, sim_instances, start_lambda_service, training,
+    LIVE,
+    admin,
+    assert_nothing_left,
+    lambda_spec,
+    sim_instances,
+    start_lambda_service,
+    training,
 )
 from provision.simulator.sshd import descendants
 
@@ -99,8 +106,15 @@ def cents(value) -> Decimal:
 def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_connections(svc):
     # the first region has no a10 left and the preferred h100 has none in either region
     admin(svc, "PUT", "/capacity", json={"instance_type": "gpu_1x_a10", "region": "us-west-1", "count": 0})
-    run_id = svc.submit(lambda_spec("lambda-ok", instance_type="gpu_1x_h100_pcie", fallbacks=("gpu_1x_a10",),
-                             regions=("us-west-1", "us-east-1"), train_tokens=16384))
+    run_id = svc.submit(
+        lambda_spec(
+            "lambda-ok",
+            instance_type="gpu_1x_h100_pcie",
+            fallbacks=("gpu_1x_a10",),
+            regions=("us-west-1", "us-east-1"),
+            train_tokens=16384,
+        )
+    )
     # 429s and 500s on the API while the run is placed: the client backs off, the controller retries
     admin(svc, "POST", "/faults", json={"kind": "rate_limit", "count": 3})
     admin(svc, "POST", "/faults", json={"kind": "server_error", "count": 3, "status": 500})
@@ -143,7 +157,10 @@ def test_a_two_node_lambda_run_succeeds_on_fallbacks_through_api_faults_and_cut_
         entry, booked = ledger[row.provider_instance_id], entries[row.id]
         assert not entry["running"]
         assert (booked.quantity, cents(booked.cents)) == (entry["billed_minutes"], cents(entry["cost_cents"])), (
-            row.name, booked.quantity, entry)
+            row.name,
+            booked.quantity,
+            entry,
+        )
     total = sum(Decimal(ledger[r.provider_instance_id]["cost_cents"]) for r in rows)
     assert cents(run["cost"]["cents"]) == cents(total) > 0
     # the live estimate (what GET /runs shows before an instance is booked) is the same rule:
@@ -180,8 +197,10 @@ def test_an_instance_that_dies_mid_run_is_replaced_and_the_run_resumes_from_node
     assert f"node 1 (ty-{run_id}-1) is unhealthy at provider lambda; replacing ty-{run_id}-1 with a new node" in text
     # no S3 store here: node 0 kept its checkpoints on its disk, and the trainer resumed from them
     assert "resumed from step" in text
-    steps = [p["step"] for p in svc.client.get(f"/runs/{run_id}/metrics", params={"limit": 10000, "kind": "train"})
-             .json()["points"]]
+    steps = [
+        p["step"]
+        for p in svc.client.get(f"/runs/{run_id}/metrics", params={"limit": 10000, "kind": "train"}).json()["points"]
+    ]
     assert steps == sorted(set(steps))
     names = sorted(i.name for i in sim_instances(svc, run_id))
     assert names == [f"ty-{run_id}-0", f"ty-{run_id}-1", f"ty-{run_id}-1r1"]
@@ -196,15 +215,15 @@ def test_a_changed_host_key_is_refused(svc):
     sessions = [p for p in descendants(sshd_pid) if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
     admin(svc, "POST", "/faults", json={"kind": "rotate_host_key", "instance_id": inst.id})
     for pid in sessions:  # the open session would go on with the old key; a reconnect sees the new
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
     run = svc.wait_ended(run_id, timeout=60)
     assert run["status"] == "failed", svc.log_tail()
-    assert f"SSH host key of [{inst.ip}]:{svc.sim.cloud.config.ssh_port} does not match the pinned one" \
+    assert (
+        f"SSH host key of [{inst.ip}]:{svc.sim.cloud.config.ssh_port} does not match the pinned one"
         in run["status_reason"]
+    )
     assert "Refusing to connect" in run["status_reason"]
     assert_nothing_left(svc, run_id)
 
@@ -215,11 +234,14 @@ def test_cancel_terminates_every_launched_instance(svc, phase):
         # one cpu node can be had, the second waits for capacity: cancel while it waits
         admin(svc, "PUT", "/capacity", json={"instance_type": "cpu_4x_general", "region": "us-east-1", "count": 1})
         admin(svc, "PUT", "/capacity", json={"instance_type": "cpu_4x_general", "region": "us-west-1", "count": 0})
-    run_id = svc.submit(lambda_spec(f"lambda-cancel-{phase}", nodes=2 if phase != "training" else 1,
-                             long=True))
+    run_id = svc.submit(lambda_spec(f"lambda-cancel-{phase}", nodes=2 if phase != "training" else 1, long=True))
     if phase == "provisioning":
-        svc.wait(run_id, lambda r: r["status"] == "provisioning" and len(sim_instances(svc, run_id)) == 1,
-                 timeout=60, what="provisioning with one instance")
+        svc.wait(
+            run_id,
+            lambda r: r["status"] == "provisioning" and len(sim_instances(svc, run_id)) == 1,
+            timeout=60,
+            what="provisioning with one instance",
+        )
         time.sleep(1.0)  # the first node is active by now; the second is still waiting
     elif phase == "bootstrapping":
         svc.wait(run_id, lambda r: r["status"] == "bootstrapping", timeout=60, what="bootstrapping")

@@ -16,20 +16,20 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from s3server import admin_client, iam_moto_server
 from sqlalchemy import select
 
 from orchestrator.controller.storage import data_name
 from orchestrator.db.models import Instance
 from orchestrator.spec import validate_spec
 from orchestrator_helpers import admin, assert_nothing_left, lambda_spec, sim_instances, start_lambda_service
+from s3server import admin_client, iam_moto_server
 from trainer.artifacts import manifest as mf
 
 BUCKET = "ty-e2e"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3():
     """(endpoint, the service's credentials) on a moto server that enforces IAM."""
     with iam_moto_server(BUCKET) as server:
         yield server
@@ -39,8 +39,10 @@ def s3(tmp_path_factory):
 def svc(lsim, s3, tmp_path_factory):
     url, service_key = s3
     service = start_lambda_service(
-        lsim, tmp_path_factory.mktemp("s3service"),
-        AWS_ACCESS_KEY_ID=service_key["access_key_id"], AWS_SECRET_ACCESS_KEY=service_key["secret_access_key"],
+        lsim,
+        tmp_path_factory.mktemp("s3service"),
+        AWS_ACCESS_KEY_ID=service_key["access_key_id"],
+        AWS_SECRET_ACCESS_KEY=service_key["secret_access_key"],
         AWS_DEFAULT_REGION="us-east-1",
         TRAINYARD_ARTIFACT_URI=f"s3://{BUCKET}/trainyard",
         TRAINYARD_ARTIFACT_ENDPOINT_URL=url,
@@ -53,7 +55,9 @@ def svc(lsim, s3, tmp_path_factory):
 def stored_while_training(svc, run_id: str, at_least_step: int):
     def check(run: dict) -> bool:
         return run["status"] == "training" and any(
-            c["state"] == "stored" and c["step"] >= at_least_step for c in svc.checkpoints(run_id))
+            c["state"] == "stored" and c["step"] >= at_least_step for c in svc.checkpoints(run_id)
+        )
+
     return check
 
 
@@ -79,17 +83,20 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     # what a node's credentials reach: its run's folder and its data set's cache, nothing else
     url, _key = svc.s3
     creds = node_credentials(svc, run_id, f"ty-{run_id}-1")
-    node_s3 = admin_client(url, key=creds["aws_access_key_id"], secret=creds["aws_secret_access_key"],
-                           token=creds["aws_session_token"])
+    node_s3 = admin_client(
+        url, key=creds["aws_access_key_id"], secret=creds["aws_secret_access_key"], token=creds["aws_session_token"]
+    )
     own = f"trainyard/runs/{run_id}/scratch"
     node_s3.put_object(Bucket=BUCKET, Key=own, Body=b"ok")
     assert node_s3.get_object(Bucket=BUCKET, Key=own)["Body"].read() == b"ok"
     data_manifest = f"trainyard/data/{data_name(validate_spec(s))}/manifest.json"
     assert "splits" in json.loads(node_s3.get_object(Bucket=BUCKET, Key=data_manifest)["Body"].read())
-    for call in (lambda: node_s3.list_objects_v2(Bucket=BUCKET, Prefix="trainyard/"),
-                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/runs/another-run/x", Body=b"no"),
-                 lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/data/d-other/manifest.json", Body=b"no"),
-                 lambda: node_s3.get_object(Bucket=BUCKET, Key="trainyard/runs")):
+    for call in (
+        lambda: node_s3.list_objects_v2(Bucket=BUCKET, Prefix="trainyard/"),
+        lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/runs/another-run/x", Body=b"no"),
+        lambda: node_s3.put_object(Bucket=BUCKET, Key="trainyard/data/d-other/manifest.json", Body=b"no"),
+        lambda: node_s3.get_object(Bucket=BUCKET, Key="trainyard/runs"),
+    ):
         with pytest.raises(ClientError, match="AccessDenied"):
             call()
 
@@ -104,17 +111,22 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
     assert f"node 0 (ty-{run_id}-0) is unhealthy at provider lambda" in recovery
     assert f"replacing ty-{run_id}-0 with a new node" in recovery and "(recovery 1 of 2)" in recovery
     statuses = [e["to_status"] for e in events if e["kind"] == "status"]
-    assert statuses[statuses.index("recovering"):] == ["recovering", "training", "evaluating", "succeeded"]
+    assert statuses[statuses.index("recovering") :] == ["recovering", "training", "evaluating", "succeeded"]
     # the new node 0 pulled the data from the cache and the checkpoint from the store
     assert "stored in the data cache for later runs" in messages  # the first nodes: one of them prepared it
     assert f"ty-{run_id}-0r1: the prepared data came from the store's data cache" in messages
-    resumed = [int(m.split("resumed from step ")[1].split()[0].rstrip(",")) for m in messages.splitlines()
-               if "trainer started" in m and "resumed from step" in m]
+    resumed = [
+        int(m.split("resumed from step ")[1].split()[0].rstrip(","))
+        for m in messages.splitlines()
+        if "trainer started" in m and "resumed from step" in m
+    ]
     assert resumed and resumed[-1] >= stored_before, messages
 
     # the curve goes on from the checkpoint: every step once, none restarted from 0
-    steps = [p["step"] for p in svc.client.get(f"/runs/{run_id}/metrics", params={"limit": 10000, "kind": "train"})
-             .json()["points"]]
+    steps = [
+        p["step"]
+        for p in svc.client.get(f"/runs/{run_id}/metrics", params={"limit": 10000, "kind": "train"}).json()["points"]
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == run["progress"]["step"]
     assert any(step > resumed[-1] for step in steps)
 
@@ -126,8 +138,9 @@ def test_a_two_node_run_stores_checkpoints_in_s3_and_survives_losing_node_0(svc,
 
     # every stored checkpoint is listed with its manifest, and downloads with every hash checked
     stored = [c for c in svc.checkpoints(run_id) if c["state"] == "stored"]
-    assert stored and all(c["uri"].startswith(f"s3://{BUCKET}/trainyard/runs/{run_id}/checkpoints/step_")
-                          for c in stored)
+    assert stored and all(
+        c["uri"].startswith(f"s3://{BUCKET}/trainyard/runs/{run_id}/checkpoints/step_") for c in stored
+    )
     for c in stored:
         detail = svc.client.get(f"/runs/{run_id}/checkpoints/{c['step']}").json()
         assert detail["manifest"]["step"] == c["step"] and {f["name"] for f in detail["files"]} >= {"model.safetensors"}

@@ -15,16 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from ift_helpers import fill_hf_cache, write_instruction_data, write_tiny_gpt2
-from drive_helpers import drive, ended, run_of
 from orchestrator.controller import Worker
-from orchestrator.db.migrations import upgrade
 from orchestrator.db.models import Evaluation, Instance, LogChunk, RunEvent
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
-from orchestrator.runs import create_run
-from orchestrator.settings import Settings
-from orchestrator.spec import validate_spec
+from orchestrator_helpers import drive, ended, submit_run
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +28,20 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.fixture
-def factory(tmp_path, tiny_weights, monkeypatch):
-    # the trainer runs as a child of this process: it reads the cache from our environment
+def db_url(sqlite_url, tmp_path, tiny_weights, monkeypatch):
+    """SQLite only (the trainer's programs run for real). The trainer runs as a child of this
+    process: it reads the cache of Hugging Face weights from our environment."""
     monkeypatch.setenv("TRAINYARD_HF_CACHE", str(fill_hf_cache(tmp_path / "hf", tiny_weights)))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no download
-    url = f"sqlite:///{tmp_path / 'trainyard.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+    return sqlite_url
 
 
 @pytest.fixture
-def worker(factory, tmp_path):
+def worker(factory, settings):
     made: list[Worker] = []
 
     def make(worker_id: str = "worker-a") -> Worker:
-        w = Worker(Settings(data_dir=tmp_path / "data", database_url=str(factory.kw["bind"].url),
-                            worker_id=worker_id, lease_s=30, reconcile_interval_s=0.1), factory)
+        w = Worker(settings.model_copy(update={"worker_id": worker_id}), factory)
         made.append(w)
         return w
 
@@ -64,13 +55,23 @@ def _drive(worker, factory, run_id, until):
 
 
 def _baseline(factory, tmp_path, **ift) -> str:
-    spec = {"name": "baseline gpt2", "model": {"pretrained": "gpt2"},
-            "data": {"source": "builtin:corpus", "max_tokens": 20000},
-            "evaluation": {"test_max_tokens": 512, "ift": {
-                "enabled": True, "data": str(write_instruction_data(tmp_path / "alpaca.json", 40)),
-                "epochs_max": 1, "limit_test": 3, "max_new_tokens": 4, **ift}}}
-    with transaction(factory) as s:
-        return create_run(s, validate_spec(spec)).id
+    spec = {
+        "name": "baseline gpt2",
+        "model": {"pretrained": "gpt2"},
+        "data": {"source": "builtin:corpus", "max_tokens": 20000},
+        "evaluation": {
+            "test_max_tokens": 512,
+            "ift": {
+                "enabled": True,
+                "data": str(write_instruction_data(tmp_path / "alpaca.json", 40)),
+                "epochs_max": 1,
+                "limit_test": 3,
+                "max_new_tokens": 4,
+                **ift,
+            },
+        },
+    }
+    return submit_run(factory, **spec)
 
 
 def _events(factory, run_id: str) -> list[RunEvent]:
@@ -98,8 +99,10 @@ def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, f
         assert ift.kind == "ift" and ift.test_loss is None
         answers = ift.details["answers"]
         # the book's split of 40 items: 34 train, 4 test (the first 3 answered), 2 validation
-        assert [a["instruction"] for a in answers] == [f"Name the colour of item {i}." if i % 2 else
-                                                       "Rewrite the sentence in the past tense." for i in (34, 35, 36)]
+        assert [a["instruction"] for a in answers] == [
+            f"Name the colour of item {i}." if i % 2 else "Rewrite the sentence in the past tense."
+            for i in (34, 35, 36)
+        ]
         assert all(set(a) == {"instruction", "input", "output", "model_response"} for a in answers)
         items = [Item(**{k: a[k] for k in ("instruction", "input", "output")}) for a in answers]
         assert ift.details["item_set_hash"] == item_set_hash(items) and ift.details["n_items"] == 3
@@ -130,9 +133,9 @@ def test_a_killed_ift_is_restarted_and_a_new_worker_does_not_start_it_again(work
     run_id = _baseline(factory, tmp_path, epochs_max=3)
     pid_file = tmp_path / "data" / "runs" / f"ty-{run_id}-0" / "ift.pid"
     first = worker("worker-a")
-    _drive(first, factory, run_id, lambda r: pid_file.is_file())
+    _drive(first, factory, run_id, lambda _r: pid_file.is_file())
     os.killpg(int(pid_file.read_text()), signal.SIGKILL)  # the node's process group: no exit code
-    _drive(first, factory, run_id, lambda r: _ift_starts(factory, run_id) == 2)
+    _drive(first, factory, run_id, lambda _r: _ift_starts(factory, run_id) == 2)
     restarted = int(pid_file.read_text())
 
     first.close()  # releases its lease; another worker takes the run while ift runs

@@ -16,56 +16,42 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from openai_fake import FakeOpenAIServer, Reply, reference, score_by_content, shown_answers
+from openai_fake import Reply, reference, score_by_content, shown_answers
 from orchestrator.db.models import Comparison, CostEntry, Evaluation, Judgement, Run
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
-from orchestrator.judge import InvalidComparisonError, JudgeNotConfiguredError, compare
+from orchestrator.db.session import transaction
+from orchestrator.judge import InvalidComparisonError, JudgeNotConfiguredError, judge_answers
 from orchestrator.judge.prompts import POINTWISE_TEMPLATE_HASH
 from orchestrator.settings import Settings
+from orchestrator_helpers import content_judge, quality
 
 KEY = "sk-test-SECRET-4242-do-not-leak"
 
 
 def make_items(n: int) -> list[dict]:
-    return [{"instruction": f"Answer question {i}.", "input": f"q{i}" if i % 2 else "",
-             "output": f"ref {i}"} for i in range(n)]
+    return [
+        {"instruction": f"Answer question {i}.", "input": f"q{i}" if i % 2 else "", "output": f"ref {i}"}
+        for i in range(n)
+    ]
 
 
 def make_answers(n: int) -> dict[str, list[str]]:
     return {
-        "alpha": [f"ref {i}" for i in range(n)],            # the reference itself: 90
-        "beta": [f"wrong {i}" for i in range(n)],           # 40
-        "gamma": [f"partly ref {i}" for i in range(n)],     # 60
+        "alpha": [f"ref {i}" for i in range(n)],  # the reference itself: 90
+        "beta": [f"wrong {i}" for i in range(n)],  # 40
+        "gamma": [f"partly ref {i}" for i in range(n)],  # 60
     }
-
-
-def quality(answer: str, ref: str) -> int:
-    return 90 if answer == ref else 60 if answer.startswith("partly") else 40
-
-
-def content_judge(body: dict) -> str:
-    return score_by_content(body, quality)
-
-
-@pytest.fixture
-def fake():
-    with FakeOpenAIServer() as f:
-        f.reply = content_judge
-        yield f
-
-
-@pytest.fixture
-def factory(db_url):
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture
 def settings(fake, tmp_path) -> Settings:
     return Settings(
-        data_dir=tmp_path, openai_api_key=SecretStr(KEY), judge_base_url=fake.base_url,
-        judge_model="judge-a", judge_timeout_s=5.0, judge_max_retries=0, judge_attempts=3,
+        data_dir=tmp_path,
+        openai_api_key=SecretStr(KEY),
+        judge_base_url=fake.base_url,
+        judge_model="judge-a",
+        judge_timeout_s=5.0,
+        judge_max_retries=0,
+        judge_attempts=3,
         judge_concurrency=2,
     )
 
@@ -76,9 +62,10 @@ def item_of(body: dict) -> int:
 
 # --- comparative: one request per item, shuffled, mapped back ---------------------------------
 
+
 def test_one_request_per_item_shuffled_and_scores_mapped_back(fake, factory, settings):
     items, answers = make_items(8), make_answers(8)
-    report = compare(factory, settings, items, answers, k=1, seed=7)
+    report = judge_answers(factory, settings, items, answers, k=1, seed=7)
 
     assert fake.calls == 8
     orders = set()
@@ -115,7 +102,7 @@ def test_one_request_per_item_shuffled_and_scores_mapped_back(fake, factory, set
 
 
 def test_k_repeats_use_fresh_recorded_shuffles(fake, factory, settings):
-    report = compare(factory, settings, make_items(6), make_answers(6), k=3, seed=1)
+    report = judge_answers(factory, settings, make_items(6), make_answers(6), k=3, seed=1)
     assert fake.calls == 18
     seeds = [j.shuffle_seed for it in report.items for j in it.judgements]
     assert len(set(seeds)) == 18
@@ -127,6 +114,7 @@ def test_k_repeats_use_fresh_recorded_shuffles(fake, factory, settings):
 
 
 # --- malformed answers and failed calls --------------------------------------------------------
+
 
 def test_malformed_answers_are_retried_then_counted_missing(fake, factory, settings):
     seen: Counter[int] = Counter()
@@ -148,7 +136,7 @@ def test_malformed_answers_are_retried_then_counted_missing(fake, factory, setti
         return json.dumps(good)
 
     fake.reply = flaky
-    report = compare(factory, settings, make_items(6), make_answers(6), k=1)
+    report = judge_answers(factory, settings, make_items(6), make_answers(6), k=1)
 
     assert seen == {0: 1, 1: 3, 2: 3, 3: 3, 4: 2, 5: 1}  # 3 attempts, then given up
     assert report.n_expected == 6 and report.n_missing == 3
@@ -166,7 +154,7 @@ def test_malformed_answers_are_retried_then_counted_missing(fake, factory, setti
 
     # a re-run finds every attempt (the malformed ones too) in the cache
     before = fake.calls
-    again = compare(factory, settings, make_items(6), make_answers(6), k=1)
+    again = judge_answers(factory, settings, make_items(6), make_answers(6), k=1)
     assert fake.calls == before
     assert again.n_missing == 3 and again.usage.calls_made == 0 and again.usage.calls_cached == 13
 
@@ -177,7 +165,7 @@ def test_timeout_is_retried_by_the_client_then_missing_and_not_cached(fake, fact
 
     fake.reply = slow_item_2
     settings = settings.model_copy(update={"judge_timeout_s": 0.3, "judge_max_retries": 1})
-    report = compare(factory, settings, make_items(4), make_answers(4), k=1)
+    report = judge_answers(factory, settings, make_items(4), make_answers(4), k=1)
 
     assert sum(item_of(r.body) == 2 for r in fake.requests) == 2  # first try + one client retry
     assert report.n_missing == 1 and report.missing_reasons == {"call_failed": 1}
@@ -188,7 +176,7 @@ def test_timeout_is_retried_by_the_client_then_missing_and_not_cached(fake, fact
     # nothing was answered, so nothing was cached: a re-run asks again, and only for that item
     fake.reply = content_judge
     before = fake.calls
-    again = compare(factory, settings, make_items(4), make_answers(4), k=1)
+    again = judge_answers(factory, settings, make_items(4), make_answers(4), k=1)
     assert fake.calls == before + 1 and again.n_missing == 0
 
 
@@ -199,7 +187,7 @@ def test_server_without_response_format_is_asked_again_without_it(fake, factory,
         return content_judge(body)
 
     fake.reply = no_json_mode
-    report = compare(factory, settings, make_items(4), make_answers(4), k=1)
+    report = judge_answers(factory, settings, make_items(4), make_answers(4), k=1)
     assert report.n_missing == 0 and report.model("beta").mean == 40
     # refused once per call already in flight when the first refusal came, then never sent again
     with_format = [i for i, r in enumerate(fake.requests) if "response_format" in r.body]
@@ -209,12 +197,13 @@ def test_server_without_response_format_is_asked_again_without_it(fake, factory,
 
 # --- cache --------------------------------------------------------------------------------------
 
+
 def test_repeated_comparison_makes_no_calls_and_a_new_judge_model_does(fake, factory, settings):
     items, answers = make_items(5), make_answers(5)
-    first = compare(factory, settings, items, answers, k=2)
+    first = judge_answers(factory, settings, items, answers, k=2)
     assert fake.calls == 10
 
-    second = compare(factory, settings, items, answers, k=2)
+    second = judge_answers(factory, settings, items, answers, k=2)
     assert fake.calls == 10
     assert second.usage.calls_made == 0 and second.usage.calls_cached == 10
     assert second.usage.cost_cents == 0 and second.usage.input_tokens == first.usage.input_tokens
@@ -222,19 +211,20 @@ def test_repeated_comparison_makes_no_calls_and_a_new_judge_model_does(fake, fac
     assert all(j.cached for it in second.items for j in it.judgements)
 
     other = settings.model_copy(update={"judge_model": "judge-b"})
-    third = compare(factory, other, items, answers, k=2)
+    third = judge_answers(factory, other, items, answers, k=2)
     assert fake.calls == 20 and third.usage.calls_made == 10
     assert {r.body["model"] for r in fake.requests[10:]} == {"judge-b"}
     assert third.judge.model == "judge-b" and third.judge.template_hash == first.judge.template_hash
 
     # another seed is another set of shuffles: new calls
-    compare(factory, settings, items, answers, k=1, seed=99)
+    judge_answers(factory, settings, items, answers, k=1, seed=99)
     assert fake.calls > 20
     with factory() as s:
         assert s.scalar(select(Judgement.id).where(Judgement.judge_model == "judge-b")) is not None
 
 
 # --- pointwise: the book's prompt --------------------------------------------------------------
+
 
 def test_pointwise_uses_the_books_prompt_and_parses_integer_answers(fake, factory, settings):
     def book_judge(body: dict) -> str:
@@ -247,14 +237,17 @@ def test_pointwise_uses_the_books_prompt_and_parses_integer_answers(fake, factor
 
     fake.reply = book_judge
     items = make_items(3)
-    report = compare(factory, settings, items, make_answers(3), k=1, mode="pointwise")
+    report = judge_answers(factory, settings, items, make_answers(3), k=1, mode="pointwise")
 
     assert fake.calls == 9  # one call per (model, item)
     first = fake.requests[0].body
     assert first["messages"][0]["role"] == "user" and len(first["messages"]) == 1
     assert "response_format" not in first
-    prompt = next(r.body["messages"][0]["content"] for r in fake.requests
-                  if "score the model response `ref 1`" in r.body["messages"][0]["content"])
+    prompt = next(
+        r.body["messages"][0]["content"]
+        for r in fake.requests
+        if "score the model response `ref 1`" in r.body["messages"][0]["content"]
+    )
     assert prompt == (
         "Given the input `Below is an instruction that describes a task. Write a response that "
         "appropriately completes the request.\n\n### Instruction:\nAnswer question 1.\n\n"
@@ -268,9 +261,14 @@ def test_pointwise_uses_the_books_prompt_and_parses_integer_answers(fake, factor
 
 def test_pointwise_non_integer_answer_is_missing(fake, factory, settings):
     fake.reply = lambda body: "Score: 85" if "`wrong" in body["messages"][0]["content"] else "101"
-    report = compare(factory, settings, make_items(2), {"beta": ["wrong 0", "wrong 1"],
-                                                         "alpha": ["ref 0", "ref 1"]},
-                     k=1, mode="pointwise")
+    report = judge_answers(
+        factory,
+        settings,
+        make_items(2),
+        {"beta": ["wrong 0", "wrong 1"], "alpha": ["ref 0", "ref 1"]},
+        k=1,
+        mode="pointwise",
+    )
     assert report.n_missing == 4 and report.missing_reasons == {"malformed": 4}
     assert report.model("alpha").mean is None and report.model("alpha").n_missing == 2
     assert fake.calls == 12  # 4 judgements x 3 attempts
@@ -278,14 +276,15 @@ def test_pointwise_non_integer_answer_is_missing(fake, factory, settings):
 
 # --- statistics and consistency ------------------------------------------------------------------
 
+
 def test_confidence_interval_shrinks_with_more_items(fake, factory, settings):
     def noisy(body: dict) -> str:
         i = item_of(body)  # a spread of item difficulties, the same pattern for 5 and 40 items
         return score_by_content(body, lambda a, r: quality(a, r) - 30 + (i * 7) % 40)
 
     fake.reply = noisy
-    small = compare(factory, settings, make_items(5), make_answers(5), k=1)
-    large = compare(factory, settings, make_items(40), make_answers(40), k=1)
+    small = judge_answers(factory, settings, make_items(5), make_answers(5), k=1)
+    large = judge_answers(factory, settings, make_items(40), make_answers(40), k=1)
     for name in ("alpha", "beta"):
         s, big = small.model(name), large.model(name)
         assert s.ci_low < s.mean < s.ci_high
@@ -302,7 +301,7 @@ def test_consistency_report_detects_a_position_biased_judge(fake, factory, setti
         return json.dumps(answer)
 
     fake.reply = biased
-    report = compare(factory, settings, make_items(12), make_answers(12), k=3)
+    report = judge_answers(factory, settings, make_items(12), make_answers(12), k=3)
     c = report.consistency
     assert c.position_bias == pytest.approx(20, abs=3)
     effects = {p.position: p.effect for p in c.positions}
@@ -315,6 +314,7 @@ def test_consistency_report_detects_a_position_biased_judge(fake, factory, setti
 
 # --- cost, runs, secrets ---------------------------------------------------------------------------
 
+
 def _add_runs(factory, *ids: str) -> None:
     with transaction(factory) as s:
         for run_id in ids:
@@ -325,7 +325,7 @@ def test_judge_tokens_are_booked_as_run_cost_once(fake, factory, settings):
     fake.reply = lambda body: Reply(text=content_judge(body), prompt_tokens=1000, completion_tokens=100)
     _add_runs(factory, "run-a", "run-b")
     run_ids = {"alpha": "run-a", "beta": "run-b"}  # gamma is not a run
-    report = compare(factory, settings, make_items(4), make_answers(4), k=1, run_ids=run_ids)
+    report = judge_answers(factory, settings, make_items(4), make_answers(4), k=1, run_ids=run_ids)
 
     per_call = (1000 * 15 + 100 * 60) / 1e6  # cents at the default gpt-4o-mini prices
     assert report.usage.paid_input_tokens == 4000 and report.usage.paid_output_tokens == 400
@@ -334,7 +334,9 @@ def test_judge_tokens_are_booked_as_run_cost_once(fake, factory, settings):
     with factory() as s:
         entries = s.scalars(select(CostEntry).order_by(CostEntry.run_id)).all()
         assert [(e.run_id, e.kind, e.unit) for e in entries] == [
-            ("run-a", "judge", "tokens"), ("run-b", "judge", "tokens")]
+            ("run-a", "judge", "tokens"),
+            ("run-b", "judge", "tokens"),
+        ]
         assert all(e.cents == pytest.approx(4 * per_call / 3) for e in entries)
         assert all(e.quantity == pytest.approx(4 * 1100 / 3) for e in entries)
         evals = {e.run_id: e for e in s.scalars(select(Evaluation))}
@@ -342,7 +344,7 @@ def test_judge_tokens_are_booked_as_run_cost_once(fake, factory, settings):
         assert evals["run-a"].details["mean"] == 90 and evals["run-a"].details["judge"]["k"] == 1
         assert evals["run-a"].details["judge"]["model"] == "judge-a"
 
-    again = compare(factory, settings, make_items(4), make_answers(4), k=1, run_ids=run_ids)
+    again = judge_answers(factory, settings, make_items(4), make_answers(4), k=1, run_ids=run_ids)
     assert again.usage.booked_cents == 0
     with factory() as s:
         assert len(s.scalars(select(CostEntry)).all()) == 2  # nothing booked twice
@@ -350,16 +352,16 @@ def test_judge_tokens_are_booked_as_run_cost_once(fake, factory, settings):
 
 def test_unknown_run_is_refused_before_any_call(fake, factory, settings):
     with pytest.raises(InvalidComparisonError, match="no such runs"):
-        compare(factory, settings, make_items(2), make_answers(2), run_ids={"alpha": "nope"})
+        judge_answers(factory, settings, make_items(2), make_answers(2), run_ids={"alpha": "nope"})
     with pytest.raises(InvalidComparisonError, match="has 1 answers for 2 items"):
-        compare(factory, settings, make_items(2), {"alpha": ["x"]})
+        judge_answers(factory, settings, make_items(2), {"alpha": ["x"]})
     assert fake.calls == 0
 
 
-def test_judge_is_off_without_a_key(fake, factory, settings):
+@pytest.mark.usefixtures("fake")
+def test_judge_is_off_without_a_key(factory, settings):
     with pytest.raises(JudgeNotConfiguredError):
-        compare(factory, settings.model_copy(update={"openai_api_key": None}),
-                make_items(1), make_answers(1))
+        judge_answers(factory, settings.model_copy(update={"openai_api_key": None}), make_items(1), make_answers(1))
 
 
 def test_api_key_never_in_stored_rows_or_logs(fake, factory, settings, caplog):
@@ -374,8 +376,7 @@ def test_api_key_never_in_stored_rows_or_logs(fake, factory, settings, caplog):
     fake.reply = leaky
     _add_runs(factory, "run-a")
     caplog.set_level(logging.DEBUG)
-    report = compare(factory, settings, make_items(3), make_answers(3), k=1,
-                     run_ids={"alpha": "run-a"})
+    report = judge_answers(factory, settings, make_items(3), make_answers(3), k=1, run_ids={"alpha": "run-a"})
 
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in fake.requests)  # it was sent
     assert report.missing_reasons == {"call_failed": 1, "malformed": 1}
@@ -385,6 +386,5 @@ def test_api_key_never_in_stored_rows_or_logs(fake, factory, settings, caplog):
     with factory() as s:
         for model in (Judgement, Comparison, CostEntry, Evaluation):
             for row in s.scalars(select(model)):
-                dumped = json.dumps({c.name: getattr(row, c.key) for c in model.__table__.columns},
-                                    default=str)
+                dumped = json.dumps({c.name: getattr(row, c.key) for c in model.__table__.columns}, default=str)
                 assert KEY not in dumped, f"{model.__tablename__} row holds the key"

@@ -15,8 +15,9 @@ from orchestrator.judge.schemas import Item
 from orchestrator.judge.stats import mean_ci, t975
 
 
-@pytest.mark.parametrize("df,exact", [(1, 12.7062), (5, 2.5706), (30, 2.0423), (31, 2.0395),
-                                      (40, 2.0211), (109, 1.9820), (1000, 1.9623)])
+@pytest.mark.parametrize(
+    "df,exact", [(1, 12.7062), (5, 2.5706), (30, 2.0423), (31, 2.0395), (40, 2.0211), (109, 1.9820), (1000, 1.9623)]
+)
 def test_t_quantiles(df, exact):
     assert t975(df) == pytest.approx(exact, abs=1.5e-3)
 
@@ -32,7 +33,7 @@ def test_comparative_answer_parsing():
     fenced = '```json\n{"model 1": {"score": 80, "comments": null}, "Model_2": {"score": 12.5}}\n```'
     assert {k: v.score for k, v in parse_labels(fenced, 2).items()} == {"Model 1": 80, "Model 2": 12.5}
     for bad, why in [
-        ('[1, 2]', "not an object"),
+        ("[1, 2]", "not an object"),
         ('{"Model 1": {"score": 1}, "Model 2": {"score": 2}, "Model 3": {"score": 3}}', "unknown label"),
         ('{"Model 1": {"score": "80"}, "Model 2": {"score": 2}}', "valid number"),
         ('{"Model 1": {"score": -1}, "Model 2": {"score": 2}}', "greater than or equal to 0"),

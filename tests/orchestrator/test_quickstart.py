@@ -10,26 +10,23 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from orchestrator_helpers import REPO, free_port
 
 
 def test_the_readme_quickstart_trains_evaluates_and_reports(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "TRAINYARD_DATA_DIR": str(tmp_path / "data"), "TRAINYARD_PORT": str(port),
-           "COLUMNS": "200"}
+    port = free_port()
+    env = {**os.environ, "TRAINYARD_DATA_DIR": str(tmp_path / "data"), "TRAINYARD_PORT": str(port), "COLUMNS": "200"}
     env = {k: v for k, v in env.items() if k not in ("TRAINYARD_DATABASE_URL", "TRAINYARD_API_URL")}
-    done = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "quickstart.sh")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out, err = done.stdout, done.stderr
     assert done.returncode == 0, f"quickstart failed ({done.returncode}):\n{err[-3000:]}"
 

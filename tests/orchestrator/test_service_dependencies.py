@@ -88,4 +88,3 @@ def test_the_service_declares_every_package_it_imports():
         if not distributions & declared:
             missing.append(f"{module} ({where}): none of {sorted(distributions)} in [project] dependencies")
     assert not missing, "\n".join(missing)
-

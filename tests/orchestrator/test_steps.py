@@ -16,6 +16,8 @@ from datetime import timedelta
 from itertools import pairwise
 
 import pytest
+from sqlalchemy import select
+
 from fakes import FakeNode, FakeProvider, SyncTasks
 from orchestrator.controller import lease, steps
 from orchestrator.controller.bootstrapping import bootstrapping
@@ -62,7 +64,6 @@ from provision.errors import (
     ProviderServerError,
     QuotaExceeded,
 )
-from sqlalchemy import select
 
 S = RunStatus
 #: how long the seeded instances have been up: 31 started minutes at 120 c/h is 62 cents
@@ -92,9 +93,18 @@ class Env:
         self.run_id = ""
         self.ctx: RunContext | None = None
 
-    def make_run(self, status: RunStatus = S.pending, *, nodes: int = 1, launched: bool | None = None,
-                 bootstrapped: bool = True, test_loss: bool = True, recoveries: int = 0,
-                 local: bool = False, **spec) -> str:
+    def make_run(
+        self,
+        status: RunStatus = S.pending,
+        *,
+        nodes: int = 1,
+        launched: bool | None = None,
+        bootstrapped: bool = True,
+        test_loss: bool = True,
+        recoveries: int = 0,
+        local: bool = False,
+        **spec,
+    ) -> str:
         """A run in `status` (written directly, as a crashed worker would leave it) with `nodes`
         instances launched and active for UP when `launched` (default: past provisioning), their
         run directory and interpreter recorded when `bootstrapped`. `local`: the provider is like
@@ -112,17 +122,32 @@ class Env:
             if status != S.pending:
                 run.started_at = now - UP
             for rank in range(nodes if launched else 0):
-                inst = self.provider.launch(name=instance_name(run_id, rank), instance_type=FakeProvider.INSTANCE_TYPE,
-                                            region=FakeProvider.REGION)
+                inst = self.provider.launch(
+                    name=instance_name(run_id, rank),
+                    instance_type=FakeProvider.INSTANCE_TYPE,
+                    region=FakeProvider.REGION,
+                )
                 workdir = inst.extra.get("workdir") or f"{RENTED_ROOT}/{inst.name}"
-                s.add(Instance(
-                    run_id=run_id, rank=rank, name=inst.name, provider=self.provider.name,
-                    provider_instance_id=inst.id, instance_type=inst.instance_type, region=inst.region,
-                    public_ip=inst.public_ip, private_ip=inst.private_ip, price_cents_per_hour=120,
-                    billing_minute_s=60.0, status="active", launched_at=now - UP, active_at=now - UP,
-                    workdir=workdir if bootstrapped else None,
-                    python=(inst.extra.get("python") or VENV_PYTHON) if bootstrapped else None,
-                ))
+                s.add(
+                    Instance(
+                        run_id=run_id,
+                        rank=rank,
+                        name=inst.name,
+                        provider=self.provider.name,
+                        provider_instance_id=inst.id,
+                        instance_type=inst.instance_type,
+                        region=inst.region,
+                        public_ip=inst.public_ip,
+                        private_ip=inst.private_ip,
+                        price_cents_per_hour=120,
+                        billing_minute_s=60.0,
+                        status="active",
+                        launched_at=now - UP,
+                        active_at=now - UP,
+                        workdir=workdir if bootstrapped else None,
+                        python=(inst.extra.get("python") or VENV_PYTHON) if bootstrapped else None,
+                    )
+                )
         token = lease.acquire(self.factory, run_id, self.settings.worker_id, self.settings.lease_s)
         assert token is not None
         self.ctx = RunContext(run_id, token, self.settings, self.factory, self.provider, tasks=self.tasks)
@@ -161,8 +186,9 @@ class Env:
     def path(self) -> list[str]:
         """The statuses the run went through, from its status events."""
         with self.factory() as s:
-            rows = s.scalars(select(RunEvent).where(RunEvent.run_id == self.run_id, RunEvent.kind == "status")
-                             .order_by(RunEvent.id))
+            rows = s.scalars(
+                select(RunEvent).where(RunEvent.run_id == self.run_id, RunEvent.kind == "status").order_by(RunEvent.id)
+            )
             return [e.to_status for e in rows]
 
     def costs(self) -> list[CostEntry]:
@@ -188,8 +214,17 @@ def env(template_db, tmp_path):
     shutil.copy(template_db, tmp_path / "trainyard.db")
     url = f"sqlite:///{tmp_path / 'trainyard.db'}"
     factory = sessions(url)
-    yield Env(factory, Settings(data_dir=tmp_path / "data", database_url=url, worker_id="worker-t", lease_s=30,
-                                placement_poll_s=0.01, node_active_poll_s=0.01))
+    yield Env(
+        factory,
+        Settings(
+            data_dir=tmp_path / "data",
+            database_url=url,
+            worker_id="worker-t",
+            lease_s=30,
+            placement_poll_s=0.01,
+            node_active_poll_s=0.01,
+        ),
+    )
     factory.kw["bind"].dispose()
 
 
@@ -223,8 +258,9 @@ def test_set_status_makes_exactly_the_transitions_of_the_table(env, frm):
             if to in TRANSITIONS[frm]:
                 set_status(session, run, to, reason=f"why {frm.value} -> {to.value}")
                 session.flush()
-                event = session.scalars(select(RunEvent).where(RunEvent.run_id == run_id)
-                                        .order_by(RunEvent.id.desc())).first()
+                event = session.scalars(
+                    select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id.desc())
+                ).first()
                 assert (event.kind, event.from_status, event.to_status) == ("status", frm.value, to.value)
                 assert event.message == run.status_reason == f"why {frm.value} -> {to.value}"
                 assert run.status == to.value
@@ -273,37 +309,45 @@ def test_the_lifecycle_paths_are_in_the_table():
 
 
 # -- 2. the error policy ------------------------------------------------------------------------
-@pytest.mark.parametrize("error, action", [
-    (LeaseLostError("taken over"), Action.LEASE_LOST),
-    (NodeLost("node 0 is gone"), Action.RECOVER),
-    (PlacementFailed("no capacity"), Action.FAIL),
-    (HostKeyMismatch("key changed"), Action.FAIL),
-    (InvalidRequest("bad type"), Action.FAIL),
-    (QuotaExceeded("quota"), Action.FAIL),
-    (NodeUnreachable("no answer"), Action.RETRY),
-    (InsufficientCapacity("none left"), Action.RETRY),
-    (ProviderServerError("502"), Action.RETRY),
-    (Cancelled("the run ended"), Action.RETRY),
-    (NodeError("command failed"), Action.COUNT),
-    (ValueError("a bug"), Action.COUNT),
-], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value)
+@pytest.mark.parametrize(
+    "error, action",
+    [
+        (LeaseLostError("taken over"), Action.LEASE_LOST),
+        (NodeLost("node 0 is gone"), Action.RECOVER),
+        (PlacementFailed("no capacity"), Action.FAIL),
+        (HostKeyMismatch("key changed"), Action.FAIL),
+        (InvalidRequest("bad type"), Action.FAIL),
+        (QuotaExceeded("quota"), Action.FAIL),
+        (NodeUnreachable("no answer"), Action.RETRY),
+        (InsufficientCapacity("none left"), Action.RETRY),
+        (ProviderServerError("502"), Action.RETRY),
+        (Cancelled("the run ended"), Action.RETRY),
+        (NodeError("command failed"), Action.COUNT),
+        (ValueError("a bug"), Action.COUNT),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
+)
 def test_classify(error, action):
     assert classify(error) is action
 
 
-@pytest.mark.parametrize("error, line", [
-    (ValueError(), "ValueError"),
-    (NodeError(""), "NodeError"),
-    (RuntimeError("   \n\t\n"), "RuntimeError"),
-    (NodeError("\n\n  first line  \nsecond line"), "first line"),
-    (KeyError("missing"), "KeyError: 'missing'"),
-    (ValueError("bad value\nTraceback ..."), "ValueError: bad value"),
-    (NodeLost("node 1 (ty-x-1) is preempted at provider fake"), "node 1 (ty-x-1) is preempted at provider fake"),
-    (LeaseLostError("run x: lease lost"), "run x: lease lost"),
-    ("", ""),
-    ("\n\n", ""),
-    ("  a reason\nmore", "a reason"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (ValueError(), "ValueError"),
+        (NodeError(""), "NodeError"),
+        (RuntimeError("   \n\t\n"), "RuntimeError"),
+        (NodeError("\n\n  first line  \nsecond line"), "first line"),
+        (KeyError("missing"), "KeyError: 'missing'"),
+        (ValueError("bad value\nTraceback ..."), "ValueError: bad value"),
+        (NodeLost("node 1 (ty-x-1) is preempted at provider fake"), "node 1 (ty-x-1) is preempted at provider fake"),
+        (LeaseLostError("run x: lease lost"), "run x: lease lost"),
+        ("", ""),
+        ("\n\n", ""),
+        ("  a reason\nmore", "a reason"),
+    ],
+    ids=repr,
+)
 def test_one_line(error, line):
     assert one_line(error) == line
 
@@ -320,11 +364,15 @@ def test_a_counted_task_error_is_retried_then_fails_the_run_naming_the_attempts(
     error = NodeError(f"{env.name(0)}: command failed (1): pip: no space left")
     for attempt in range(1, MAX_TASK_ATTEMPTS):
         assert task_failure(env.ctx, what, error) is WAITING
-        assert env.events("info")[-1] == (f"{what} failed: {env.name(0)}: command failed (1): pip: no space left "
-                                          f"(attempt {attempt} of {MAX_TASK_ATTEMPTS}); trying again")
+        assert env.events("info")[-1] == (
+            f"{what} failed: {env.name(0)}: command failed (1): pip: no space left "
+            f"(attempt {attempt} of {MAX_TASK_ATTEMPTS}); trying again"
+        )
     out = task_failure(env.ctx, what, error)
-    assert out == Failed(f"{what} failed: {env.name(0)}: command failed (1): pip: no space left "
-                         f"(attempt {MAX_TASK_ATTEMPTS} of {MAX_TASK_ATTEMPTS})")
+    assert out == Failed(
+        f"{what} failed: {env.name(0)}: command failed (1): pip: no space left "
+        f"(attempt {MAX_TASK_ATTEMPTS} of {MAX_TASK_ATTEMPTS})"
+    )
 
 
 def test_task_errors_that_retry_recover_fail_or_lose_the_lease(env):
@@ -333,10 +381,12 @@ def test_task_errors_that_retry_recover_fail_or_lose_the_lease(env):
     for _ in range(MAX_TASK_ATTEMPTS + 1):  # never counted
         assert task_failure(env.ctx, what, NodeUnreachable("no answer")) is WAITING
     assert env.ctx.attempts == {} and env.events("info") == []
-    assert task_failure(env.ctx, what, NodeLost("instance x became preempted while booting")) == \
-        Lost("instance x became preempted while booting")
-    assert task_failure(env.ctx, what, QuotaExceeded("quota of 2 reached")) == \
-        Failed(f"{what} failed: quota of 2 reached")
+    assert task_failure(env.ctx, what, NodeLost("instance x became preempted while booting")) == Lost(
+        "instance x became preempted while booting"
+    )
+    assert task_failure(env.ctx, what, QuotaExceeded("quota of 2 reached")) == Failed(
+        f"{what} failed: quota of 2 reached"
+    )
     with pytest.raises(LeaseLostError):
         task_failure(env.ctx, what, LeaseLostError("taken over"))
 
@@ -350,9 +400,12 @@ def test_placement_launches_records_and_waits_for_every_node(env):
     rows = env.instances()
     assert [(r.rank, r.name, r.instance_type, r.price_cents_per_hour, r.status) for r in rows] == [
         (0, env.name(0), FakeProvider.INSTANCE_TYPE, 120, "active"),
-        (1, env.name(1), FakeProvider.INSTANCE_TYPE, 120, "active")]
+        (1, env.name(1), FakeProvider.INSTANCE_TYPE, 120, "active"),
+    ]
     assert all(r.active_at is not None for r in rows)
-    assert f"instance {env.name(1)} ({FakeProvider.INSTANCE_TYPE} in here, 120 c/h) is active" in env.events("placement")
+    assert f"instance {env.name(1)} ({FakeProvider.INSTANCE_TYPE} in here, 120 c/h) is active" in env.events(
+        "placement"
+    )
     assert env.stage(placement) == Done("all 2 node(s) are active")  # a second pass launches nothing
     assert len(env.provider.launched) == 2
 
@@ -366,7 +419,8 @@ def test_placement_waits_for_a_booting_instance_and_records_when_it_turned_activ
     assert row.status == "active" and started <= aware(row.active_at) <= utcnow()
     assert env.events("placement")[-2:] == [
         f"instance {env.name(0)} ({FakeProvider.INSTANCE_TYPE} in here, 120 c/h) is booting",
-        f"instance {env.name(0)} is active at 203.0.113.1 (private 10.0.0.1)"]
+        f"instance {env.name(0)} is active at 203.0.113.1 (private 10.0.0.1)",
+    ]
 
 
 def test_placement_adopts_an_instance_launched_before_a_crash(env):
@@ -378,8 +432,10 @@ def test_placement_adopts_an_instance_launched_before_a_crash(env):
 
 
 def test_placement_without_capacity_past_its_deadline_fails_naming_what_was_tried(env):
-    env.make_run(S.provisioning, compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE,
-                                          "placement_timeout_s": 60})
+    env.make_run(
+        S.provisioning,
+        compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE, "placement_timeout_s": 60},
+    )
     env.provider.capacity = False
     out = env.stage(placement)
     assert isinstance(out, Failed)
@@ -446,8 +502,10 @@ def test_a_killed_prepare_is_started_again(env):
 def test_prepare_that_exited_without_a_manifest_fails_naming_the_error_line(env):
     env.make_run(S.bootstrapping, nodes=2)
     env.node(1).set_proc(env.workdir(1), "prepare", exit_code=1)
-    env.node(1).write(env.file(1, "prepare.log"), "reading builtin:nope\nerror: no such corpus: builtin:nope\n"
-                                                   "Traceback (most recent call last):\n  ...\n")
+    env.node(1).write(
+        env.file(1, "prepare.log"),
+        "reading builtin:nope\nerror: no such corpus: builtin:nope\nTraceback (most recent call last):\n  ...\n",
+    )
     env.node(0).set_proc(env.workdir(0), "prepare", running=True)
     out = env.stage(bootstrapping)
     assert out == Failed("data preparation failed: no such corpus: builtin:nope")
@@ -479,11 +537,13 @@ def test_with_a_manifest_on_every_node_the_config_is_written_on_each_and_trainin
     run = env.apply(out)
     assert (run.status, env.path()[-1]) == ("training", "training")
     assert env.events("status")[-1] == "every node is ready; starting the trainer"
-    assert env.events("data") == [f"{env.name(r)}: the data was prepared from its source (no data cache)"
-                                  for r in (0, 1)]
+    assert env.events("data") == [
+        f"{env.name(r)}: the data was prepared from its source (no data cache)" for r in (0, 1)
+    ]
     with env.factory() as s:
-        assert [c.text for c in s.scalars(select(LogChunk).where(LogChunk.run_id == env.run_id))] == \
-            ['prepared\n{"cache": "off", "shards": 2}\n']
+        assert [c.text for c in s.scalars(select(LogChunk).where(LogChunk.run_id == env.run_id))] == [
+            'prepared\n{"cache": "off", "shards": 2}\n'
+        ]
 
 
 def test_a_node_gone_before_its_bootstrap_fails_the_run_naming_it(env):
@@ -517,16 +577,20 @@ def test_a_running_trainers_metrics_and_log_are_recorded(env):
     env.make_run(S.training)
     node = env.node(0)
     node.set_proc(env.workdir(0), "train", running=True)
-    node.write(env.file(0, "metrics.jsonl"),
-               json.dumps({"kind": "train", "time": 1.0, "step": 4, "tokens": 4096, "train_loss": 7.5}) + "\n"
-               + '{"kind": "train", "step": 5')  # a line still being written is not read
+    node.write(
+        env.file(0, "metrics.jsonl"),
+        json.dumps({"kind": "train", "time": 1.0, "step": 4, "tokens": 4096, "train_loss": 7.5})
+        + "\n"
+        + '{"kind": "train", "step": 5',
+    )  # a line still being written is not read
     node.write(env.file(0, "train.log"), "step 4 loss 7.5\n")
     assert env.stage(training) is WAITING
     run = env.run()
     assert (run.status, run.step, run.tokens_done, run.train_loss) == ("training", 4, 4096, 7.5)
     with env.factory() as s:
-        assert [c.text for c in s.scalars(select(LogChunk).where(LogChunk.run_id == env.run_id))] == \
-            ["step 4 loss 7.5\n"]
+        assert [c.text for c in s.scalars(select(LogChunk).where(LogChunk.run_id == env.run_id))] == [
+            "step 4 loss 7.5\n"
+        ]
     assert env.stage(training) is WAITING  # nothing new: nothing stored twice
     node.append(env.file(0, "metrics.jsonl"), ', "tokens": 5120, "train_loss": 7.25}\n')  # the line completed
     assert env.stage(training) is WAITING
@@ -554,8 +618,10 @@ def test_a_trainer_that_exited_non_zero_fails_with_its_own_failed_error(env):
     env.make_run(S.training, nodes=2)
     for rank in (0, 1):
         env.node(rank).set_proc(env.workdir(rank), "train", exit_code=1)
-    env.node(0).write(env.file(0, "FAILED"), json.dumps(
-        {"kind": "ConfigError", "error": "micro_batch * seq_len exceeds max_tokens\nmore detail"}))
+    env.node(0).write(
+        env.file(0, "FAILED"),
+        json.dumps({"kind": "ConfigError", "error": "micro_batch * seq_len exceeds max_tokens\nmore detail"}),
+    )
     assert env.stage(training) == Failed("training failed: micro_batch * seq_len exceeds max_tokens")
     env.node(0).write(env.file(0, "FAILED"), json.dumps({"kind": "OutOfMemoryError", "error": "CUDA out of memory"}))
     assert env.stage(training) == Failed("training failed (OutOfMemoryError): CUDA out of memory")
@@ -574,8 +640,9 @@ def test_a_trainer_that_ended_without_an_exit_code_was_killed(env):
     env.node(1).set_proc(env.workdir(1), "train", exit_code=None)
     assert env.stage(training) == Failed(f"training on {env.name(0)} failed (exit code 1) with an empty log")
     env.node(0).set_proc(env.workdir(0), "train", exit_code=None)
-    assert env.stage(training) == Killed(f"the trainer on {env.name(0)}, {env.name(1)} ended without an exit code "
-                                         "(killed)")
+    assert env.stage(training) == Killed(
+        f"the trainer on {env.name(0)}, {env.name(1)} ended without an exit code (killed)"
+    )
 
 
 def test_a_trainer_that_exited_0_without_done_fails(env):
@@ -637,8 +704,10 @@ def test_eval_json_without_a_test_loss_fails(env):
 def test_a_measured_test_loss_succeeds_the_run_and_is_stored(env):
     env.make_run(S.evaluating)
     env.node(0).set_proc(env.workdir(0), "eval", exit_code=0)
-    env.node(0).write(env.file(0, "eval.json"), json.dumps(
-        {"test_loss": 3.21, "bits_per_byte": 1.1, "tokens": 2048, "step": 10, "checkpoint": "step_000010"}))
+    env.node(0).write(
+        env.file(0, "eval.json"),
+        json.dumps({"test_loss": 3.21, "bits_per_byte": 1.1, "tokens": 2048, "step": 10, "checkpoint": "step_000010"}),
+    )
     env.node(0).write(env.file(0, "eval.log"), "test loss 3.21\n")
     out = env.stage(evaluating)
     assert isinstance(out, Done) and out.message == "test loss 3.2100 on the test split"
@@ -662,8 +731,9 @@ def test_killed_in_training_at_the_recovery_cap_fails_the_run(env):
     env.make_run(S.training, nodes=2, recoveries=MAX_RECOVERIES)
     run = env.apply(Killed(f"the trainer on {env.name(1)} ended without an exit code (killed)"))
     assert run.status == "failed"
-    assert run.status_reason == (f"the trainer on {env.name(1)} ended without an exit code (killed), "
-                                 f"after {MAX_RECOVERIES} recoveries already")
+    assert run.status_reason == (
+        f"the trainer on {env.name(1)} ended without an exit code (killed), after {MAX_RECOVERIES} recoveries already"
+    )
     assert run.finished_at is not None and env.path()[-1] == "failed"
     assert env.tasks.cancelled == [env.run_id]
     assert_all_terminated_and_booked(env)
@@ -677,8 +747,10 @@ def test_killed_in_training_stops_every_trainer_and_counts_a_recovery(env):
     assert (run.status, run.recoveries) == ("recovering", 1)
     assert env.node(0).stopped == ["train"] and env.node(1).stopped == ["train"]
     assert not env.node(0).proc("train").running
-    assert env.events("recovery") == [f"the trainer on {env.name(1)} ended without an exit code (killed); resuming "
-                                      f"from the last checkpoint (recovery 1 of {MAX_RECOVERIES})"]
+    assert env.events("recovery") == [
+        f"the trainer on {env.name(1)} ended without an exit code (killed); resuming "
+        f"from the last checkpoint (recovery 1 of {MAX_RECOVERIES})"
+    ]
     assert env.costs() == [] and all(r.terminated_at is None for r in env.instances())
 
 
@@ -688,8 +760,10 @@ def test_a_lost_node_in_training_is_terminated_booked_and_replaced(env):
     reason = f"node 1 ({env.name(1)}) is preempted at provider fake"
     run = env.apply(Lost(reason))
     assert (run.status, run.recoveries) == ("recovering", 1)
-    assert env.events("recovery") == [f"{reason}; replacing {env.name(1)} with a new node; resuming from the last "
-                                      f"checkpoint (recovery 1 of {MAX_RECOVERIES})"]
+    assert env.events("recovery") == [
+        f"{reason}; replacing {env.name(1)} with a new node; resuming from the last "
+        f"checkpoint (recovery 1 of {MAX_RECOVERIES})"
+    ]
     assert env.node(0).stopped == ["train"]
     assert_all_terminated_and_booked(env, ranks={1})
     assert env.instances()[0].terminated_at is None
@@ -767,8 +841,9 @@ def test_a_whole_run_on_the_fake_provider(env):
     node.write(env.file(0, "data/manifest.json"), "{}")
     assert env.reconcile() is False
     assert env.run().status == "training" and node.started_names() == ["prepare", "train"]
-    assert f"--standalone --nproc_per_node=1 -m trainer.train {env.file(0, 'config.json')}" in \
-        node.proc("train").command
+    assert (
+        f"--standalone --nproc_per_node=1 -m trainer.train {env.file(0, 'config.json')}" in node.proc("train").command
+    )
 
     node.write(env.file(0, "metrics.jsonl"), json.dumps({"kind": "done", "step": 12, "tokens": 12288}) + "\n")
     node.write(env.file(0, "DONE"), "")
@@ -818,8 +893,9 @@ def test_a_node_gone_while_training_is_replaced_by_a_new_one(env):
     rows = env.instances()
     assert rows[0].terminated_at is not None and rows[1].name == f"{env.name(0)}r1"
     assert env.node(0).started_names() == ["prepare"]  # the new node prepares its data first
-    assert env.events("recovery")[0].startswith(f"node 0 ({env.name(0)}) no longer exists at provider fake; "
-                                                f"replacing {env.name(0)} with a new node")
+    assert env.events("recovery")[0].startswith(
+        f"node 0 ({env.name(0)}) no longer exists at provider fake; replacing {env.name(0)} with a new node"
+    )
 
 
 def test_an_error_that_counts_is_left_to_the_worker(env):
@@ -837,7 +913,6 @@ def test_a_hopeless_error_in_a_stage_fails_the_run(env):
     run = env.run()
     assert (run.status, run.status_reason) == ("failed", f"{env.name(0)}: the host key of 203.0.113.1 changed")
     assert_all_terminated_and_booked(env)
-
 
 
 # -- found while reshaping the controller (issue 10), fixed since

@@ -18,7 +18,13 @@ import pytest
 from provision.lambda_cloud.client import LambdaClient
 from provision.simulator import SimulatorServer
 from provision_helpers import (
-    API_KEY, FAST_RETRY, LAUNCH_INTERVAL_S, free_ssh_port, require_sshd, sim_config, write_key_pair,
+    API_KEY,
+    FAST_RETRY,
+    LAUNCH_INTERVAL_S,
+    free_ssh_port,
+    require_sshd,
+    sim_config,
+    write_key_pair,
 )
 
 
@@ -65,8 +71,9 @@ def _clean_sim(request):
         cloud.faults.rate_limited = 0
         cloud.faults.server_errors.clear()
         cloud.faults.no_capacity.clear()
-        cloud.capacity = {(t, r): n for t, item in cloud.catalog.instance_types.items()
-                          for r, n in item.capacity.items()}
+        cloud.capacity = {
+            (t, r): n for t, item in cloud.catalog.instance_types.items() for r, n in item.capacity.items()
+        }
         for inst in cloud.instances.values():
             inst.capacity_returned = True
 
@@ -79,8 +86,9 @@ def admin(sim):
 
 @pytest.fixture
 def client(sim):
-    with LambdaClient(API_KEY, base_url=sim.url, retry=FAST_RETRY, launch_interval_s=LAUNCH_INTERVAL_S,
-                      timeout_s=10) as c:
+    with LambdaClient(
+        API_KEY, base_url=sim.url, retry=FAST_RETRY, launch_interval_s=LAUNCH_INTERVAL_S, timeout_s=10
+    ) as c:
         yield c
 
 

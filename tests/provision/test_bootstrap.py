@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from provision.base import InstanceStatus
-from provision.bootstrap import BootstrapSpec, WheelCache, bootstrap
+from provision.bootstrap import BootstrapSpec, bootstrap
 from provision.errors import HostKeyMismatch
 from provision.lambda_cloud import LambdaProvider
 from provision.placement import place
-from provision.ssh.connection import SshTimeouts
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.transport.connection import SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
+from provision.wheels import WheelCache
 
 #: the interpreter of the simulated nodes, and the folder holding the preinstalled torch
 NODE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
@@ -34,9 +35,15 @@ PREPARE_ARGS = ("--max-tokens", "60000")
 
 @pytest.fixture
 def provider(client, key_pair, ssh_port, tmp_path):
-    p = LambdaProvider(client, ssh_key_name="trainyard-bootstrap", private_key_file=key_pair[0],
-                       known_hosts=PinnedHostKeys(tmp_path / "known_hosts"), ssh_user=getpass.getuser(),
-                       ssh_port=ssh_port, ssh_timeouts=SshTimeouts(connect_s=2, command_s=60))
+    p = LambdaProvider(
+        client,
+        ssh_key_name="trainyard-bootstrap",
+        private_key_file=key_pair[0],
+        known_hosts=PinnedHostKeys(tmp_path / "known_hosts"),
+        ssh_user=getpass.getuser(),
+        ssh_port=ssh_port,
+        ssh_timeouts=SshTimeouts(connect_s=2, command_s=60),
+    )
     p.ensure_ssh_key(key_pair[1])
     return p
 
@@ -54,8 +61,9 @@ def active_node(provider, name):
 
 def test_bootstrap_builds_once_installs_and_is_idempotent(provider, admin, tmp_path):
     inst, node = active_node(provider, "ty-boot-0")
-    spec = BootstrapSpec(run_dir="runs/r1", python=NODE_PYTHON, torch_site_packages=TORCH_SITE,
-                         prepare_args=PREPARE_ARGS)
+    spec = BootstrapSpec(
+        run_dir="runs/r1", python=NODE_PYTHON, torch_site_packages=TORCH_SITE, prepare_args=PREPARE_ARGS
+    )
     cache = tmp_path / "wheels"
     events: list[str] = []
 
@@ -76,9 +84,17 @@ def test_bootstrap_builds_once_installs_and_is_idempotent(provider, admin, tmp_p
     local_data.mkdir()
     for name in node.run(f"ls {cold.data_dir}").split():
         node.get(f"{cold.data_dir}/{name}", local_data / name)
-    warm = bootstrap(node, BootstrapSpec(run_dir="runs/r2", root="trainyard2", python=NODE_PYTHON,
-                                         torch_site_packages=TORCH_SITE, data_local_dir=local_data),
-                     wheels=WheelCache(cache))
+    warm = bootstrap(
+        node,
+        BootstrapSpec(
+            run_dir="runs/r2",
+            root="trainyard2",
+            python=NODE_PYTHON,
+            torch_site_packages=TORCH_SITE,
+            data_local_dir=local_data,
+        ),
+        wheels=WheelCache(cache),
+    )
     assert "wheel" not in warm.done and warm.wheel_key == cold.wheel_key and "data" in warm.done
     assert node.run(f"cat {warm.data_dir}/manifest.json") == (local_data / "manifest.json").read_text()
     assert warm.timings["wheel"] < cold.timings["wheel"] / 5
@@ -98,7 +114,8 @@ def test_changed_trainer_sources_get_a_new_wheel(tmp_path):
     (src / "pyproject.toml").write_text(
         '[project]\nname = "trainyard"\nversion = "0.1.0"\n[project.optional-dependencies]\n'
         'trainer = ["pyyaml>=6"]\n[project.scripts]\ntrainyard = "orchestrator.cli.main:app"\n'
-        '[tool.setuptools.packages.find]\ninclude = ["trainer*"]\n')
+        '[tool.setuptools.packages.find]\ninclude = ["trainer*"]\n'
+    )
     cache = WheelCache(tmp_path / "cache", source_root=src)
     first = cache.get()
     assert first.built and cache.get().built is False

@@ -69,6 +69,22 @@ def test_files(node, tmp_path):
         node.get(d + "/missing", tmp_path / "x")
 
 
+def test_json_and_private_files(node, tmp_path):
+    d = tmp_path / "a b"
+    node.mkdir(str(d))
+    node.write_json(str(d / "c.json"), {"lr": 0.1})
+    assert node.read_json(str(d / "c.json")) == {"lr": 0.1} and not (d / "c.json.tmp").exists()
+    assert node.read_json_list(str(d / "c.json")) is None  # an object, not a list
+    node.write_json(str(d / "answers.json"), [1, 2])
+    assert node.read_json_list(str(d / "answers.json")) == [1, 2] and node.read_json(str(d / "answers.json")) is None
+    (d / "half.json").write_text('{"cut off')
+    assert node.read_json(str(d / "half.json")) is None and node.read_json(str(d / "missing.json")) is None
+    secret = d / "new" / "creds"  # its folder is made too
+    node.write_private(str(secret), "[default]\nkey = s\n")
+    assert secret.read_text() == "[default]\nkey = s\n" and secret.stat().st_mode & 0o777 == 0o600
+    assert (secret.parent.stat().st_mode & 0o077) == 0  # made under umask 077
+
+
 def test_detached_process_reports_its_exit_code(node, tmp_path):
     wd = str(tmp_path)
     pid = node.start_detached("echo started; sleep 0.3; exit 3", workdir=wd, name="job")

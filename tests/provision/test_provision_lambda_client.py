@@ -4,6 +4,7 @@ and the API key never leaking."""
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import time
 
@@ -11,8 +12,13 @@ import httpx
 import pytest
 
 from provision.errors import (
-    InsufficientCapacity, InvalidCredentials, InvalidRequest, NotFound, ProviderServerError,
-    QuotaExceeded, RateLimited,
+    InsufficientCapacity,
+    InvalidCredentials,
+    InvalidRequest,
+    NotFound,
+    ProviderServerError,
+    QuotaExceeded,
+    RateLimited,
 )
 from provision.lambda_cloud.client import LambdaClient
 from provision.lambda_cloud.transport import RetryPolicy
@@ -21,8 +27,7 @@ from provision_helpers import API_KEY, FAST_RETRY, LAUNCH_INTERVAL_S, wait_statu
 
 def test_instance_types_have_prices_specs_and_capacity(client):
     types = client.instance_types()
-    assert {"gpu_1x_a100", "gpu_8x_a100", "gpu_8x_h100_sxm5", "gpu_8x_a100_80gb_sxm4",
-            "gpu_8x_b200_sxm6"} <= set(types)
+    assert {"gpu_1x_a100", "gpu_8x_a100", "gpu_8x_h100_sxm5", "gpu_8x_a100_80gb_sxm4", "gpu_8x_b200_sxm6"} <= set(types)
     h100 = types["gpu_8x_h100_sxm5"]
     assert h100.instance_type.price_cents_per_hour == 2392
     assert h100.instance_type.specs.gpus == 8
@@ -32,8 +37,9 @@ def test_instance_types_have_prices_specs_and_capacity(client):
 
 
 def test_launch_get_list_terminate(client, registered_key):
-    iid = client.launch(region="us-east-1", instance_type="gpu_1x_a100", ssh_key_name=registered_key,
-                        name="ty-client-0")
+    iid = client.launch(
+        region="us-east-1", instance_type="gpu_1x_a100", ssh_key_name=registered_key, name="ty-client-0"
+    )
     assert len(iid) == 32
     booting = client.get_instance(iid)
     assert booting.status == "booting" and booting.ip is None and booting.name == "ty-client-0"
@@ -65,9 +71,11 @@ def test_errors_are_mapped(sim, client, registered_key):
         client.launch(region="us-east-1", instance_type="gpu_1x_a100", ssh_key_name="no-such-key", name="x")
     with pytest.raises(InvalidRequest):
         client.launch(region="us-east-1", instance_type="gpu_1x_a100", ssh_key_name=registered_key, name="x" * 65)
-    with LambdaClient("wrong-key", base_url=sim.url, retry=FAST_RETRY) as bad:
-        with pytest.raises(InvalidCredentials) as exc:
-            bad.instance_types()
+    with (
+        LambdaClient("wrong-key", base_url=sim.url, retry=FAST_RETRY) as bad,
+        pytest.raises(InvalidCredentials) as exc,
+    ):
+        bad.instance_types()
     assert exc.value.code == "global/invalid-api-key" and exc.value.http_status == 401
 
 
@@ -129,11 +137,15 @@ def test_launch_spacing_is_honoured(sim, registered_key):
     with LambdaClient(API_KEY, base_url=sim.url, retry=FAST_RETRY, launch_interval_s=0.3) as c:
         c._api._http.event_hooks["request"].append(record)
         for n in range(3):
-            c.launch(region="us-east-1" if n < 2 else "us-west-1", instance_type="gpu_1x_a10",
-                     ssh_key_name=registered_key, name=f"ty-space-{n}")
+            c.launch(
+                region="us-east-1" if n < 2 else "us-west-1",
+                instance_type="gpu_1x_a10",
+                ssh_key_name=registered_key,
+                name=f"ty-space-{n}",
+            )
     # (a 429 from the simulator, whose limit may still count an earlier test's launch, adds a try;
     # the hook fires a few ms after the slot is granted, so allow scheduling jitter on a busy box)
-    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert len(sent) >= 3 and all(g >= 0.25 for g in gaps), gaps
 
 
@@ -152,9 +164,13 @@ def test_auth_bearer_and_basic(sim):
         assert httpx.get(url, headers={"Authorization": header}, trust_env=False).status_code == 200
     resp = httpx.get(url, headers={"Authorization": "Bearer nope"}, trust_env=False)
     assert resp.status_code == 401
-    assert resp.json() == {"error": {
-        "code": "global/invalid-api-key", "message": "API key was invalid, expired, or deleted.",
-        "suggestion": "Check your API key or create a new one, then try again."}}
+    assert resp.json() == {
+        "error": {
+            "code": "global/invalid-api-key",
+            "message": "API key was invalid, expired, or deleted.",
+            "suggestion": "Check your API key or create a new one, then try again.",
+        }
+    }
     assert httpx.get(url, trust_env=False).status_code == 401
 
 
@@ -180,9 +196,11 @@ def test_api_key_never_leaks(sim, admin, caplog):
     with pytest.raises(ProviderServerError) as exc:
         client.list_instances()
     texts += [str(exc.value), repr(exc.value)]
-    with LambdaClient(API_KEY, base_url="http://127.0.0.1:9", retry=FAST_RETRY, connect_timeout_s=0.5) as down:
-        with pytest.raises(ProviderServerError) as exc2:
-            down.instance_types()
+    with (
+        LambdaClient(API_KEY, base_url="http://127.0.0.1:9", retry=FAST_RETRY, connect_timeout_s=0.5) as down,
+        pytest.raises(ProviderServerError) as exc2,
+    ):
+        down.instance_types()
     texts += [str(exc2.value)]
     wrong = LambdaClient(API_KEY + "x", base_url=sim.url, retry=FAST_RETRY)
     with pytest.raises(InvalidCredentials) as exc3:
@@ -211,7 +229,7 @@ def _sleeps(policy: RetryPolicy, error: _Busy) -> list[float]:
         raise error
 
     with pytest.raises(_Busy):
-        policy.run(fail, retry_if=lambda e: isinstance(e, _Busy), sleep=sleeps.append, on_retry=lambda *a: None)
+        policy.run(fail, retry_if=lambda e: isinstance(e, _Busy), sleep=sleeps.append, on_retry=lambda *_: None)
     return sleeps
 
 
@@ -219,7 +237,7 @@ def test_backoff_is_capped_full_jitter_and_honours_retry_after():
     policy = RetryPolicy(attempts=5, base_delay_s=1.0, max_delay_s=4.0)
     for _ in range(20):
         sleeps = _sleeps(policy, _Busy())
-        assert len(sleeps) == 4 and all(0 <= s <= cap for s, cap in zip(sleeps, [1, 2, 4, 4])), sleeps
+        assert len(sleeps) == 4 and all(0 <= s <= cap for s, cap in zip(sleeps, [1, 2, 4, 4], strict=True)), sleeps
     assert all(s >= 3 for s in _sleeps(policy, _Busy(retry_after_s=3)))  # Retry-After is a floor...
     assert _sleeps(policy, _Busy(retry_after_s=600)) == [4.0] * 4  # ...capped by max_delay_s
     assert _sleeps(RetryPolicy(attempts=1), _Busy()) == []

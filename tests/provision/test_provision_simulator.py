@@ -27,8 +27,12 @@ def api(sim, method, path, **kw):
 
 def test_launch_validation_speaks_lambda_not_fastapi(sim, registered_key):
     time.sleep(0.2)  # the launch limit
-    body = {"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10", "ssh_key_names": [registered_key],
-            "quantity": 2}
+    body = {
+        "region_name": "us-east-1",
+        "instance_type_name": "gpu_1x_a10",
+        "ssh_key_names": [registered_key],
+        "quantity": 2,
+    }
     resp = api(sim, "POST", "/instance-operations/launch", json=body)
     assert resp.status_code == 400
     assert resp.json()["error"] == {"code": "global/invalid-parameters", "message": "Requested too many instances."}
@@ -41,16 +45,20 @@ def test_launch_validation_speaks_lambda_not_fastapi(sim, registered_key):
     resp = api(sim, "GET", "/no-such-thing")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "global/not-found"
     resp = api(sim, "GET", "/instances/" + "0" * 32)
-    assert resp.json() == {"error": {"code": "global/object-does-not-exist",
-                                     "message": "Specified instance does not exist."}}
+    assert resp.json() == {
+        "error": {"code": "global/object-does-not-exist", "message": "Specified instance does not exist."}
+    }
 
 
 def test_instance_shape_and_lifecycle(sim, client, registered_key):
     iid = client.launch(region="us-east-1", instance_type="gpu_1x_a10", ssh_key_name=registered_key, name="ty-life-0")
     raw = api(sim, "GET", f"/instances/{iid}").json()["data"]
     assert raw["status"] == "booting" and "ip" not in raw
-    assert raw["actions"]["terminate"] == {"available": False, "reason_code": "vm-has-not-launched",
-                                           "reason_description": "vm has not launched"}
+    assert raw["actions"]["terminate"] == {
+        "available": False,
+        "reason_code": "vm-has-not-launched",
+        "reason_description": "vm has not launched",
+    }
     assert {"id", "status", "ssh_key_names", "file_system_names", "region", "instance_type", "actions"} <= set(raw)
     wait_status(client, iid, "active")
     raw = api(sim, "GET", f"/instances/{iid}").json()["data"]
@@ -78,8 +86,9 @@ def test_general_rate_limit(tmp_path, sshd_path, ssh_port):
 
 
 def test_ledger_counts_started_minutes(sim, client, registered_key, admin):
-    iid = client.launch(region="us-east-1", instance_type="gpu_1x_a100_sxm4", ssh_key_name=registered_key,
-                        name="ty-led")
+    iid = client.launch(
+        region="us-east-1", instance_type="gpu_1x_a100_sxm4", ssh_key_name=registered_key, name="ty-led"
+    )
     wait_status(client, iid, "active")
     time.sleep(1.5 * MINUTE_S)
     running = next(e for e in admin.get("/sim/v1/billing").json()["entries"] if e["instance_id"] == iid)
@@ -97,7 +106,8 @@ def test_ledger_counts_started_minutes(sim, client, registered_key, admin):
     assert Path(sim.cloud.state_dir / "ledger.json").exists()
 
 
-def test_capacity_is_counted_and_settable(sim, client, registered_key, admin):
+@pytest.mark.usefixtures("sim")
+def test_capacity_is_counted_and_settable(client, registered_key, admin):
     admin.put("/sim/v1/capacity", json={"instance_type": "gpu_8x_b200_sxm6", "region": "us-south-2", "count": 1})
     client.launch(region="us-south-2", instance_type="gpu_8x_b200_sxm6", ssh_key_name=registered_key, name="b200")
     assert client.instance_types()["gpu_8x_b200_sxm6"].regions_with_capacity_available == []
@@ -124,14 +134,34 @@ def test_catalog_from_yaml(tmp_path):
         load_catalog(path)
 
 
-def test_cli_serves_and_cleans_up_on_sigterm(tmp_path, sshd_path, ssh_port, key_pair):
+@pytest.mark.usefixtures("sshd_path")
+def test_cli_serves_and_cleans_up_on_sigterm(tmp_path, ssh_port, key_pair):
     """`python -m provision.simulator`: serves the API; SIGTERM destroys every machine."""
     port = _free_port()
     env = dict(os.environ, LAMBDA_SIM_API_KEY=API_KEY, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    cmd = [sys.executable, "-m", "provision.simulator", "--host", "127.0.0.1", "--port", str(port),
-           "--state-dir", str(tmp_path / "state"), "--boot-seconds", "0.2", "--launch-interval", "0",
-           "--requests-per-second", "0", "--ssh-port", str(ssh_port), "--first-ip", "127.0.0.60",
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "provision.simulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--boot-seconds",
+        "0.2",
+        "--launch-interval",
+        "0",
+        "--requests-per-second",
+        "0",
+        "--ssh-port",
+        str(ssh_port),
+        "--first-ip",
+        "127.0.0.60",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -145,11 +175,16 @@ def test_cli_serves_and_cleans_up_on_sigterm(tmp_path, sshd_path, ssh_port, key_
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
             time.sleep(0.1)
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        r = httpx.post(f"{base}/api/v1/ssh-keys", json={"name": "k", "public_key": key_pair[1]},
-                       headers=headers, trust_env=False)
+        r = httpx.post(
+            f"{base}/api/v1/ssh-keys", json={"name": "k", "public_key": key_pair[1]}, headers=headers, trust_env=False
+        )
         assert r.status_code == 200
-        r = httpx.post(f"{base}/api/v1/instance-operations/launch", headers=headers, trust_env=False,
-                       json={"region_name": "us-east-1", "instance_type_name": "gpu_1x_a100", "ssh_key_names": ["k"]})
+        r = httpx.post(
+            f"{base}/api/v1/instance-operations/launch",
+            headers=headers,
+            trust_env=False,
+            json={"region_name": "us-east-1", "instance_type_name": "gpu_1x_a100", "ssh_key_names": ["k"]},
+        )
         iid = r.json()["data"]["instance_ids"][0]
         deadline = time.monotonic() + 10
         url = f"{base}/api/v1/instances/{iid}"
@@ -169,8 +204,13 @@ def test_cli_serves_and_cleans_up_on_sigterm(tmp_path, sshd_path, ssh_port, key_
 
 def test_cli_refuses_to_start_without_sshd(tmp_path):
     env = dict(os.environ, TRAINYARD_SSHD="/nonexistent/sshd", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.run([sys.executable, "-m", "provision.simulator", "--state-dir", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "provision.simulator", "--state-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "install-sshd.sh" in proc.stderr
 
 

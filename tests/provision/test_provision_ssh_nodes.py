@@ -11,8 +11,8 @@ import pytest
 
 from provision.errors import HostKeyMismatch, NodeError, NodeUnreachable
 from provision.simulator.sshd import Machine, address_free, generate_key_pair
-from provision.ssh.connection import SshNode, SshTarget, SshTimeouts
-from provision.ssh.known_hosts import PinnedHostKeys
+from provision.transport.connection import SshNode, SshTarget, SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
 from provision_helpers import pid_alive, wait_status
 
 FAST = SshTimeouts(connect_s=2, banner_s=5, auth_s=5, channel_s=5, command_s=20)
@@ -21,8 +21,12 @@ FAST = SshTimeouts(connect_s=2, banner_s=5, auth_s=5, channel_s=5, command_s=20)
 @pytest.fixture
 def machine(client, registered_key, admin):
     """An active simulated instance: (lambda instance, its simulator record)."""
-    iid = client.launch(region="us-west-1", instance_type="gpu_1x_a100", ssh_key_name=registered_key,
-                        name=f"ty-ssh-{time.monotonic_ns()}")
+    iid = client.launch(
+        region="us-west-1",
+        instance_type="gpu_1x_a100",
+        ssh_key_name=registered_key,
+        name=f"ty-ssh-{time.monotonic_ns()}",
+    )
     inst = wait_status(client, iid, "active")
     record = next(m for m in admin.get("/sim/v1/machines").json() if m["id"] == iid)
     return inst, record
@@ -107,7 +111,8 @@ def test_terminate_kills_the_sshd_and_its_processes(machine, client, key_pair, s
         node.run("echo still there?")
     with pytest.raises(NodeUnreachable):
         node_for(inst, key_pair, PinnedHostKeys(tmp_path / "k2"), ssh_port).wait_for_ssh(
-            time.monotonic() + 0.5, interval_s=0.1)
+            time.monotonic() + 0.5, interval_s=0.1
+        )
 
 
 @pytest.mark.parametrize("status", ["unhealthy", "preempted"])
@@ -134,8 +139,11 @@ def test_wait_for_ssh_retries_until_the_machine_answers(sshd_path, ssh_port, key
     box = Machine(tmp_path / "box", "late-box", key_pair[1], sim_tag="test-late-box")
     starter = threading.Timer(0.6, box.start, args=(address, ssh_port), kwargs={"sshd": sshd_path})
     starter.start()
-    node = SshNode.to(SshTarget(address, getpass.getuser(), key_pair[0], ssh_port),
-                      PinnedHostKeys(tmp_path / "known_hosts"), timeouts=FAST)
+    node = SshNode.to(
+        SshTarget(address, getpass.getuser(), key_pair[0], ssh_port),
+        PinnedHostKeys(tmp_path / "known_hosts"),
+        timeouts=FAST,
+    )
     try:
         t0 = time.monotonic()
         node.wait_for_ssh(t0 + 10, interval_s=0.1)

@@ -10,9 +10,9 @@ import pytest
 from provision.base import InstanceStatus
 from provision.errors import InsufficientCapacity, InvalidRequest
 from provision.simulator.sshd import Machine, address_free
-from provision.ssh.connection import SshTimeouts
-from provision.ssh.known_hosts import PinnedHostKeys
-from provision.ssh.provider import SshProvider, load_hosts
+from provision.ssh_hosts import SshProvider, load_hosts
+from provision.transport.connection import SshTimeouts
+from provision.transport.known_hosts import PinnedHostKeys
 
 
 @pytest.fixture
@@ -28,20 +28,43 @@ def box(sshd_path, ssh_port, key_pair, tmp_path):
 @pytest.fixture
 def hosts_file(box, ssh_port, key_pair, tmp_path):
     path = tmp_path / "hosts.json"
-    path.write_text(json.dumps({"hosts": [
-        {"name": "box1", "host": box.address, "port": ssh_port, "user": getpass.getuser(),
-         "key_file": str(key_pair[0]), "gpus": 8, "instance_type": "gpu_8x_local", "region": "home",
-         "price_cents_per_hour": 0},
-        {"name": "laptop", "host": "127.0.0.9", "port": ssh_port, "user": getpass.getuser(),
-         "key_file": str(key_pair[0]), "gpus": 1},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "hosts": [
+                    {
+                        "name": "box1",
+                        "host": box.address,
+                        "port": ssh_port,
+                        "user": getpass.getuser(),
+                        "key_file": str(key_pair[0]),
+                        "gpus": 8,
+                        "instance_type": "gpu_8x_local",
+                        "region": "home",
+                        "price_cents_per_hour": 0,
+                    },
+                    {
+                        "name": "laptop",
+                        "host": "127.0.0.9",
+                        "port": ssh_port,
+                        "user": getpass.getuser(),
+                        "key_file": str(key_pair[0]),
+                        "gpus": 1,
+                    },
+                ]
+            }
+        )
+    )
     return path
 
 
 def make(hosts_file, tmp_path) -> SshProvider:
-    return SshProvider(load_hosts(hosts_file), state_file=tmp_path / "claims.json",
-                       known_hosts=PinnedHostKeys(tmp_path / "known_hosts"),
-                       ssh_timeouts=SshTimeouts(connect_s=2, command_s=20))
+    return SshProvider(
+        load_hosts(hosts_file),
+        state_file=tmp_path / "claims.json",
+        known_hosts=PinnedHostKeys(tmp_path / "known_hosts"),
+        ssh_timeouts=SshTimeouts(connect_s=2, command_s=20),
+    )
 
 
 def test_claim_drive_release(hosts_file, tmp_path):
@@ -71,7 +94,9 @@ def test_claim_drive_release(hosts_file, tmp_path):
 
 def test_config_is_validated(tmp_path, key_pair):
     bad = tmp_path / "hosts.yaml"
-    bad.write_text(f"hosts:\n  - {{name: a, host: h, user: u, key_file: {key_pair[0]}}}\n"
-                   f"  - {{name: a, host: h2, user: u, key_file: {key_pair[0]}}}\n")
+    bad.write_text(
+        f"hosts:\n  - {{name: a, host: h, user: u, key_file: {key_pair[0]}}}\n"
+        f"  - {{name: a, host: h2, user: u, key_file: {key_pair[0]}}}\n"
+    )
     with pytest.raises(ValueError, match="unique"):
         load_hosts(bad)

@@ -60,9 +60,11 @@ def _run_module(module: str, *args: str, nproc: int = 0, timeout: int = 300) -> 
 @pytest.fixture(scope="session")
 def write_tiny_config(corpus_dir):
     """write_tiny_config(path, **overrides) writes a YAML config for a seconds-long run."""
+
     def make(path: Path, **overrides) -> Path:
         path.write_text(yaml.safe_dump(_tiny_config(corpus_dir, **overrides)))
         return path
+
     return make
 
 
@@ -81,8 +83,8 @@ def run_module():
 @pytest.fixture()
 def make_checkpoint():
     """make_checkpoint(run_dir, step, ...) saves a committed checkpoint of a 1-layer tiny model."""
-    def make(run_dir: Path, step: int = 1, keep_last: int = 3, seed: int = 0,
-             vocab_size: int = 50257) -> Path:
+
+    def make(run_dir: Path, step: int = 1, keep_last: int = 3, seed: int = 0, vocab_size: int = 50257) -> Path:
         import torch
 
         from trainer import checkpoint
@@ -96,10 +98,20 @@ def make_checkpoint():
         x = torch.randint(0, vocab_size, (2, 64))
         model(x, x)[1].backward()
         opt.step()
-        state = {"step": step, "tokens": step * 128, "data_offset": step * 128, "world_size": 1,
-                 "tokens_per_step": 128, "warmup_tokens": 0, "rng": [], "val_loss": None}
-        path, _ = checkpoint.save(run_dir, step, step * 128, model, opt, state,
-                                  {"model": vars(cfg), "train": {}}, {"step": step}, keep_last)
+        state = {
+            "step": step,
+            "tokens": step * 128,
+            "data_offset": step * 128,
+            "world_size": 1,
+            "tokens_per_step": 128,
+            "warmup_tokens": 0,
+            "rng": [],
+            "val_loss": None,
+        }
+        path, _ = checkpoint.save(
+            run_dir, step, step * 128, model, opt, state, {"model": vars(cfg), "train": {}}, {"step": step}, keep_last
+        )
         make.last_model = model
         return path
+
     return make

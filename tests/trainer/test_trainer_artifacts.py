@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3server import ACCESS_KEY, SECRET_KEY, Proxy, admin_client, moto_server
 
+from s3server import ACCESS_KEY, SECRET_KEY, Proxy, admin_client, moto_server
 from trainer.artifacts import ArtifactError, IntegrityError, open_store
 from trainer.artifacts import manifest as mf
 
@@ -33,8 +33,15 @@ def s3_url():
 
 
 def s3_store(url: str, prefix: str, state_dir: Path, **kw):
-    return open_store(f"s3://{BUCKET}/{prefix}", endpoint_url=url, credentials=CREDS,
-                      part_size=5 * MiB, concurrency=4, state_dir=state_dir, **kw)
+    return open_store(
+        f"s3://{BUCKET}/{prefix}",
+        endpoint_url=url,
+        credentials=CREDS,
+        part_size=5 * MiB,
+        concurrency=4,
+        state_dir=state_dir,
+        **kw,
+    )
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -50,49 +57,78 @@ def make_ckpt(path: Path, step: int = 1, big: int = 11 * MiB, seed: int = 0) -> 
     """A checkpoint folder in the trainer's format (real manifest layout), with random bytes."""
     rng = random.Random(seed)
     path.mkdir(parents=True)
-    sizes = {"model.safetensors": big, "optimizer.pt": big + 12345, "state.pt": 3000,
-             "config.json": 40, "metrics.json": 20}
+    sizes = {
+        "model.safetensors": big,
+        "optimizer.pt": big + 12345,
+        "state.pt": 3000,
+        "config.json": 40,
+        "metrics.json": 20,
+    }
     files = {}
     for name, n in sizes.items():
         (path / name).write_bytes(rng.randbytes(n))
         files[name] = {"bytes": n, "sha256": mf.sha256_file(path / name)}
-    manifest = {"format": mf.FORMAT, "step": step, "tokens": step * 128, "files": files,
-                "created": "2026-01-01T00:00:00Z"}
+    manifest = {
+        "format": mf.FORMAT,
+        "step": step,
+        "tokens": step * 128,
+        "files": files,
+        "created": "2026-01-01T00:00:00Z",
+    }
     (path / mf.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return subprocess.run([sys.executable, "-m", "trainer.artifacts", *args], cwd=REPO,
-                          env={**base, "PYTHONPATH": str(REPO), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.artifacts", *args],
+        cwd=REPO,
+        env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def s3_env(url: str, state_dir: Path) -> dict:
-    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url,
-            "TRAINYARD_ARTIFACT_STATE_DIR": str(state_dir)}
+    return {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": url,
+        "TRAINYARD_ARTIFACT_STATE_DIR": str(state_dir),
+    }
 
 
 def test_importing_the_store_loads_neither_torch_nor_boto3():
-    code = ("import sys, trainer.artifacts, trainer.artifacts.__main__, orchestrator.grants\n"
-            "from trainer.artifacts import open_store\n"
-            "open_store('file:///tmp/ty-none')\n"
-            "assert 'torch' not in sys.modules, 'torch'\n"
-            "assert 'boto3' not in sys.modules, 'boto3'\n"
-            "open_store('s3://bucket/p', endpoint_url='http://127.0.0.1:9')\n"
-            "assert 'torch' not in sys.modules, 'torch after s3'\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                       capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, trainer.artifacts, trainer.artifacts.__main__, orchestrator.grants\n"
+        "from trainer.artifacts import open_store\n"
+        "open_store('file:///tmp/ty-none')\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "assert 'boto3' not in sys.modules, 'boto3'\n"
+        "open_store('s3://bucket/p', endpoint_url='http://127.0.0.1:9')\n"
+        "assert 'torch' not in sys.modules, 'torch after s3'\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_round_trip_lists_only_committed_checkpoints(store, tmp_path):
     a = make_ckpt(tmp_path / "a" / "step_000001", step=1)
     stats = store.put_checkpoint(a, "ckpts/step_000001")
-    assert stats.files_sent == 5 and stats.bytes_sent == sum(f.stat().st_size for f in a.iterdir()) - \
-        (a / mf.MANIFEST).stat().st_size
+    assert (
+        stats.files_sent == 5
+        and stats.bytes_sent == sum(f.stat().st_size for f in a.iterdir()) - (a / mf.MANIFEST).stat().st_size
+    )
     # a second checkpoint whose files are up but whose manifest is not: not a checkpoint
     store.put_file(a / "model.safetensors", "ckpts/step_000002/model.safetensors")
     assert store.list_checkpoints("ckpts") == ["ckpts/step_000001"]
@@ -200,12 +236,14 @@ def test_cli_push_list_pull_and_bad_input(s3_url, tmp_path):
     assert mf.verify(tmp_path / "b")["step"] == 3
     r = cli("push", str(a), (tmp_path / "fs" / "step_000003").as_uri())
     assert r.returncode == 0 and mf.verify(tmp_path / "fs" / "step_000003")
-    for args in (["push", str(a), "ftp://host/x"],                    # unknown scheme
-                 ["push", str(tmp_path), f"{uri}/x"],                  # not a committed checkpoint
-                 ["pull", f"{uri}/missing", str(tmp_path / "c")],      # nothing committed there
-                 ["pull", "file://relative/x", str(tmp_path / "c")],   # not an absolute path
-                 ["push", str(a)],                                     # missing argument
-                 ["push", str(a), f"{uri}/y", "--part-size-mib", "1"]):  # below S3's minimum
+    for args in (
+        ["push", str(a), "ftp://host/x"],  # unknown scheme
+        ["push", str(tmp_path), f"{uri}/x"],  # not a committed checkpoint
+        ["pull", f"{uri}/missing", str(tmp_path / "c")],  # nothing committed there
+        ["pull", "file://relative/x", str(tmp_path / "c")],  # not an absolute path
+        ["push", str(a)],  # missing argument
+        ["push", str(a), f"{uri}/y", "--part-size-mib", "1"],
+    ):  # below S3's minimum
         r = cli(*args, env=env)
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
@@ -228,10 +266,13 @@ def test_an_upload_killed_part_way_is_not_a_checkpoint_and_a_retry_resumes_it(s3
     proxy = Proxy(int(s3_url.rsplit(":", 1)[1]), rate_bytes_s=2 * MiB)
     env = s3_env(proxy.url, tmp_path / "state")
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.artifacts", "push", str(a), uri,
-                             "--part-size-mib", "5", "--concurrency", "1"], cwd=REPO,
-                            env={**base, "PYTHONPATH": str(REPO), **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.artifacts", "push", str(a), uri, "--part-size-mib", "5", "--concurrency", "1"],
+        cwd=REPO,
+        env={**base, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -249,7 +290,7 @@ def test_an_upload_killed_part_way_is_not_a_checkpoint_and_a_retry_resumes_it(s3
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
 
     store = s3_store(s3_url, "killed", tmp_path / "state")
-    assert store.list_checkpoints() == []                           # not taken for a checkpoint
+    assert store.list_checkpoints() == []  # not taken for a checkpoint
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{key}/{mf.MANIFEST}")
     with pytest.raises(ArtifactError, match="not a committed checkpoint"):
         store.get_checkpoint("step_000001", tmp_path / "early")
@@ -257,7 +298,7 @@ def test_an_upload_killed_part_way_is_not_a_checkpoint_and_a_retry_resumes_it(s3
     r = cli("push", str(a), uri, "--part-size-mib", "5", env=s3_env(s3_url, tmp_path / "state"))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["files_skipped"] >= 1      # model.safetensors was already whole
+    assert summary["files_skipped"] >= 1  # model.safetensors was already whole
     assert summary["parts_reused"] >= 1, summary  # optimizer.pt resumed from its uploaded parts
     assert store.list_checkpoints() == ["step_000001"]
     store.get_checkpoint("step_000001", tmp_path / "b")
@@ -287,7 +328,7 @@ def test_an_interrupted_pull_keeps_what_it_fetched(store, tmp_path):
     tmp = out.parent / ".tmp-c"
     tmp.mkdir(parents=True)
     (tmp / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())  # fetched before
-    (tmp / "optimizer.pt").write_bytes(b"half")                                     # cut off
+    (tmp / "optimizer.pt").write_bytes(b"half")  # cut off
     stats = store.get_checkpoint("c", out)
     assert stats.files_skipped == 1 and stats.files_sent == 4
     assert mf.verify(out)["step"] == 1 and not tmp.exists()
@@ -305,10 +346,17 @@ def test_transfer_retries_back_off_with_full_jitter_then_give_up():
         raise ConnectionResetError("reset by peer")
 
     with pytest.raises(TransferError, match="GET x failed after 4 attempts: reset by peer"):
-        with_retries(drop, what="GET x", is_transient=lambda e: isinstance(e, OSError), attempts=4,
-                     base_s=0.5, cap_s=1.0, sleep=sleeps.append)
+        with_retries(
+            drop,
+            what="GET x",
+            is_transient=lambda e: isinstance(e, OSError),
+            attempts=4,
+            base_s=0.5,
+            cap_s=1.0,
+            sleep=sleeps.append,
+        )
     assert len(calls) == 4 and len(sleeps) == 3
-    assert all(0 <= s <= cap for s, cap in zip(sleeps, [0.5, 1.0, 1.0])), sleeps
+    assert all(0 <= s <= cap for s, cap in zip(sleeps, [0.5, 1.0, 1.0], strict=True)), sleeps
 
     def refused() -> None:  # not transient: raised as it is, at once
         calls.append(1)

@@ -17,8 +17,7 @@ def test_committed_checkpoint_round_trips_the_model(tmp_path, make_checkpoint):
     assert path.name == "step_000003"
     assert checkpoint.latest(tmp_path / "run") == path
     manifest = checkpoint.verify(path)
-    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "state.pt",
-                                      "config.json", "metrics.json"}
+    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "state.pt", "config.json", "metrics.json"}
     for name, meta in manifest["files"].items():
         assert (path / name).stat().st_size == meta["bytes"]
     model = GPT(GPTConfig(**checkpoint.read_config(path)["model"]))
@@ -87,9 +86,11 @@ def test_training_refuses_to_resume_from_a_corrupt_latest(tmp_path, tiny_config,
     rc = main([str(tiny_config()), "--run-dir", str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert err[-1] == f"error: checkpoint {path}: state.pt is 7 bytes, the manifest says " \
-                      f"{json.loads((path / 'manifest.json').read_text())['files']['state.pt']['bytes']} " \
-                      f"(truncated or corrupt)"
+    assert (
+        err[-1] == f"error: checkpoint {path}: state.pt is 7 bytes, the manifest says "
+        f"{json.loads((path / 'manifest.json').read_text())['files']['state.pt']['bytes']} "
+        f"(truncated or corrupt)"
+    )
     failed = json.loads((run / "FAILED").read_text())
     assert failed["exit_code"] == 2 and failed["kind"] == "CheckpointError"
     assert not (run / "metrics.jsonl").exists() or "train" not in (run / "metrics.jsonl").read_text()

@@ -39,8 +39,10 @@ def test_the_run_spec_training_section_is_the_train_config_schema():
 
 
 def test_the_config_the_service_writes_is_one_the_trainer_reads():
-    spec = parse_spec_yaml("name: x\nmodel: {overrides: {n_layer: 2}}\n"
-                           "training: {seq_len: 64, lr: 4e-4, max_tokens: chinchilla, eval_every: 0}\n")
+    spec = parse_spec_yaml(
+        "name: x\nmodel: {overrides: {n_layer: 2}}\n"
+        "training: {seq_len: 64, lr: 4e-4, max_tokens: chinchilla, eval_every: 0}\n"
+    )
     written = spec.trainer_config(data_dir="/w/data", artifact_uri="s3://b/p/runs/r/checkpoints")
     cfg = config.from_dict(written)
     assert cfg.to_dict() == {**TrainConfigFile().model_dump(), **written}
@@ -82,8 +84,10 @@ def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_trainer(tmp_path, 
         ("{eval_every: 0}", {"eval_every": 0}),  # no validation during training: both sides now
         ("{max_tokens: 2e6, lr: 4e-4}", {"max_tokens": 2_000_000, "lr": 4e-4}),  # YAML 1.1 strings
         ("{max_tokens: 2_000_000, micro_batch: auto}", {"max_tokens": 2_000_000, "micro_batch": "auto"}),
-        ("{max_tokens: chinchilla, min_lr: 0, compile: true}", {"max_tokens": "chinchilla", "min_lr": 0.0,
-                                                                "compile": True}),
+        (
+            "{max_tokens: chinchilla, min_lr: 0, compile: true}",
+            {"max_tokens": "chinchilla", "min_lr": 0.0, "compile": True},
+        ),
     ],
 )
 def test_good_values_read_the_same_on_both_sides(tmp_path, training, values):
@@ -127,12 +131,11 @@ def test_a_bad_value_from_the_command_line_is_one_line_and_exit_2(tmp_path, tiny
     rc = main([str(tiny_config(lr=2e-4)), "--run-dir", str(tmp_path / "r"), "--set", "min_lr=1e-3"])
     assert rc == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: min_lr: 0.001 is above lr (0.0002): the schedule decays from lr down to min_lr"]
+        "error: min_lr: 0.001 is above lr (0.0002): the schedule decays from lr down to min_lr"
+    ]
 
 
 def test_the_schema_and_the_spec_do_not_import_torch():
-    code = ("import sys, trainer.schema, orchestrator.spec; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                       check=False)
+    code = "import sys, trainer.schema, orchestrator.spec; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr

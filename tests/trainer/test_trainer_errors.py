@@ -45,9 +45,9 @@ def test_overrides_and_chinchilla_resolve(tiny_config):
     assert cfg.lr == 3e-4 and cfg.model_overrides["n_layer"] == 3
     # 20 tokens per parameter of the model the config describes
     from trainer.model import GPT
+
     assert cfg.target_tokens() == 20 * GPT(cfg.model_config()).num_params()
-    small = config.load(tiny_config(model="gpt2-small", model_overrides={}, max_tokens="chinchilla",
-                                     seq_len=1024))
+    small = config.load(tiny_config(model="gpt2-small", model_overrides={}, max_tokens="chinchilla", seq_len=1024))
     assert small.target_tokens() == 3_260_190_720  # the users' budget for the 163M model
 
 
@@ -57,28 +57,33 @@ def test_token_budget_larger_than_the_data_is_refused_at_start(tmp_path, tiny_co
     available = load_manifest(corpus_dir)["splits"]["train"]["tokens"] - 1
     rc, err = run_train([str(tiny_config(max_tokens=10_000_000)), "--run-dir", str(tmp_path / "r")], capsys)
     assert rc == 2
-    assert err == [f"error: max_tokens=10000000 (10,000,000 tokens) is more than the {available:,} "
-                   f"training tokens available in {corpus_dir} (one epoch, no repeats); lower "
-                   f"max_tokens or prepare more data"]
+    assert err == [
+        f"error: max_tokens=10000000 (10,000,000 tokens) is more than the {available:,} "
+        f"training tokens available in {corpus_dir} (one epoch, no repeats); lower "
+        f"max_tokens or prepare more data"
+    ]
     rc, err = run_train([str(tiny_config(max_tokens="chinchilla")), "--run-dir", str(tmp_path / "c")], capsys)
     assert rc == 2 and "max_tokens=chinchilla" in err[-1] and f"{available:,} training tokens" in err[-1]
 
 
 def test_missing_data_and_cpu_autotune_are_clear(tmp_path, tiny_config, capsys):
-    rc, err = run_train([str(tiny_config(data_dir=str(tmp_path / "nowhere"))),
-                         "--run-dir", str(tmp_path / "r")], capsys)
-    assert rc == 2 and err == [f"error: {tmp_path / 'nowhere'} holds no prepared data (manifest.json "
-                               f"is missing); run python -m trainer.prepare first"]
-    rc, err = run_train([str(tiny_config(micro_batch="auto", device="cpu")), "--run-dir",
-                         str(tmp_path / "r2")], capsys)
+    rc, err = run_train(
+        [str(tiny_config(data_dir=str(tmp_path / "nowhere"))), "--run-dir", str(tmp_path / "r")], capsys
+    )
+    assert rc == 2 and err == [
+        f"error: {tmp_path / 'nowhere'} holds no prepared data (manifest.json "
+        f"is missing); run python -m trainer.prepare first"
+    ]
+    rc, err = run_train([str(tiny_config(micro_batch="auto", device="cpu")), "--run-dir", str(tmp_path / "r2")], capsys)
     assert rc == 2 and "micro_batch: auto searches GPU memory and needs CUDA" in err[-1]
 
 
 def test_cli_error_has_no_traceback(tmp_path, tiny_config, run_module):
     r = run_module("trainer.train", str(tiny_config(seq_len=4096)), "--run-dir", str(tmp_path / "r"))
     assert r.returncode == 2
-    assert r.stderr.strip() == ("error: seq_len 4096 exceeds the model's context of 256 "
-                                "(set model_overrides.block_size)")
+    assert r.stderr.strip() == (
+        "error: seq_len 4096 exceeds the model's context of 256 (set model_overrides.block_size)"
+    )
 
 
 @pytest.mark.parametrize("capacity", [1, 2, 3, 7, 8, 27, 64, 100, 512])
@@ -95,4 +100,4 @@ def test_micro_batch_search_finds_the_largest_that_fits(capacity):
 
 def test_micro_batch_search_when_nothing_fits():
     with pytest.raises(ConfigError, match="not even a micro-batch of 1 fits"):
-        find_micro_batch(lambda b: False)
+        find_micro_batch(lambda _b: False)

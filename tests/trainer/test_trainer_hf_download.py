@@ -79,8 +79,7 @@ def hf_model(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=50257,
-                                       n_positions=64)).eval()
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, n_positions=64)).eval()
     folder = tmp_path_factory.mktemp("hf-gpt2")
     model.save_pretrained(folder)
     return model, folder
@@ -101,8 +100,9 @@ def test_hf_gpt2_is_downloaded_once_then_loaded_from_the_cache(hub, hf_model, tm
     monkeypatch.setattr(hf_download, "fetch_repo", _with_log(hf_download.fetch_repo, lines.append))
     model, info = load_model("hf:gpt2", None)
     assert info == {"checkpoint": "hf:gpt2", "step": None}
-    assert sorted(hub.requests) == sorted([REPO_PATH + "config.json", REPO_PATH + "model.safetensors",
-                                           "/cdn/model.safetensors"])
+    assert sorted(hub.requests) == sorted(
+        [REPO_PATH + "config.json", REPO_PATH + "model.safetensors", "/cdn/model.safetensors"]
+    )
     cached = tmp_path / "hf-cache" / "openai-community" / "gpt2"
     for name in hf_download.FILES:
         assert (cached / name).read_bytes() == (hf_model[1] / name).read_bytes()
@@ -124,9 +124,11 @@ def _with_log(fetch, log):
     return lambda repo, *a, **kw: fetch(repo, *a, log=log, **kw)
 
 
-@pytest.mark.parametrize("mode, message", [("cut", r"the connection ended after \d+ of \d+ bytes"),
-                                           ("corrupt", "the server announced")],
-                         ids=["cut", "corrupt"])
+@pytest.mark.parametrize(
+    "mode, message",
+    [("cut", r"the connection ended after \d+ of \d+ bytes"), ("corrupt", "the server announced")],
+    ids=["cut", "corrupt"],
+)
 def test_a_cut_or_corrupt_download_is_never_used(hub, tmp_path, mode, message):
     hub.mode = mode
     with pytest.raises(hf_download.DownloadError, match=message) as e:
@@ -141,7 +143,8 @@ def test_a_cut_or_corrupt_download_is_never_used(hub, tmp_path, mode, message):
     assert model.config.n_layer == 1
 
 
-def test_missing_file_and_silent_server_fail_with_one_clear_error(hub, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("hub")
+def test_missing_file_and_silent_server_fail_with_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"/gpt2/resolve/main/tokenizer.json: HTTP 404"):
         hf_download.fetch_repo("openai-community/gpt2", files=("tokenizer.json",))
     with pytest.raises(CheckpointError, match="unknown Hugging Face model 'gpt3'"):

@@ -20,18 +20,32 @@ def _save_tiny_checkpoint(run_dir: Path, seed: int = 0) -> Path:
     cfg = GPTConfig(**TINY)
     model = GPT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    state = {"step": 1, "tokens": 0, "data_offset": 0, "world_size": 1, "tokens_per_step": 0,
-             "warmup_tokens": 0, "rng": [], "val_loss": None}
-    path, _ = checkpoint.save(run_dir, 1, 0, model, opt, state,
-                              {"model": vars(cfg), "train": {}}, {"step": 1}, keep_last=1)
+    state = {
+        "step": 1,
+        "tokens": 0,
+        "data_offset": 0,
+        "world_size": 1,
+        "tokens_per_step": 0,
+        "warmup_tokens": 0,
+        "rng": [],
+        "val_loss": None,
+    }
+    path, _ = checkpoint.save(
+        run_dir, 1, 0, model, opt, state, {"model": vars(cfg), "train": {}}, {"step": 1}, keep_last=1
+    )
     return path
 
 
 def _write_data(path: Path, n: int = 40) -> Path:
     """n short Alpaca entries; every third has an empty input (no "### Input:" section)."""
-    entries = [{"instruction": f"Add {i} and {i + 1}.",
-                "input": "" if i % 3 == 0 else f"numbers {i}, {i + 1}",
-                "output": f"The sum is {2 * i + 1}."} for i in range(n)]
+    entries = [
+        {
+            "instruction": f"Add {i} and {i + 1}.",
+            "input": "" if i % 3 == 0 else f"numbers {i}, {i + 1}",
+            "output": f"The sum is {2 * i + 1}.",
+        }
+        for i in range(n)
+    ]
     path.write_text(json.dumps(entries))
     return path
 
@@ -45,7 +59,8 @@ def test_prompt_split_and_collate_follow_the_book():
     with_input = {"instruction": "Do it.", "input": "x", "output": "done"}
     assert ift.format_example(with_input) == (
         "Below is an instruction that describes a task. Write a response that appropriately "
-        "completes the request.\n\n### Instruction:\nDo it.\n\n### Input:\nx\n\n### Response:\ndone")
+        "completes the request.\n\n### Instruction:\nDo it.\n\n### Input:\nx\n\n### Response:\ndone"
+    )
     assert "### Input:" not in ift.format_input({**with_input, "input": ""})
     train, test, val = ift.split_data(list(range(1100)))
     assert (len(train), len(test), len(val)) == (935, 110, 55) and train[0] == 0 and test[0] == 935
@@ -70,9 +85,20 @@ def _run_with_rising_val_loss(tiny_ckpt, data, out):
         snapshots[epoch] = _weights(model)
         finals["model"] = model
 
-    summary = ift.run(str(tiny_ckpt), str(data), out, epochs_max=5, patience=1, lr=1e-2,
-                      max_new_tokens=2, limit_test=1, seed=0, device="cpu",
-                      val_loss_fn=lambda model, epoch: {1: 1.0, 2: 2.0}[epoch], on_epoch=on_epoch)
+    summary = ift.run(
+        str(tiny_ckpt),
+        str(data),
+        out,
+        epochs_max=5,
+        patience=1,
+        lr=1e-2,
+        max_new_tokens=2,
+        limit_test=1,
+        seed=0,
+        device="cpu",
+        val_loss_fn=lambda _model, epoch: {1: 1.0, 2: 2.0}[epoch],
+        on_epoch=on_epoch,
+    )
     return summary, snapshots, _weights(finals["model"])
 
 
@@ -132,8 +158,22 @@ def test_generation_stops_at_end_of_text_and_at_max_new_tokens():
 def test_cli_writes_one_answer_per_test_item(tmp_path, tiny_ckpt, run_module):
     data = _write_data(tmp_path / "data.json")
     out = tmp_path / "out"
-    r = run_module("trainer.ift", str(tiny_ckpt), "--data", str(data), "--out", str(out),
-                   "--epochs-max", "1", "--max-new-tokens", "3", "--seed", "1", "--device", "cpu")
+    r = run_module(
+        "trainer.ift",
+        str(tiny_ckpt),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs-max",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     answers = json.loads((out / "answers.json").read_text())
     entries = json.loads(data.read_text())
@@ -146,11 +186,16 @@ def test_cli_writes_one_answer_per_test_item(tmp_path, tiny_ckpt, run_module):
     assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries
 
 
-@pytest.mark.parametrize("entries, message", [
-    ([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "input": ""}],
-     "entry 1 lacks key 'output'"),
-    ({"instruction": "a"}, "must be a non-empty JSON list"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (
+            [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "input": ""}],
+            "entry 1 lacks key 'output'",
+        ),
+        ({"instruction": "a"}, "must be a non-empty JSON list"),
+    ],
+)
 def test_bad_data_is_one_error_line_and_exit_2(tmp_path, tiny_ckpt, run_module, entries, message):
     data = tmp_path / "bad.json"
     data.write_text(json.dumps(entries))

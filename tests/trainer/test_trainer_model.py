@@ -52,8 +52,7 @@ def test_untrained_loss_is_near_uniform():
 def hf_folder(tmp_path):
     """A random-init Hugging Face GPT-2 saved the way openai-community/gpt2 is (safetensors)."""
     torch.manual_seed(0)
-    cfg = GPT2Config(n_positions=64, n_embd=64, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(n_positions=64, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = GPT2LMHeadModel(cfg).eval()
     hf.save_pretrained(tmp_path, safe_serialization=True)
     return tmp_path, hf

@@ -25,7 +25,7 @@ def test_builtin_corpus_manifest_describes_the_shards(corpus_dir):
     assert sum(s["tokens"] for s in splits.values()) == m["tokens"] > 400_000
     assert sum(s["documents"] for s in splits.values()) == m["documents"]
     assert 0.03 < splits["test"]["tokens"] / m["tokens"] < 0.07  # asked for 5%
-    for name, info in splits.items():
+    for info in splits.values():
         data = b"".join((corpus_dir / s["file"]).read_bytes() for s in info["shards"])
         assert hashlib.sha256(data).hexdigest() == info["sha256"]
         tokens = np.frombuffer(data, dtype="<u2")
@@ -41,11 +41,12 @@ def test_builtin_corpus_manifest_describes_the_shards(corpus_dir):
 def test_prepare_is_deterministic_and_idempotent(tmp_path, corpus_dir):
     again = prepare("builtin:corpus", tmp_path / "again", val_fraction=0.05, test_fraction=0.05)
     first = load_manifest(corpus_dir)
-    assert {k: v["sha256"] for k, v in again["splits"].items()} == \
-           {k: v["sha256"] for k, v in first["splits"].items()}
+    assert {k: v["sha256"] for k, v in again["splits"].items()} == {k: v["sha256"] for k, v in first["splits"].items()}
     # a second run on the same folder with the same options reuses it
-    assert prepare("builtin:corpus", tmp_path / "again", val_fraction=0.05,
-                   test_fraction=0.05)["created"] == again["created"]
+    assert (
+        prepare("builtin:corpus", tmp_path / "again", val_fraction=0.05, test_fraction=0.05)["created"]
+        == again["created"]
+    )
     with pytest.raises(DataError, match="already holds data"):
         prepare("builtin:corpus", tmp_path / "again", val_fraction=0.2)
 
@@ -64,8 +65,7 @@ def test_text_jsonl_and_parquet_sources(tmp_path):
     assert len(train["shards"]) > 1 and all(s["tokens"] <= 300 for s in train["shards"])
     # reading across shard boundaries gives the concatenated stream
     split = SplitTokens(tmp_path / "out", "train", verify_hash=True)
-    whole = np.concatenate([np.fromfile(tmp_path / "out" / s["file"], dtype="<u2")
-                            for s in train["shards"]])
+    whole = np.concatenate([np.fromfile(tmp_path / "out" / s["file"], dtype="<u2") for s in train["shards"]])
     assert np.array_equal(split.read(250, 200), whole[250:450])
 
 
@@ -74,8 +74,7 @@ def test_hf_source_streams_through_datasets(tmp_path):
     pytest.importorskip("datasets")
     (tmp_path / "ds" / "data").mkdir(parents=True)
     docs = [f"Streamed document {i} about trains and yards." for i in range(40)]
-    pq.write_table(pa.table({"text": docs, "id": list(range(40))}),
-                   tmp_path / "ds" / "data" / "train-00000.parquet")
+    pq.write_table(pa.table({"text": docs, "id": list(range(40))}), tmp_path / "ds" / "data" / "train-00000.parquet")
     m = prepare(f"hf:{tmp_path / 'ds'}", tmp_path / "out", val_fraction=0.1, test_fraction=0.1)
     assert m["documents"] == 40
     assert m["tokens"] == sum(len(tokenizer.encode(d)) + 1 for d in docs)
@@ -99,7 +98,8 @@ def test_cli_reports_bad_source_in_one_line(tmp_path, run_module):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"error: source {tmp_path / 'nope'} does not exist (expected a file, a folder, "
-        f"builtin:corpus or hf:NAME[:CONFIG])"]
+        f"builtin:corpus or hf:NAME[:CONFIG])"
+    ]
 
 
 def test_ranks_read_disjoint_windows_that_depend_only_on_the_offset(corpus_dir):

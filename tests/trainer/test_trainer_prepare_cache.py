@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from s3server import ACCESS_KEY, SECRET_KEY, admin_client, moto_server
 
+from s3server import ACCESS_KEY, SECRET_KEY, admin_client, moto_server
 from trainer.artifacts import open_store
 from trainer.errors import run_cli
 from trainer.prepare import main as prepare_main
@@ -21,7 +21,7 @@ OPTIONS = ["--shard-tokens", "2000", "--val-fraction", "0.2", "--test-fraction",
 def source(tmp_path) -> Path:
     """Six small text documents (a few thousand tokens: several train shards of 2000 tokens)."""
     rng = random.Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
@@ -73,8 +73,11 @@ def test_a_corrupt_cache_is_an_error_and_a_half_pushed_one_is_a_miss(tmp_path, s
     shard.write_bytes(bytes(data))
     rc, summary, err = prepare(capsys, source, tmp_path / "second", cache)
     assert rc == 2 and summary is None
-    assert err.strip().splitlines()[-1].startswith(
-        f"error: the data cache {cache} is corrupt: {cache}/train_000001.bin has sha256")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: the data cache {cache} is corrupt: {cache}/train_000001.bin has sha256")
+    )
     assert "delete that folder (or run without --cache)" in err
     assert not (tmp_path / "second").exists() and not (tmp_path / ".tmp-second").exists()
 
@@ -90,16 +93,23 @@ def test_a_failed_push_keeps_the_prepared_data(tmp_path, source, capsys):
     cache = (tmp_path / "blocker" / "d-1").as_uri()
     rc, summary, err = prepare(capsys, source, tmp_path / "out", cache)
     assert rc == 0 and summary["cache"] == "miss" and summary["cache_pushed"] is False
-    assert err.strip().splitlines()[-1].startswith(
-        f"warning: the prepared data is complete in {tmp_path / 'out'} but could not be pushed")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"warning: the prepared data is complete in {tmp_path / 'out'} but could not be pushed")
+    )
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
 def test_the_cache_works_on_s3_with_node_credentials(tmp_path, source, capsys, monkeypatch):
     with moto_server() as url:
         admin_client(url).create_bucket(Bucket="ty-data")
-        for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": url}.items():
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": url,
+        }.items():
             monkeypatch.setenv(k, v)
         cache = "s3://ty-data/p/data/d-5678"
         rc, summary, _ = prepare(capsys, source, tmp_path / "first", cache)

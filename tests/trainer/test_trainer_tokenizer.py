@@ -13,7 +13,17 @@ from trainer import corpus, tokenizer
 def test_known_gpt2_ids():
     assert tokenizer.encode("Hello world") == [15496, 995]
     assert tokenizer.encode("The quick brown fox jumps over the lazy dog.") == [
-        464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]
+        464,
+        2068,
+        7586,
+        21831,
+        18045,
+        625,
+        262,
+        16931,
+        3290,
+        13,
+    ]
     assert tokenizer.get_encoding().n_vocab == 50257
     assert tokenizer.get_encoding().eot_token == tokenizer.EOT == 50256
 

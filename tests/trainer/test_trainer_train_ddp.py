@@ -13,8 +13,8 @@ STEPS = 16  # 8192 tokens / (2 ranks x 4 x 64)
 
 
 def metric_lines(run_dir, kind=None):
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [l for l in lines if kind is None or l["kind"] == kind]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if kind is None or line["kind"] == kind]
 
 
 def torchrun_train(run_module, config, run_dir, *extra):
@@ -48,7 +48,7 @@ def test_two_rank_run_learns_and_commits_a_checkpoint(runs):
     assert vals[0]["step"] == 0 and vals[-1]["step"] == STEPS
     assert vals[-1]["val_loss"] < vals[0]["val_loss"] - 1.0  # from ~10.8 (uniform) clearly down
     train = metric_lines(whole, "train")
-    assert [l["step"] for l in train] == list(range(1, STEPS + 1))
+    assert [line["step"] for line in train] == list(range(1, STEPS + 1))
     assert train[-1]["tokens"] == 8192
     for key in ("train_loss", "lr", "tokens_per_s", "mfu", "peak_mem_bytes", "wall_s", "time"):
         assert key in train[-1]
@@ -64,7 +64,7 @@ def test_two_rank_run_learns_and_commits_a_checkpoint(runs):
     assert (ckpts / "latest").read_text().strip() == "step_000016"
     manifest = checkpoint.verify(ckpts / "step_000016")
     assert manifest["step"] == STEPS and manifest["tokens"] == 8192
-    assert [l["path"] for l in metric_lines(whole, "checkpoint")][-1] == "checkpoints/step_000016"
+    assert [line["path"] for line in metric_lines(whole, "checkpoint")][-1] == "checkpoints/step_000016"
     hb = json.loads((whole / "heartbeat.json").read_text())
     assert hb["step"] == STEPS and hb["pid"] > 0
 
@@ -73,15 +73,16 @@ def test_resumed_run_matches_the_uninterrupted_one(runs):
     whole, split, first, second = runs
     starts = metric_lines(split, "start")
     assert [s["resumed_from_step"] for s in starts] == [None, 6]
-    want = {l["step"]: l["train_loss"] for l in metric_lines(whole, "train")}
+    want = {line["step"]: line["train_loss"] for line in metric_lines(whole, "train")}
     got = {}
-    for l in metric_lines(split, "train"):
-        got[l["step"]] = l["train_loss"]
+    for line in metric_lines(split, "train"):
+        got[line["step"]] = line["train_loss"]
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(7, STEPS + 1):  # the steps that ran after the resume
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step
     assert metric_lines(split, "val")[-1]["val_loss"] == pytest.approx(
-        metric_lines(whole, "val")[-1]["val_loss"], rel=1e-6)
+        metric_lines(whole, "val")[-1]["val_loss"], rel=1e-6
+    )
     assert "resumed from step 6" in second.stderr
 
 
