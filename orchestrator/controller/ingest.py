@@ -91,6 +91,27 @@ def parse_metrics(text: str) -> list[dict]:
     return lines
 
 
+#: the columns of a metric point that only a train line has (a val line leaves them None)
+_TRAIN_ONLY = ("lr", "tokens_per_s", "mfu", "wall_s")
+
+
+def _metric_point(run_id: str, kind: str, step: int, tokens: int, time: float, m: dict) -> dict:
+    """A metric_points row (as a dict, for one bulk insert) from a train or val line."""
+    train = kind == "train"
+    peak = m.get("peak_mem_bytes") if train else None
+    return dict(
+        run_id=run_id,
+        kind=kind,
+        step=step,
+        tokens=tokens,
+        time=time,
+        train_loss=_num(m.get("train_loss")) if train else None,
+        val_loss=None if train else _num(m.get("val_loss")),
+        peak_mem_bytes=_int(peak) if peak is not None else None,
+        **{k: _num(m.get(k)) if train else None for k in _TRAIN_ONLY},
+    )
+
+
 def _num(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -153,44 +174,14 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
                 f"parameters, {run.target_tokens or 0:,} target tokens"
                 + (f", resumed from step {resumed}" if resumed is not None else ""),
             )
-        elif kind == "train":
-            points.append(
-                dict(
-                    run_id=run.id,
-                    kind="train",
-                    step=step,
-                    tokens=tokens,
-                    time=time,
-                    train_loss=_num(m.get("train_loss")),
-                    val_loss=None,
-                    lr=_num(m.get("lr")),
-                    tokens_per_s=_num(m.get("tokens_per_s")),
-                    mfu=_num(m.get("mfu")),
-                    peak_mem_bytes=_int(m.get("peak_mem_bytes")) if m.get("peak_mem_bytes") is not None else None,
-                    wall_s=_num(m.get("wall_s")),
-                )
-            )
-            run.step, run.tokens_done = step, tokens
-            run.train_loss = _num(m.get("train_loss"))
-            run.tokens_per_s = _num(m.get("tokens_per_s"))
-        elif kind == "val":
-            points.append(
-                dict(
-                    run_id=run.id,
-                    kind="val",
-                    step=step,
-                    tokens=tokens,
-                    time=time,
-                    train_loss=None,
-                    val_loss=_num(m.get("val_loss")),
-                    lr=None,
-                    tokens_per_s=None,
-                    mfu=None,
-                    peak_mem_bytes=None,
-                    wall_s=None,
-                )
-            )
-            run.val_loss = _num(m.get("val_loss"))
+        elif kind in ("train", "val"):
+            point = _metric_point(run.id, kind, step, tokens, time, m)
+            points.append(point)
+            if kind == "train":
+                run.step, run.tokens_done = step, tokens
+                run.train_loss, run.tokens_per_s = point["train_loss"], point["tokens_per_s"]
+            else:
+                run.val_loss = point["val_loss"]
         elif kind == "checkpoint" and isinstance(m.get("path"), str):
             row = _checkpoint_row(session, run.id, step, tokens, m)
             row.uri, row.node_path = uri_of(m["path"]), m["path"]

@@ -222,8 +222,9 @@ class S3Store(ArtifactStore):
             raise
         return ObjectInfo(size=r["ContentLength"], sha256=r.get("Metadata", {}).get("sha256"))
 
-    def _put_bytes(self, key: str, data: bytes) -> None:
-        digest = hashlib.sha256(data).digest()
+    def _put_bytes(self, key: str, data: bytes, digest: bytes | None = None) -> None:
+        """One PUT whose body S3 checks against its SHA-256 (`digest`, when the caller has it)."""
+        digest = digest or hashlib.sha256(data).digest()
         self._call(
             f"PUT {self.uri_of(key)}",
             self.client.put_object,
@@ -333,15 +334,7 @@ class S3Store(ArtifactStore):
                 f"{local} has sha256 {digest.hex()} ({len(data)} bytes), its manifest "
                 f"says {sha256} ({size} bytes): nothing was stored"
             )
-        self._call(
-            f"PUT {self.uri_of(key)}",
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            Body=data,
-            ChecksumSHA256=_b64(digest),
-            Metadata={"sha256": digest.hex()},
-        )
+        self._put_bytes(key, data, digest)
         return digest.hex(), "ChecksumSHA256", _b64(digest)
 
     def _check_stored(self, key: str, size: int, sha256: str, field: str, checksum: str) -> None:
