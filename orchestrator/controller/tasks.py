@@ -26,6 +26,8 @@ from orchestrator.controller.policy import Cancelled
 
 log = logging.getLogger("trainyard.controller")
 
+#: seconds a poll waits for a task to finish before answering "not done"
+SETTLE_S = 0.25
 #: seconds `cancel` waits for a task that may launch (one provider call, with its retries)
 CANCEL_WAIT_S = 120.0
 
@@ -67,14 +69,21 @@ class TaskPool:
     def poll(
         self, run_id: str, key: str, work: Callable[[threading.Event], Any], *, may_launch: bool = False
     ) -> TaskOutcome:
-        """Start `work(cancel_event)` unless it runs; its outcome once it has ended (then forgotten)."""
+        """Start `work(cancel_event)` unless it runs; its outcome once it has ended (then forgotten).
+
+        A task just started gets SETTLE_S to finish: work that is quick (placing and installing on
+        the local provider are a few file operations) is then done in the same pass, not a
+        reconcile interval later."""
         with self._lock:
             task = self._tasks.get((run_id, key))
+            started = task is None
             if task is None:
                 cancel = self._cancel.setdefault(run_id, threading.Event())
-                self._tasks[(run_id, key)] = _Task(self._pool.submit(work, cancel), may_launch)
-                return TaskOutcome(done=False)
-            if not task.future.done():
+                task = self._tasks[(run_id, key)] = _Task(self._pool.submit(work, cancel), may_launch)
+        if started:
+            wait([task.future], timeout=SETTLE_S)
+        with self._lock:
+            if not task.future.done() or self._tasks.get((run_id, key)) is not task:
                 return TaskOutcome(done=False)
             del self._tasks[(run_id, key)]
         error = task.future.exception()
