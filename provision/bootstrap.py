@@ -30,8 +30,10 @@ second run costs one SSH round trip):
    ones are installed with pip. A missing torch is an error, not a download.
 6. install: `pip install --no-deps --no-index --force-reinstall WHEEL` (no network).
 7. verify: `python -c "import trainer, torch"` in the venv; `trainer` must come from the venv.
-8. data: either `python -m trainer.prepare --source SRC` runs on the node (itself idempotent),
-   or a prepared folder is uploaded (manifest last, then renamed into place).
+8. data (optional; `data_source=None` skips it): either `python -m trainer.prepare --source SRC`
+   runs on the node (itself idempotent), or a prepared folder is uploaded (manifest last, then
+   renamed into place). The controller skips it: it prepares a run's data itself, as a detached
+   process in the run directory that ending the run stops (orchestrator/controller/bootstrapping.py).
 9. run dir: `mkdir -p`.
 
 Blocks: for the whole bootstrap; every node command has a timeout (`command_timeout_s`, or
