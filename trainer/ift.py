@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from trainer import tokenizer
 from trainer.errors import ConfigError, DataError, run_cli
 from trainer.evaluate import load_model
+from trainer.metrics import write_json_atomic
 from trainer.model import GPT
 
 BOOK_DATA_URL = (
@@ -254,16 +254,6 @@ def answer(model: GPT, entry: dict, max_new_tokens: int, device: torch.device) -
 
 
 # ---- command line ------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Readers see the old file or the whole new one, never a half-written one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def run(

@@ -62,10 +62,18 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def write_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the whole new one, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class Metrics:
@@ -101,7 +109,7 @@ class Metrics:
             print(text, file=sys.stderr, flush=True)
 
     def _beat(self) -> None:
-        _atomic_write(
+        write_atomic(
             self.run_dir / "heartbeat.json",
             json.dumps({"time": round(time.time(), 3), "step": self.step, "pid": os.getpid()}),
         )

@@ -47,12 +47,13 @@ from trainer import checkpoint
 from trainer import config as config_mod
 from trainer.artifacts import ArtifactError, split_uri
 from trainer.data import SplitTokens, TrainBatches, eval_windows
-from trainer.errors import CheckpointError, ConfigError, DataError, TrainerError
+from trainer.errors import ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
-from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes
+from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes, write_json_atomic
 from trainer.model import GPT
+from trainer.resume import load_resume
 from trainer.runtime import all_sum, autotune_micro_batch, init_distributed, rng_state, seed_rank, set_rng_state
-from trainer.upload import CheckpointUploader, pull_for_resume
+from trainer.upload import CheckpointUploader
 
 # ---------------------------------------------------------------- schedule
 
@@ -82,62 +83,6 @@ def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-
-
-def load_resume(run_dir: Path, raw_model: GPT, optimizer, master: bool, resume_from: str | None = None) -> dict | None:
-    """Rank 0 reads the latest checkpoint; the other ranks receive it over the process group.
-
-    Only rank 0 touches the run directory, so nodes need no shared disk and N ranks never read
-    the same files at once. With `resume_from` (a store URI), rank 0 first pulls that checkpoint
-    and makes it `latest` when the run dir has none as new; the other ranks wait in the broadcast.
-    The weights reach the other ranks through DDP, which broadcasts rank 0's parameters when it
-    wraps the model; the optimizer and training state go through broadcast_object_list here. A
-    checkpoint that fails to pull or verify fails every rank the same way.
-    """
-    payload: list = [None]
-    failure: BaseException | None = None
-    if master:
-        try:
-            pulled = pull_for_resume(resume_from, run_dir) if resume_from else None
-            latest = checkpoint.latest(run_dir)
-            if latest is not None:
-                opt_sd, state = checkpoint.load_training(latest, raw_model)
-                payload = [
-                    {
-                        "checkpoint": latest.name,
-                        "optimizer": opt_sd,
-                        "state": state,
-                        "pulled_from": resume_from if pulled is not None else None,
-                    }
-                ]
-        except Exception as e:  # noqa: BLE001 - every rank must learn of it, not hang in the broadcast
-            failure = e
-            message = str(e) if isinstance(e, TrainerError) else f"{type(e).__name__}: {e}"
-            payload = [{"error": message, "kind": type(e).__name__, "exit_code": getattr(e, "exit_code", 1)}]
-    if dist.is_initialized():
-        dist.broadcast_object_list(payload, src=0)
-    if failure is not None:
-        raise failure
-    resume = payload[0]
-    if resume is None:
-        return None
-    if "error" in resume:
-        err = {"ConfigError": ConfigError, "DataError": DataError}.get(resume["kind"], CheckpointError)(resume["error"])
-        err.exit_code = resume.get("exit_code", err.exit_code)
-        raise err
-    try:
-        optimizer.load_state_dict(resume["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(
-            f"checkpoint {resume['checkpoint']}: optimizer state does not fit this model: {e}"
-        ) from None
-    return resume
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def train(

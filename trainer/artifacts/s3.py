@@ -32,106 +32,34 @@ new machine) the file is restarted; a bucket lifecycle rule for incomplete multi
 
 from __future__ import annotations
 
-import base64
-import builtins
-import contextlib
 import hashlib
-import json
 import os
-import threading
-import zlib
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
     NoCredentialsError,
 )
 
-from trainer.artifacts import manifest as mf
-from trainer.artifacts.errors import ArtifactError, IntegrityError, TransferError
+from trainer.artifacts.errors import ArtifactError, IntegrityError
 from trainer.artifacts.retry import with_retries
+from trainer.artifacts.s3_multipart import MultipartUpload
+from trainer.artifacts.s3_wire import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    MIN_PART_SIZE,
+    AccessDenied,
+    b64,
+    client_config,
+    error_code,
+    http_status,
+    is_transient,
+    same_checksum,
+)
 from trainer.artifacts.store import ArtifactStore, ObjectInfo, TransferStats, join_key
-
-MiB = 1 << 20
-MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
-# boto3's own defaults; measured against moto on loopback, larger parts were slower, not faster.
-DEFAULT_PART_SIZE = 8 * MiB
-DEFAULT_CONCURRENCY = 10
-_TRANSIENT_CODES = {
-    "RequestTimeout",
-    "SlowDown",
-    "InternalError",
-    "ServiceUnavailable",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeTooSkewed",
-    "503",
-    "500",
-}
-
-
-class AccessDenied(ArtifactError):
-    """S3 answered 403: the key is outside what these credentials may touch (or, for reads
-    without s3:ListBucket, does not exist)."""
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
-
-
-def _crc32(data: bytes) -> str:
-    return _b64(zlib.crc32(data).to_bytes(4, "big"))
-
-
-def _code(e: BaseException) -> str:
-    return e.response.get("Error", {}).get("Code", "") if isinstance(e, ClientError) else ""
-
-
-def _status(e: BaseException) -> int:
-    return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if isinstance(e, ClientError) else 0
-
-
-def is_transient(e: BaseException) -> bool:
-    """Worth retrying: the connection (refused, dropped, timed out) or the server (5xx, throttled)."""
-    if isinstance(e, ClientError):
-        return _code(e) in _TRANSIENT_CODES or _status(e) >= 500
-    # botocore's ConnectionError covers refused/endpoint/connect-timeout; HTTPClientError covers a
-    # connection closed or timed out mid-request and a response body cut off mid-read.
-    if isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError)):
-        return True
-    if type(e).__module__.startswith(("s3transfer", "urllib3")):  # RetriesExceededError, ProtocolError
-        return True
-    return isinstance(e, (builtins.ConnectionError, TimeoutError))  # sockets reset or timed out
-
-
-def _same_checksum(server: str, ours: str) -> bool:
-    """Compare a server's SHA-256 checksum with ours; a composite one ends in "-<parts>", which
-    some servers leave off (moto does), so the part count is compared only when both give it."""
-    (s_val, _, s_n), (o_val, _, o_n) = server.partition("-"), ours.partition("-")
-    return s_val == o_val and (not s_n or not o_n or s_n == o_n)
-
-
-def client_config(concurrency: int, path_style: bool) -> Config:
-    """Timeouts on every call; botocore retries each request (standard mode) before ours."""
-    return Config(
-        connect_timeout=10,
-        read_timeout=120,
-        retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=max(10, 2 * concurrency + 2),
-        s3={"addressing_style": "path" if path_style else "auto"},
-        # We send our own SHA-256 per part; without this botocore would add a CRC32 of its own.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
 
 
 class S3Store(ArtifactStore):
@@ -193,17 +121,17 @@ class S3Store(ArtifactStore):
                 f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass credentials)"
             ) from None
         except ClientError as e:
-            if _code(e) in ("AccessDenied", "403"):
+            if error_code(e) in ("AccessDenied", "403"):
                 raise AccessDenied(f"{what}: access denied") from None
-            if _code(e) in (
+            if error_code(e) in (
                 "InvalidAccessKeyId",
                 "SignatureDoesNotMatch",
                 "InvalidToken",
                 "ExpiredToken",
                 "TokenRefreshRequired",
             ):
-                raise ArtifactError(f"{what}: credentials refused ({_code(e)})") from None
-            if _code(e) == "NoSuchBucket":
+                raise ArtifactError(f"{what}: credentials refused ({error_code(e)})") from None
+            if error_code(e) == "NoSuchBucket":
                 raise ArtifactError(f"{what}: bucket {self.bucket} does not exist") from None
             raise
 
@@ -217,7 +145,7 @@ class S3Store(ArtifactStore):
             # really out of bounds, and a download reports it missing or not permitted.
             return None
         except ClientError as e:
-            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey", "NotFound"):
+            if http_status(e) == 404 or error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return ObjectInfo(size=r["ContentLength"], sha256=r.get("Metadata", {}).get("sha256"))
@@ -231,7 +159,7 @@ class S3Store(ArtifactStore):
             Bucket=self.bucket,
             Key=self._key(key),
             Body=data,
-            ChecksumSHA256=_b64(digest),
+            ChecksumSHA256=b64(digest),
             Metadata={"sha256": digest.hex()},
         )
 
@@ -245,7 +173,7 @@ class S3Store(ArtifactStore):
         except AccessDenied:
             return None  # 403: missing, or not ours (see _stat)
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404") or _status(e) == 404:
+            if error_code(e) in ("NoSuchKey", "404") or http_status(e) == 404:
                 return None
             raise
 
@@ -255,7 +183,7 @@ class S3Store(ArtifactStore):
                 f"GET {self.uri_of(key)}", self.client.get_object, Bucket=self.bucket, Key=self._key(join_key(key))
             )
         except ClientError as e:
-            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
+            if http_status(e) == 404 or error_code(e) in ("404", "NoSuchKey"):
                 raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
             raise
         yield from r["Body"].iter_chunks(chunk_size)
@@ -313,7 +241,7 @@ class S3Store(ArtifactStore):
                 f"GET {self.uri_of(key)}", self.client.download_file, self.bucket, self._key(key), str(dest), Config=cfg
             )
         except ClientError as e:
-            if _status(e) == 404 or _code(e) in ("404", "NoSuchKey"):
+            if http_status(e) == 404 or error_code(e) in ("404", "NoSuchKey"):
                 raise ArtifactError(f"{self.uri_of(key)} does not exist") from None
             raise
 
@@ -321,7 +249,7 @@ class S3Store(ArtifactStore):
         if size <= self.part_size:
             got = self._upload_single(local, key, size, sha256)
         else:
-            got = _MultipartUpload(self, local, key, size, sha256, stats).run()
+            got = MultipartUpload(self, local, key, size, sha256, stats).run()
         self._check_stored(key, size, got[0], got[1], got[2])
         stats.bytes_sent += size
         return got[0]
@@ -335,7 +263,7 @@ class S3Store(ArtifactStore):
                 f"says {sha256} ({size} bytes): nothing was stored"
             )
         self._put_bytes(key, data, digest)
-        return digest.hex(), "ChecksumSHA256", _b64(digest)
+        return digest.hex(), "ChecksumSHA256", b64(digest)
 
     def _check_stored(self, key: str, size: int, sha256: str, field: str, checksum: str) -> None:
         """HeadObject after an upload: the size, our recorded SHA-256, and the server's checksum."""
@@ -350,7 +278,7 @@ class S3Store(ArtifactStore):
         if (
             r["ContentLength"] != size
             or r.get("Metadata", {}).get("sha256") != sha256
-            or (server is not None and not _same_checksum(server, checksum))
+            or (server is not None and not same_checksum(server, checksum))
         ):
             self._delete_key(key)  # so a retry uploads it again instead of skipping it
             raise IntegrityError(
@@ -374,168 +302,4 @@ class S3Store(ArtifactStore):
         return self.state_dir / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
 
 
-class _MultipartUpload:
-    """One file as a multipart upload: parallel parts, resumable through a journal file."""
-
-    def __init__(self, store: S3Store, local: Path, key: str, size: int, sha256: str | None, stats: TransferStats):
-        self.s, self.local, self.key, self.size, self.sha256, self.stats = (store, local, key, size, sha256, stats)
-        self.bucket, self.obj = store.bucket, store._key(key)
-        self.journal = store.journal_path(local, key, size, sha256)
-        self.lock = threading.Lock()
-
-    def run(self) -> tuple[str, str, str]:
-        upload_id, done = self._resume() or (self._create(), {})
-        n_parts = -(-self.size // self.s.part_size)
-        whole = hashlib.sha256()
-        read = 0
-        parts: dict[int, dict] = {}
-        pool = ThreadPoolExecutor(self.s.concurrency, thread_name_prefix="s3-part")
-        # The whole-file SHA-256 runs on its own thread, fed the parts in order (one worker keeps
-        # them in order; hashlib releases the GIL), so hashing never holds up the next read.
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="s3-sha256")
-        pending: set[Future] = set()
-        try:
-            with open(self.local, "rb") as f:
-                for number in range(1, n_parts + 1):
-                    data = f.read(self.s.part_size)
-                    hasher.submit(whole.update, data)
-                    read += len(data)
-                    reused = self._reusable(done.get(number), data)
-                    if reused is not None:
-                        parts[number] = reused
-                        self.stats.parts_reused += 1
-                        continue
-                    # Keep a part queued behind each busy thread (so none waits on the reader),
-                    # and no more: at most 2 x concurrency parts in memory.
-                    if len(pending) >= 2 * self.s.concurrency:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            fut.result()
-                    pending.add(pool.submit(self._send, upload_id, number, data, parts))
-            for fut in pending:
-                fut.result()
-        finally:
-            for fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=True)
-            hasher.shutdown(wait=True)
-        got = whole.hexdigest()
-        if len(parts) != n_parts or read != self.size or (self.sha256 and got != self.sha256):
-            self._abort(upload_id)
-            raise IntegrityError(
-                f"{self.local} has sha256 {got}, its manifest says {self.sha256}: the "
-                f"local file changed or is corrupt; nothing was stored"
-            )
-        ordered = [parts[i] for i in range(1, n_parts + 1)]
-        self._complete(upload_id, ordered)
-        self.journal.unlink(missing_ok=True)
-        composite = _crc32(b"".join(base64.b64decode(p["ChecksumCRC32"]) for p in ordered))
-        return got, "ChecksumCRC32", f"{composite}-{n_parts}"
-
-    def _create(self) -> str:
-        r = self.s._call(
-            f"CREATE upload {self.s.uri_of(self.key)}",
-            self.s.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=self.obj,
-            ChecksumAlgorithm="CRC32",
-            ChecksumType="COMPOSITE",
-            Metadata={"sha256": self.sha256} if self.sha256 else {},
-        )
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.journal.with_suffix(".tmp")
-        mf.fsync_write(
-            tmp,
-            json.dumps(
-                {
-                    "bucket": self.bucket,
-                    "key": self.obj,
-                    "upload_id": r["UploadId"],
-                    "part_size": self.s.part_size,
-                    "local": str(self.local),
-                }
-            ).encode(),
-        )
-        os.replace(tmp, self.journal)
-        return r["UploadId"]
-
-    def _resume(self) -> tuple[str, dict[int, dict]] | None:
-        """(upload id, parts already uploaded) from an interrupted attempt, or None."""
-        if self.sha256 is None or not self.journal.is_file():
-            return None  # without a known SHA-256 the old parts could belong to other bytes
-        try:
-            upload_id = json.loads(self.journal.read_text())["upload_id"]
-        except (ValueError, KeyError):
-            return None
-        done: dict[int, dict] = {}
-        marker = 0
-        try:
-            while True:
-                page = self.s._call(
-                    f"LIST parts {self.s.uri_of(self.key)}",
-                    self.s.client.list_parts,
-                    Bucket=self.bucket,
-                    Key=self.obj,
-                    UploadId=upload_id,
-                    PartNumberMarker=marker,
-                )
-                for p in page.get("Parts", []):
-                    done[p["PartNumber"]] = p
-                if not page.get("IsTruncated"):
-                    break
-                marker = page["NextPartNumberMarker"]
-        except ClientError as e:
-            if _code(e) == "NoSuchUpload":  # completed or aborted since: start again
-                self.journal.unlink(missing_ok=True)
-                return None
-            raise
-        return upload_id, done
-
-    @staticmethod
-    def _reusable(part: dict | None, data: bytes) -> dict | None:
-        """The part's entry for CompleteMultipartUpload if the stored part holds exactly `data`."""
-        if part is None or part.get("Size") != len(data):
-            return None
-        mine = _crc32(data)
-        theirs = part.get("ChecksumCRC32")
-        same = theirs == mine if theirs else part["ETag"].strip('"') == hashlib.md5(data).hexdigest()
-        return {"PartNumber": part["PartNumber"], "ETag": part["ETag"], "ChecksumCRC32": mine} if same else None
-
-    def _send(self, upload_id: str, number: int, data: bytes, parts: dict[int, dict]) -> None:
-        checksum = _crc32(data)
-        r = self.s._call(
-            f"PUT part {number} of {self.s.uri_of(self.key)}",
-            self.s.client.upload_part,
-            Bucket=self.bucket,
-            Key=self.obj,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumCRC32=checksum,
-        )
-        with self.lock:
-            parts[number] = {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": checksum}
-
-    def _complete(self, upload_id: str, ordered: list[dict]) -> None:
-        try:
-            self.s._call(
-                f"COMPLETE upload {self.s.uri_of(self.key)}",
-                self.s.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=self.obj,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": ordered},
-            )
-        except ClientError as e:
-            # A retried Complete whose first try did land answers NoSuchUpload; the HeadObject
-            # check that follows tells whether the object is really there and whole.
-            if _code(e) != "NoSuchUpload":
-                raise
-
-    def _abort(self, upload_id: str) -> None:
-        self.journal.unlink(missing_ok=True)
-        with contextlib.suppress(ClientError, BotoCoreError):  # best effort: the lifecycle rule collects the rest
-            self.s.client.abort_multipart_upload(Bucket=self.bucket, Key=self.obj, UploadId=upload_id)
-
-
-__all__ = ["S3Store", "TransferError", "is_transient", "client_config", "MIN_PART_SIZE"]
+__all__ = ["S3Store"]
