@@ -35,9 +35,9 @@ def _alive(pid: str) -> str:
     return f"ps -o stat= -p {pid} 2>/dev/null | grep -qv '^Z'"
 
 
-def _group_alive(pgid: str) -> str:
-    """Shell test: does process group `pgid` have a live (non-zombie) member?"""
-    return f"ps -eo pgid=,stat= 2>/dev/null | awk -v g={pgid} '$1 == g && $2 !~ /^Z/ {{f=1}} END {{exit !f}}'"
+def _session_alive(sid: str) -> str:
+    """Shell test: does session `sid` have a live (non-zombie) member?"""
+    return f"ps -eo sid=,stat= 2>/dev/null | awk -v s={sid} '$1 == s && $2 !~ /^Z/ {{f=1}} END {{exit !f}}'"
 
 
 #: the detached processes a run starts in its run directory (Node.start_detached names), which
@@ -194,13 +194,18 @@ class Node:
         return ProcessStatus(running=False, exit_code=None)
 
     def stop(self, *, workdir: str, name: str = "train", grace_s: int = 10) -> None:
-        """Stop the detached process group: SIGTERM, then SIGKILL after `grace_s`. Idempotent."""
+        """Stop the detached process's session: SIGTERM, then SIGKILL after `grace_s`. Idempotent.
+
+        Signals go to the members of the session that `start_detached`'s setsid made (its id is
+        the recorded pid), not to a process group of that number: long after the process ended,
+        its pid may belong to an unrelated group leader (a CI job, a shell), which a stale pid
+        file must never reach."""
         wd = shlex.quote(workdir)
         self.run(
             f'cd {wd} && pid=$(cat {name}.pid 2>/dev/null) && [ -n "$pid" ] || exit 0; '
-            f"kill -TERM -- -$pid 2>/dev/null; "
-            f"for i in $(seq {grace_s * 5}); do {_group_alive('$pid')} || exit 0; sleep 0.2; done; "
-            f"kill -KILL -- -$pid 2>/dev/null; exit 0",
+            f"pkill -TERM -s $pid 2>/dev/null; "
+            f"for i in $(seq {grace_s * 5}); do {_session_alive('$pid')} || exit 0; sleep 0.2; done; "
+            f"pkill -KILL -s $pid 2>/dev/null; exit 0",
             timeout=grace_s + 30,
         )
 
