@@ -22,24 +22,7 @@ from pathlib import Path
 
 import torch
 
-# dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; TF32 is half of these
-PEAK_BF16_FLOPS = {
-    "B200": 2250e12,
-    "H200": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "GH200": 989e12,
-    "A100": 312e12,
-    "A10G": 70e12,
-    "A10": 125e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A6000": 155e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,  # fp16
-}
+from trainer.gpus import gpu_for
 
 
 def peak_flops(device: torch.device, dtype: str, override: float | None) -> float | None:
@@ -48,11 +31,10 @@ def peak_flops(device: torch.device, dtype: str, override: float | None) -> floa
         return float(override)
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16_FLOPS.items():  # ordered so "H100 PCIe" wins over "H100"
-        if key in name:
-            return flops if dtype == "bf16" else flops / 2
-    return None
+    gpu = gpu_for(torch.cuda.get_device_name(device))  # trainer/gpus.json: the one GPU table
+    if gpu is None:
+        return None
+    return gpu.peak_bf16_flops if dtype == "bf16" else gpu.peak_bf16_flops / 2
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -7,7 +7,7 @@ Each mode builds the model afresh, picks the micro-batch with the trainer's own 
 that fits, by catching out-of-memory) unless --micro-batch is given, and times full training steps
 (bf16 autocast forward + backward, gradient clipping, fused AdamW) after warm-up steps, which
 also absorb compilation. MFU = flops/token (trainer.model.GPT.flops_per_token: 6N + attention)
-x tokens/s / the GPU's dense bf16 peak (trainer.metrics.PEAK_BF16_FLOPS, or --peak-flops).
+x tokens/s / the GPU's dense bf16 peak (trainer/gpus.json, or --peak-flops).
 --cpu-smoke runs the same code on CPU with a 2-layer gpt2-tiny, to check the script, not the GPU.
 """
 

@@ -121,6 +121,17 @@ class Run(Base):
     world_size: Mapped[int | None] = mapped_column(Integer)
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
 
+    #: "train" (a user's run) or "probe" (`trainyard plan --probe`: a short timed training that
+    #: only measures throughput; its record is what it is for)
+    purpose: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
+    #: the trainer's `start` metrics line as it came (micro-batch that really ran, dtype, device,
+    #: flops per token, ...): what the throughput record is built from
+    trainer_start: Mapped[dict | None] = mapped_column(JSON)
+    #: set when the controller asked the trainer to stop early (a budget about to be reached):
+    #: the trainer checkpoints, the checkpoint is evaluated, and the run ends `stopped`
+    stop_requested_at: Mapped[datetime | None]
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+
     #: the run's folder in the artifact store (checkpoints/ under it); null while pending, frozen
     #: when the controller starts provisioning, so a later change of settings moves no checkpoints
     artifact_uri: Mapped[str | None] = mapped_column(Text)
@@ -262,14 +273,15 @@ class Evaluation(Base):
 
 
 class CostEntry(Base):
-    """Money a run spent: an instance's billed time, judge tokens, storage."""
+    """Money spent: an instance's billed time, judge tokens, storage, an orphan's time. Only an
+    orphan instance (kind "orphan") of no run the database knows has no run."""
 
     __tablename__ = "cost_entries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(20))  # "instance" | "judge" | "storage"
+    kind: Mapped[str] = mapped_column(String(20))  # "instance" | "judge" | "storage" | "orphan"
     #: exact amount in US cents (fractions allowed: judge tokens cost fractions of a cent)
     cents: Mapped[float] = mapped_column(Float)
     quantity: Mapped[float | None] = mapped_column(Float)  # billed minutes, tokens, GB-months
@@ -367,3 +379,67 @@ class ComparisonRequest(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+
+
+class ThroughputRecord(Base):
+    """What one run (or probe) measured on one instance type for one model shape: the facts
+    `trainyard plan` estimates from. Written once, when the run ends after training."""
+
+    __tablename__ = "throughput_records"
+    __table_args__ = (Index("ix_throughput_records_type_shape", "instance_type", "shape_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), unique=True)
+    source: Mapped[str] = mapped_column(String(20))  # "run" | "probe"
+    provider: Mapped[str] = mapped_column(String(40))
+    instance_type: Mapped[str] = mapped_column(String(100))
+    #: the GPU of the type as the GPU table names it (trainer/gpus.json), null when unknown
+    gpu: Mapped[str | None] = mapped_column(String(100))
+    nodes: Mapped[int] = mapped_column(Integer)
+    gpus_per_node: Mapped[int] = mapped_column(Integer)
+    #: hash of the model shape (preset, overrides, seq_len, precision): records of one shape
+    #: compare; the parts are kept as columns too, for people
+    shape_key: Mapped[str] = mapped_column(String(64))
+    preset: Mapped[str] = mapped_column(String(40))
+    overrides: Mapped[dict] = mapped_column(JSON, default=dict)
+    seq_len: Mapped[int] = mapped_column(Integer)
+    precision: Mapped[str] = mapped_column(String(20))
+    #: per process (GPU), the value that really ran (after `micro_batch: auto`)
+    micro_batch: Mapped[int] = mapped_column(Integer)
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    flops_per_token: Mapped[float | None] = mapped_column(Float)
+    #: steady state, all nodes together: warm-up and evaluation left out
+    tokens_per_s: Mapped[float] = mapped_column(Float)
+    #: flops_per_token x tokens/s / (the GPUs' dense bf16 peak); null when the GPU is unknown
+    mfu: Mapped[float | None] = mapped_column(Float)
+    #: first launch request to the first training step (provisioning + bootstrap + data)
+    launch_to_first_step_s: Mapped[float | None] = mapped_column(Float)
+    #: the evaluating stage's wall time (null when the run was not evaluated)
+    eval_s: Mapped[float | None] = mapped_column(Float)
+    tokens_trained: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class OrphanInstance(Base):
+    """A provider instance named like trainyard's that no live run owns, found by the orphan
+    sweep (controller/orphans.py). One row per provider instance, so sweeping workers terminate
+    and book it once."""
+
+    __tablename__ = "orphan_instances"
+    __table_args__ = (Index("ix_orphan_instances_provider_instance", "provider", "provider_instance_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    provider_instance_id: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    instance_type: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str | None] = mapped_column(String(100))
+    price_cents_per_hour: Mapped[int] = mapped_column(Integer, default=0)
+    billing_minute_s: Mapped[float] = mapped_column(Float, default=60.0)
+    #: the run its name points to, when the database knows it (an ended run)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    terminate_requested_at: Mapped[datetime | None]
+    terminated_at: Mapped[datetime | None]
+    #: the cost entry that booked it, once booked
+    cost_entry_id: Mapped[int | None] = mapped_column(ForeignKey("cost_entries.id", ondelete="SET NULL"))

@@ -1,0 +1,1 @@
+"""Deciding before spending: model shapes, throughput records and plans (`trainyard plan`)."""
