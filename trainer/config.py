@@ -5,13 +5,13 @@ the run spec's `training:` section shares (one set of defaults and rules for bot
 key is an error that names it (with the closest known key), so a typo never silently falls back
 to a default; a bad value is a ConfigError `field: message`, the line the service shows for the
 same value in a run spec. `max_tokens` is a token count or "chinchilla" (20 x the model's
-parameters); `micro_batch` is a count or "auto" (the largest that fits, found on CUDA by catching
-out-of-memory errors). `artifact_uri` (null, or a `file:///abs/path` / `s3://bucket/prefix`
-store folder) makes rank 0 upload every committed checkpoint to `<artifact_uri>/<checkpoint
+parameters); `micro_batch` is a count or "auto" (the largest that fits, found by catching
+out-of-memory errors, on CUDA or CPU). `artifact_uri` (null, or a `file:///abs/path` /
+`s3://bucket/prefix` store folder) makes rank 0 upload every committed checkpoint to `<artifact_uri>/<checkpoint
 folder name>` in the background (trainer.upload).
 
-This module adds what needs the model (torch): the preset exists, `model_overrides` fit
-GPTConfig, `seq_len` fits the model's context, and the chinchilla budget.
+This module adds what needs the model's architecture (trainer.architecture): the preset exists,
+`model_overrides` fit GPTConfig, `seq_len` fits the model's context, and the chinchilla budget.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from trainer.architecture import CHINCHILLA_TOKENS_PER_PARAM, PRESETS, GPTConfig, count_params, make_config
 from trainer.artifacts import ArtifactError, split_uri
 from trainer.errors import ConfigError
-from trainer.model import PRESETS, GPTConfig, count_params, make_config
 from trainer.schema import TrainConfigFile, first_error
 
-CHINCHILLA_TOKENS_PER_PARAM = 20
 #: every key a train config may hold
 KEYS = tuple(TrainConfigFile.model_fields)
 

@@ -12,57 +12,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.errors import CheckpointError, ConfigError
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50257
-    block_size: int = 1024  # context length
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.1
-    qkv_bias: bool = False
-    tie_weights: bool = False
-
-
-# The book's GPT-2 configurations: untied head, no QKV bias, dropout 0.1.
-PRESETS: dict[str, dict] = {
-    # a few M parameters outside the embeddings: for CPU demos and tests
-    "gpt2-tiny": dict(block_size=256, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-    "gpt2-small": dict(block_size=1024, n_layer=12, n_head=12, n_embd=768),  # 163,009,536 params
-    "gpt2-medium": dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024),
-}
-
-
-def make_config(preset: str, overrides: dict | None = None) -> GPTConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name: f.type for f in fields(GPTConfig)}
-    merged = dict(PRESETS[preset])
-    for key, value in (overrides or {}).items():
-        if key not in known:
-            raise ConfigError(f"unknown key model_overrides.{key}; known: {', '.join(known)}")
-        want = {"int": int, "float": float, "bool": bool}[known[key]]
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"model_overrides.{key} must be {known[key]}, got {value!r}")
-        merged[key] = value
-    cfg = GPTConfig(**merged)
-    if cfg.n_embd % cfg.n_head:
-        raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    return cfg
+# the architecture's arithmetic is torch-free (the service sizes runs with it); re-exported here
+from trainer.architecture import PRESETS as PRESETS
+from trainer.architecture import GPTConfig as GPTConfig
+from trainer.architecture import count_params as count_params
+from trainer.architecture import flops_per_token as _flops_per_token
+from trainer.architecture import make_config as make_config
+from trainer.errors import CheckpointError
 
 
 class CausalSelfAttention(nn.Module):
@@ -165,26 +127,8 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B style.
-
-        6 x the weights that take part in a matmul (everything but the embeddings, plus the output
-        head, which is a matmul even when tied) + the attention scores and values term 12·L·C·T.
-        """
-        cfg = self.config
-        n = self.num_params() - self.transformer.wpe.weight.numel()
-        if not cfg.tie_weights:
-            # the token lookup is not a matmul; a tied matrix is counted once, for the head
-            n -= self.transformer.wte.weight.numel()
-        return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * seq_len
-
-
-def count_params(cfg: GPTConfig) -> int:
-    """Parameters of a config without building it (the chinchilla budget needs it early)."""
-    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    block = (C * 3 * C + (3 * C if cfg.qkv_bias else 0)) + (C * C + C)  # attention
-    block += (C * 4 * C + 4 * C) + (4 * C * C + C) + 4 * C  # MLP + two LayerNorms
-    head = 0 if cfg.tie_weights else V * C
-    return V * C + cfg.block_size * C + L * block + 2 * C + head
+        """Training FLOPs per token (forward + backward): trainer.architecture.flops_per_token."""
+        return _flops_per_token(self.config, seq_len)
 
 
 # ---- Hugging Face GPT-2 weights (model.safetensors + config.json, e.g. openai-community/gpt2) ----

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from trainer.errors import ConfigError
 from trainer.model import GPT
+from trainer.schema import AUTO_MICRO_BATCH_LIMIT, AUTO_MICRO_BATCH_LIMIT_CPU
 
 
 def init_distributed(device_pref: str) -> tuple[int, int, int, torch.device]:
@@ -78,7 +79,7 @@ def seed_rank(seed: int, rank: int, step: int = 0) -> None:
     random.seed(s)
 
 
-def find_micro_batch(fits, limit: int = 512) -> int:
+def find_micro_batch(fits, limit: int = AUTO_MICRO_BATCH_LIMIT) -> int:
     """Largest micro-batch b <= limit with fits(b) True, assuming fits is monotone.
 
     Doubles until the first failure, then bisects between the last success and it.
@@ -101,12 +102,25 @@ def find_micro_batch(fits, limit: int = 512) -> int:
     return good
 
 
-def autotune_micro_batch(model: GPT, seq_len: int, device: torch.device, amp) -> int:
-    """Largest micro-batch whose forward + backward fits on this GPU (CUDA only).
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: torch's OutOfMemoryError (CUDA, and other devices in recent
+    torch), Python's MemoryError (a CPU allocation), or a RuntimeError that says so (what CPU
+    kernels and older torch versions raise)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
-    While probing it holds 3 extra copies of the parameters: AdamW's two moments and DDP's gradient
-    buckets, which a real step allocates but a bare forward/backward does not.
+
+def autotune_micro_batch(model: GPT, seq_len: int, device: torch.device, amp) -> int:
+    """Largest micro-batch whose forward + backward fits on this device.
+
+    On CUDA: up to AUTO_MICRO_BATCH_LIMIT. While probing it holds 3 extra copies of the
+    parameters: AdamW's two moments and DDP's gradient buckets, which a real step allocates but
+    a bare forward/backward does not. On CPU: the same search, up to AUTO_MICRO_BATCH_LIMIT_CPU
+    (trainer.schema says why so few).
     """
+    if device.type != "cuda":
+        return _autotune_cpu(model, seq_len, amp)
     reserve = [torch.empty_like(p) for p in model.parameters() for _ in range(3)]
 
     def fits(b: int) -> bool:
@@ -129,3 +143,24 @@ def autotune_micro_batch(model: GPT, seq_len: int, device: torch.device, amp) ->
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     return best
+
+
+def _autotune_cpu(model: GPT, seq_len: int, amp) -> int:
+    # its own generator: the search must not move the global RNG streams the run is seeded with
+    gen = torch.Generator().manual_seed(0)
+
+    def fits(b: int) -> bool:
+        try:
+            x = torch.randint(0, model.config.vocab_size, (b, seq_len), generator=gen)  # (b, T)
+            with amp:
+                _, loss = model(x, x)
+            loss.backward()
+            return True
+        except Exception as exc:  # only an allocation failure means "does not fit"
+            if is_out_of_memory(exc):
+                return False
+            raise
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    return find_micro_batch(fits, limit=AUTO_MICRO_BATCH_LIMIT_CPU)

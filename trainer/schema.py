@@ -69,6 +69,13 @@ def _count_or(word: str) -> Callable[[Any], Any]:
     return check
 
 
+#: the largest micro-batch `micro_batch: auto` tries on a GPU (trainer.runtime's search)
+AUTO_MICRO_BATCH_LIMIT = 512
+#: ... and on CPU: RAM rarely runs out before a batch is absurdly slow, and when it does the
+#: kernel's OOM killer (or swap) strikes rather than a catchable error; past a few sequences a CPU
+#: is compute-bound, so a larger micro-batch buys no tokens/s. The service sizes probes with it.
+AUTO_MICRO_BATCH_LIMIT_CPU = 16
+
 Int = Annotated[int, BeforeValidator(_whole_number)]
 PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_whole_number)]
 NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
@@ -84,7 +91,8 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     seq_len: PositiveInt = 128
-    #: per process; "auto" = the largest that fits (found on CUDA by catching out-of-memory errors)
+    #: per process; "auto" = the largest that fits (found by catching out-of-memory errors, up to
+    #: AUTO_MICRO_BATCH_LIMIT on CUDA and AUTO_MICRO_BATCH_LIMIT_CPU on CPU)
     micro_batch: Annotated[PositiveInt | Literal["auto"], BeforeValidator(_count_or("auto"))] = 8
     grad_accum: PositiveInt = 1
     lr: PositiveFloat = 1e-3

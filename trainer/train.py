@@ -14,6 +14,8 @@
 
 Options: --set key=value overrides a config key (dotted keys reach into model_overrides);
 --stop-at-step N stops after step N with a checkpoint, as a preemption would (no DONE file);
+a file RUN_DIR/STOP (the service's budget) stops after the current step with a checkpoint, a
+`stopped` metrics line and DONE saying "stopped" (trainer.control);
 --resume-from URI (a committed checkpoint folder in a file:// or s3:// store) is pulled into the
 run directory and resumed from, unless the run directory already holds a checkpoint as new.
 A run directory that holds checkpoints/latest is resumed from it, exactly: same batches, same
@@ -46,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from trainer import checkpoint
 from trainer import config as config_mod
 from trainer.artifacts import ArtifactError, split_uri
+from trainer.control import stop_asked, stop_reason
 from trainer.data import SplitTokens, TrainBatches, eval_windows
 from trainer.errors import ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
@@ -123,9 +126,7 @@ def train(
     n_params = raw_model.num_params()
 
     micro_batch = cfg.micro_batch
-    if micro_batch == "auto":
-        if device.type != "cuda":
-            raise ConfigError("micro_batch: auto searches GPU memory and needs CUDA; give a number on CPU")
+    if micro_batch == "auto":  # on CPU too (with a small limit): a probe on a CPU node searches as on a GPU
         micro_batch = autotune_micro_batch(raw_model, cfg.seq_len, device, amp)
         if dist.is_initialized():  # every rank runs the smallest value any rank found
             t = torch.tensor([micro_batch], device=device)
@@ -215,6 +216,8 @@ def train(
         total_steps=total_steps,
         device=device.type,
         dtype=dtype,
+        flops_per_token=flops_tok,
+        peak_flops=peak,
     )
     metrics.progress(
         f"training {cfg.model} ({n_params:,} params) on {world} x {device.type}, "
@@ -287,10 +290,10 @@ def train(
             metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
             metrics.progress(f"step {step}: val loss {last_val:.4f}")
 
-        last_train, saved_step = None, resumed_from
+        last_train, saved_step, asked = None, resumed_from, False
         interval_t, interval_steps, loss_sum = time.time(), 0, torch.zeros((), device=device)
         model.train()
-        while step < total_steps and (stop_at_step is None or step < stop_at_step):
+        while step < total_steps and (stop_at_step is None or step < stop_at_step) and not asked:
             lr = lr_at(tokens_seen, tps, warmup_tokens, end_tokens, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -332,7 +335,8 @@ def train(
                 )
                 interval_steps, loss_sum = 0, torch.zeros((), device=device)
             paused = time.time()
-            stopping = stop_at_step is not None and step >= stop_at_step
+            asked = stop_asked(run_dir, master, device)  # every rank, every step: all stop at one step
+            stopping = asked or (stop_at_step is not None and step >= stop_at_step)
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == total_steps):
                 last_val = run_eval()
                 metrics.log("val", step=step, tokens=tokens_seen, val_loss=last_val)
@@ -356,7 +360,14 @@ def train(
             uploader.drain()
             uploader.require_stored(step)
             checkpoint.prune(run_dir / "checkpoints", cfg.keep_last)  # those kept for the uploads
-        if step < total_steps:
+        if step < total_steps and asked:  # the service's STOP: a final checkpoint, then DONE
+            reason = stop_reason(run_dir) if master else ""
+            metrics.log("stopped", step=step, tokens=tokens_seen, reason=reason, wall_s=time.time() - t_start)
+            if master:
+                done = {"step": step, "tokens": tokens_seen, "stopped": True, "reason": reason}
+                write_json_atomic(run_dir / "DONE", done)
+            metrics.progress(f"stopped at step {step}: {reason}; remove STOP and DONE, then re-run to resume")
+        elif step < total_steps:
             metrics.progress(f"stopped at step {step} as asked (--stop-at-step); re-run to resume")
         else:
             metrics.log("done", step=step, tokens=tokens_seen, wall_s=time.time() - t_start)
