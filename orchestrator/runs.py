@@ -6,6 +6,7 @@ the only writer of a run's status and progress, under its lease.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -22,11 +23,23 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+#: every instance trainyard launches has a name that starts so (`instance_name`); the orphan
+#: sweep (controller/orphans.py) never touches an instance whose name does not
+INSTANCE_PREFIX = "ty-"
+_INSTANCE_NAME = re.compile(r"^ty-([A-Za-z0-9]+)-[0-9]+(?:r[0-9]+)?$")
+
+
 def instance_name(run_id: str, rank: int, replacement: int = 0) -> str:
     """Every cloud resource is named from the run, so any step can find what already exists.
     A node that replaces a lost one gets its own name (`ty-<run>-<rank>r<n>`): looking up the
     rank's first name would find the lost machine, not launch a new one."""
-    return f"ty-{run_id}-{rank}" + (f"r{replacement}" if replacement else "")
+    return f"{INSTANCE_PREFIX}{run_id}-{rank}" + (f"r{replacement}" if replacement else "")
+
+
+def run_id_of_instance(name: str) -> str | None:
+    """The run an instance name (`instance_name`'s form) points to; None for any other name."""
+    match = _INSTANCE_NAME.match(name)
+    return match.group(1) if match else None
 
 
 def next_instance_name(run_id: str, rank: int, rows: Iterable[Instance]) -> str:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 1.0
     #: runs one worker drives at once
     max_concurrent_runs: int = 4
+    #: the least time a budget stop is given (controller/budget.py): from asking the trainer to
+    #: stop until its last checkpoint is stored, its test loss measured and its nodes terminated.
+    #: The run's own measurements (upload, evaluation speed) raise it; they cannot lower it.
+    budget_stop_lead_s: float = 60.0
     #: the Python that runs the trainer on the local provider (needs torch)
     trainer_python: str = Field(default_factory=lambda: sys.executable)
 
@@ -74,8 +78,16 @@ class Settings(BaseSettings):
     #: length of one billing increment: Lambda bills by the started minute. Only a simulator
     #: with a compressed clock sets another value.
     billing_minute_s: float = 60.0
-    #: how often placement reads capacity again while no type and region has any
+    #: how often placement reads capacity again while no type and region has any, and how long
+    #: it waits before asking a provider again after a call failed (a 5xx, a timeout)
     placement_poll_s: float = 15.0
+    #: how often the controller lists the instances of every provider that rents machines, to
+    #: terminate orphans: named like trainyard's (ty-...) but owned by no live run
+    #: (controller/orphans.py); 0 turns the sweep off
+    orphan_sweep_interval_s: float = 300.0
+    #: how long an orphan is left alone after it was first seen (a run or an operator may still
+    #: claim it) before it is terminated and booked
+    orphan_grace_s: float = 600.0
 
     # SSH to rented nodes (providers lambda and ssh)
     ssh_private_key_file: Path | None = None

@@ -36,6 +36,8 @@ BOOK_INSTRUCTION_DATA = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
 )
 PROVIDERS = ("local", "lambda", "ssh")
+#: `compute.instance_type: auto`: the plan picks the type when the run is placed
+AUTO_INSTANCE_TYPE = "auto"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -73,8 +75,11 @@ class DataSpec(_Strict):
 
 class ComputeSpec(_Strict):
     provider: Literal["local", "lambda", "ssh"] = "local"
-    #: provider instance type, e.g. gpu_8x_h100_sxm5 (ignored by `local`)
+    #: provider instance type, e.g. gpu_8x_h100_sxm5 (ignored by `local`), or `auto`: the type the
+    #: plan (orchestrator.planning) ranks first by `objective`, chosen when the run is placed
     instance_type: str | None = None
+    #: what `instance_type: auto` optimises: the lowest estimated US$, or the shortest wall time
+    objective: Literal["cheapest", "fastest"] = "cheapest"
     #: tried in order when `instance_type` has no capacity
     fallback_instance_types: list[str] = Field(default_factory=list)
     #: regions to try, in order; empty = any region with capacity
@@ -88,7 +93,9 @@ class ComputeSpec(_Strict):
     @model_validator(mode="after")
     def _cloud_needs_type(self) -> "ComputeSpec":
         if self.provider == "lambda" and not self.instance_type:
-            raise ValueError("instance_type is required when provider is lambda")
+            raise ValueError("instance_type is required when provider is lambda (a type, or auto)")
+        if self.instance_type == AUTO_INSTANCE_TYPE and self.fallback_instance_types:
+            raise ValueError("instance_type auto chooses among every type; leave fallback_instance_types out")
         if self.provider == "local" and self.nodes != 1:
             raise ValueError("the local provider runs exactly 1 node")
         return self

@@ -45,7 +45,7 @@ ONLY_FROM: dict[str, tuple[str, ...]] = {
 }
 
 #: what the service (orchestrator, provision) may import of the trainer: torch-free modules only
-SERVICE_MAY_IMPORT = ("trainer.artifacts", "trainer.schema")
+SERVICE_MAY_IMPORT = ("trainer.artifacts", "trainer.schema", "trainer.architecture", "trainer.errors", "trainer.gpus")
 
 #: the trainer's own dependencies (the `trainer` extra): outside trainer/ no chain of imports may
 #: reach them, since the service's install does not have them

@@ -41,6 +41,29 @@ class RunCost(BaseModel):
     usd: float
 
 
+class RunBudget(BaseModel):
+    """The spec's caps, where the run is headed, and whether it was asked to stop for them
+    (orchestrator.projection; the controller's rule: controller/budget.py)."""
+
+    max_usd: float | None
+    max_hours: float | None
+    #: what the instances still in use cost per hour, in US$ (per hour of billing increments:
+    #: a simulator's compressed minute makes it higher than the list price)
+    usd_per_hour: float
+    #: seconds until the run ends: the training left at its tokens/s, then its evaluation; null
+    #: while unknown (before the trainer measured its speed) and once the run has ended
+    eta_s: float | None
+    #: cost so far + what the instances in use bill until the ETA, in US$; the final cost once
+    #: the run has ended; null while unknown
+    projected_usd: float | None
+    #: hours since provisioning began (until the run ended)
+    hours: float
+    #: when the controller asked the trainer to stop for the budget: it checkpoints, the test
+    #: loss is measured on that checkpoint, and the run ends `stopped`
+    stop_requested_at: UtcDatetime | None
+    stop_reason: str | None
+
+
 class RunPublic(BaseModel):
     id: str
     name: str
@@ -55,6 +78,7 @@ class RunPublic(BaseModel):
     wall_s: float
     progress: RunProgress
     cost: RunCost
+    budget: RunBudget
 
 
 class RunDetail(RunPublic):

@@ -1,7 +1,8 @@
 """Reading runs for the API: rows -> public schemas, with progress, ETA and cost.
 
 Progress comes straight from the Run's columns (the controller keeps them current), so reading a
-run costs a primary-key lookup plus two small indexed lookups for cost, never a metrics scan.
+run costs a primary-key lookup plus small indexed lookups for cost and, while instances bill, their
+US$/h (the projected cost: orchestrator.projection), never a metrics scan.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator.api import schemas
 from orchestrator.costs import booked_cents_of_run, live_instances_cents, runs_cost_cents, unbooked_instances_of_run
 from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, aware, utcnow
 from orchestrator.errors import NotFoundError
+from orchestrator.projection import Rates, eta, live_rates, projected_cents
 from orchestrator.spec import RunSpec
 
 _ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.bootstrapping.value}
@@ -47,11 +49,13 @@ _PUBLIC_COLUMNS = tuple(
         "test_loss",
         "world_size",
         "recoveries",
+        "spec",
+        "stop_requested_at",
+        "stop_reason",
     )
 )
 _GET_RUN = select(
     *_PUBLIC_COLUMNS,
-    _runs.c.spec,
     booked_cents_of_run().label("booked_cents"),
     unbooked_instances_of_run().label("unbooked_instances"),
 ).where(_runs.c.id == bindparam("run_id"))
@@ -82,7 +86,33 @@ def progress_of(run: RunOrRow) -> schemas.RunProgress:
     )
 
 
-def _public_fields(run: RunOrRow, cost_cents: float, now: datetime) -> dict:
+def budget_of(run: RunOrRow, cost_cents: float, rates: Rates, now: datetime) -> schemas.RunBudget:
+    spec = run.spec or {}
+    caps = spec.get("budget") or {}
+    started, ended = aware(run.started_at), RunStatus(run.status).is_terminal
+    left = eta(
+        spec,
+        run.status,
+        target_tokens=run.target_tokens,
+        tokens_done=run.tokens_done or 0,
+        tokens_per_s=run.tokens_per_s,
+        test_loss_known=run.test_loss is not None,
+        stopping=run.stop_requested_at is not None,
+    )
+    projected = cost_cents if ended else projected_cents(cost_cents, rates, left)
+    return schemas.RunBudget(
+        max_usd=caps.get("max_usd"),
+        max_hours=caps.get("max_hours"),
+        usd_per_hour=round(rates.all_cents_per_s * 36.0, 6),  # cents/s -> US$/h
+        eta_s=None if ended or left is None else left.total_s,
+        projected_usd=None if projected is None else round(projected / 100.0, 6),
+        hours=max(0.0, ((aware(run.finished_at) or now) - started).total_seconds() / 3600) if started else 0.0,
+        stop_requested_at=run.stop_requested_at,
+        stop_reason=run.stop_reason,
+    )
+
+
+def _public_fields(run: RunOrRow, cost_cents: float, now: datetime, rates: Rates) -> dict:
     created = aware(run.created_at)
     end = aware(run.finished_at) or now
     return dict(
@@ -98,13 +128,15 @@ def _public_fields(run: RunOrRow, cost_cents: float, now: datetime) -> dict:
         wall_s=max(0.0, (end - created).total_seconds()),
         progress=progress_of(run),
         cost=schemas.RunCost(cents=round(cost_cents, 4), usd=round(cost_cents / 100.0, 6)),
+        budget=budget_of(run, cost_cents, rates, now),
     )
 
 
 def run_detail(session: Session, run: Run, now: datetime | None = None) -> schemas.RunDetail:
     now = now or utcnow()
     cost = runs_cost_cents(session, [run.id], now)[run.id]
-    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
+    rates = live_rates(session, [run.id])[run.id]
+    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now, rates))
 
 
 def submit_run(session: Session, spec: RunSpec) -> schemas.RunDetail:
@@ -120,10 +152,11 @@ def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
     if run is None:
         raise NotFoundError(f"no run with id {run_id!r}")
     now = utcnow()
-    cost = float(run.booked_cents)
-    if run.unbooked_instances:
+    cost, rates = float(run.booked_cents), Rates()
+    if run.unbooked_instances:  # only then can an instance still bill
         cost += live_instances_cents(session, [run_id], now)[run_id]
-    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now))
+        rates = live_rates(session, [run_id])[run_id]
+    return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now, rates))
 
 
 def list_runs(session: Session, statuses: Sequence[str], limit: int, offset: int) -> schemas.RunList:
@@ -135,8 +168,9 @@ def list_runs(session: Session, statuses: Sequence[str], limit: int, offset: int
     rows = session.execute(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
     now = utcnow()
     costs = runs_cost_cents(session, [r.id for r in rows], now)
+    rates = live_rates(session, [r.id for r in rows if not RunStatus(r.status).is_terminal])
     return schemas.RunList(
-        runs=[schemas.RunPublic(**_public_fields(r, costs[r.id], now)) for r in rows],
+        runs=[schemas.RunPublic(**_public_fields(r, costs[r.id], now, rates.get(r.id, Rates()))) for r in rows],
         total=session.scalar(count) or 0,
         limit=limit,
         offset=offset,

@@ -111,6 +111,25 @@ class ApiClient:
     def instance_types(self, provider: str) -> dict:
         return self._call("GET", "/instance-types", params={"provider": provider})
 
+    def instances(self) -> dict:
+        """Every instance the renting providers show, with owner, age, price and spend."""
+        return self._call("GET", "/instances")
+
+    def plan(self, spec: str | dict, provider: str | None = None) -> dict:
+        """`spec`: the YAML text of a spec, or a spec as JSON."""
+        return self._call("POST", "/plans", json={"spec": spec, "provider": provider})
+
+    def start_probe(self, body: dict) -> dict:
+        """`body`: spec (YAML text or JSON), instance_type, max_usd, max_minutes."""
+        return self._call("POST", "/plans/probes", json=body)
+
+    def get_probe(self, run_id: str) -> dict:
+        return self._call("GET", f"/plans/probes/{quote(run_id, safe='')}")
+
+    def throughput(self, **filters: str | int | None) -> dict:
+        """Throughput records, newest first; `filters`: instance_type, shape, run_id, source, limit."""
+        return self._call("GET", "/throughput", params={k: v for k, v in filters.items() if v is not None})
+
     def compare(self, body: dict) -> dict:
         return self._call("POST", "/comparisons", json=body)
 

@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import checkpoints, compare, context, providers, quickstart, runs, server
+from orchestrator.cli import (
+    checkpoints,
+    compare,
+    context,
+    instances,
+    plan,
+    providers,
+    quickstart,
+    runs,
+    server,
+    throughput,
+)
 from orchestrator.cli.errors import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -42,4 +53,7 @@ app.command()(compare.compare)
 app.command()(compare.comparison)
 app.command()(quickstart.quickstart)
 app.command("instance-types")(providers.instance_types)
+app.command("instances")(instances.instances)
+app.command("plan")(plan.plan)
+app.command()(throughput.throughput)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(providers.sim)

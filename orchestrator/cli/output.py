@@ -59,6 +59,25 @@ def duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def budget_text(r: dict) -> str:
+    """Where the run is headed against its budget: "projected $X of $Y budget", the hours of its
+    time cap, and whether it is stopping for them; "-" when there is nothing to say."""
+    b = r.get("budget") or {}
+    projected = b.get("projected_usd")
+    shown = usd(projected * 100) if projected is not None else "-"
+    parts = []
+    if b.get("max_usd") is not None:
+        cap = float(b["max_usd"])
+        parts.append(f"projected {shown} of {usd(cap * 100) if cap * 100 % 1 == 0 else f'${cap:g}'} budget")
+    elif projected is not None:
+        parts.append(f"projected {shown}")
+    if b.get("max_hours") is not None:
+        parts.append(f"{b.get('hours') or 0:.2f} h of {b['max_hours']:g} h")
+    if b.get("stop_requested_at") and r.get("status") not in TERMINAL_VALUES:
+        parts.append("stopping for the budget (checkpoint, then test loss)")
+    return ", ".join(parts) or "-"
+
+
 def percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.0f}%"
 
@@ -129,6 +148,7 @@ def run_table(r: dict) -> Table:
         ("test loss", num(p["test_loss"])),
         ("tokens/s", integer(p["tokens_per_s"])),
         ("cost", usd(r["cost"]["cents"])),
+        ("budget", budget_text(r)),
         ("ETA", duration(p["eta_s"])),
         ("wall time", duration(r["wall_s"])),
         ("created", r["created_at"]),

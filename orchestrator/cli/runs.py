@@ -12,9 +12,10 @@ import typer
 from orchestrator.cli import context
 from orchestrator.cli.errors import BAD_INPUT, RUN_NOT_SUCCEEDED, CliError, cli_errors
 from orchestrator.cli.output import Format, FormatOpt, message, out, print_json, run_table, runs_table
+from orchestrator.cli.plan import ObjectiveOpt, check_budget
 from orchestrator.cli.watch import watch_run
 from orchestrator.db.models import RunStatus
-from orchestrator.spec import RunSpec, parse_spec_yaml
+from orchestrator.spec import RunSpec, parse_spec_yaml, validate_spec
 
 RunArg = Annotated[str, typer.Argument(help="run id, as `trainyard runs` shows it")]
 WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="show live progress until the run ends")]
@@ -50,10 +51,21 @@ def submit(
     spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="the run spec (YAML)")],
     watch: WatchOpt = False,
     fmt: FormatOpt = Format.table,
+    objective: ObjectiveOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="submit even when the plan's estimate is over budget")] = False,
 ) -> None:
-    """Submit a run from a YAML spec; prints the run id (or the run, with --format json)."""
+    """Submit a run from a YAML spec; prints the run id (or the run, with --format json).
+
+    First shows the plan's estimate for the instance type the run would get (for instance_type:
+    auto, the one compute.objective picks now) and refuses (exit 2) when it is over
+    budget.max_usd, unless --force."""
     spec = load_spec(spec_file)
+    if objective is not None:
+        spec = validate_spec(
+            {**spec.model_dump(), "compute": {**spec.compute.model_dump(), "objective": objective.value}}
+        )
     with context.client() as api:
+        check_budget(api, spec, force=force)
         run = api.submit(spec.model_dump(mode="json"))
         message(f"submitted run {run['id']} ({run['name']})")
         if watch:

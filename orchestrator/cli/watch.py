@@ -1,9 +1,10 @@
 """Live progress of one run, by polling `GET /runs/{id}`: shared by `status --watch`,
 `submit --watch` and `quickstart`.
 
-On a terminal: a rich progress bar (tokens, loss, tokens/s, cost, ETA) on stderr. Elsewhere (CI
-logs, pipes): one plain line on stderr when the status changes and at most every few seconds
-otherwise, so a log file shows progress without a screenful of redraws.
+On a terminal: a rich progress bar (tokens, loss, tokens/s, cost, ETA, the projected cost against
+the budget) on stderr. Elsewhere (CI logs, pipes): one plain line on stderr when the status
+changes and at most every few seconds otherwise, so a log file shows progress without a
+screenful of redraws.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import FAILURE, CliError
-from orchestrator.cli.output import duration, err, integer, message, num, usd
+from orchestrator.cli.output import budget_text, duration, err, integer, message, num, usd
 from orchestrator.db.models import TERMINAL_VALUES
 
 PLAIN_EVERY_S = 5.0
@@ -31,14 +32,16 @@ def _fields(run: dict) -> dict:
         cost=usd(run["cost"]["cents"]),
         eta=duration(p["eta_s"]),
         tokens=f"{integer(p['tokens_done'])}/{integer(p['target_tokens'])}",
+        budget=budget_text(run),
     )
 
 
 def _plain_line(run: dict) -> str:
     f = _fields(run)
+    budget = f"  ({f['budget']})" if f["budget"] != "-" else ""
     return (
         f"{run['id']} {f['status']}: tokens {f['tokens']}  loss {f['loss']}  val {f['val']}  "
-        f"{f['tps']} tok/s  {f['cost']}  ETA {f['eta']}"
+        f"{f['tps']} tok/s  {f['cost']}  ETA {f['eta']}{budget}"
     )
 
 
@@ -79,6 +82,7 @@ def _watch_bar(client: ApiClient, run_id: str, interval_s: float, guard: _Pendin
         TextColumn("{task.fields[tps]} tok/s"),
         TextColumn("{task.fields[cost]}"),
         TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("{task.fields[budget]}"),
     )
     with Progress(*columns, console=err, transient=False) as bar:
         run = client.get_run(run_id)

@@ -7,6 +7,7 @@ Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
     RUN_DIR/config.json      the train config, from the run spec
     RUN_DIR/prepare.*        log, pid and exit code of the data preparation
     RUN_DIR/train.*          ... of torchrun + trainer.train (metrics.jsonl, checkpoints/, DONE)
+    RUN_DIR/STOP             written by the controller: the trainer stops gracefully (budget.py)
     RUN_DIR/eval.*           ... of trainer.evaluate; its result in eval.json
     RUN_DIR/ift.*            ... of trainer.ift; its answers.json and ift.json in ift/
 """
@@ -27,6 +28,8 @@ DATA = "data"
 CONFIG = "config.json"
 EVAL_OUT = "eval.json"
 IFT_OUT = "ift"
+#: the control file that asks the trainer to checkpoint and stop (trainer.control)
+STOP = "STOP"
 _RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
 
 

@@ -7,6 +7,9 @@
                 the instruction data, greedy answers to its test items)
                 -> an `evaluations` row (kind ift) holding the summary and the answers
                 -> succeeded
+                a run stopped for its budget (run.stop_requested_at, budget.py) is not fine-tuned
+                (that takes more time): its test loss is measured on the checkpoint it stopped at
+                -> stopped
 
 Each program runs detached on the node under its own name (`eval`, `ift`): its pid file is the
 record that it was started, so a restarted worker finds it running or finished and never starts
@@ -57,7 +60,7 @@ def evaluating(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         if not isinstance(result, dict):
             return result  # running, just started, or failed
         record = _record_test_loss(result, cmd.log_tail(h.node, h.workdir, "eval.log"))
-        if not spec.evaluation.ift.enabled:
+        if not spec.evaluation.ift.enabled or run.stop_requested_at is not None:
             return Done(f"test loss {float(result['test_loss']):.4f} on the test split", record)
         with ctx.write() as (session, fresh):
             record(session, fresh)

@@ -155,6 +155,10 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
         kind = m["kind"]
         step, tokens, time = _int(m.get("step")), _int(m.get("tokens")), _num(m.get("time")) or 0.0
         if kind == "start":
+            # Kept whole (the micro-batch that really ran, flops per token, ...) for the throughput
+            # record; a resume writes another line, but the first start stays the first start.
+            first = (run.trainer_start or {}).get("first_time", m.get("time"))
+            run.trainer_start = {**m, "first_time": first}  # a new dict: JSON columns track assignment
             run.world_size = _int(m.get("world_size"), run.world_size or 1)
             if m.get("target_tokens") is not None:
                 run.target_tokens = _int(m.get("target_tokens"))
@@ -203,7 +207,7 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
                 "checkpoint",
                 f"uploading the checkpoint of step {step} failed: {str(m.get('error'))[:500]}",
             )
-        elif kind == "done":
+        elif kind in ("done", "stopped"):  # stopped: at the service's STOP (a budget), checkpoint stored
             run.step, run.tokens_done = max(run.step, step), max(run.tokens_done, tokens)
         # other kinds are the trainer's to add; the service ignores what it does not know
     if points:

@@ -1,11 +1,13 @@
-"""A run's instances: recorded when launched, terminated and booked when done, and the budget.
+"""A run's instances: recorded when launched, terminated and booked when done (the budget: budget.py).
 
 `steps.end_run` (the one way a run ends) uses these: terminate first (idempotent), then write the
 terminal status, the confirmed terminations and their cost entries in one fenced transaction. A
 terminal run with any instance not confirmed terminated stays claimable, and `cleanup` keeps
 terminating until the provider confirms (so "failed, but a node still bills" converges). An
 instance launched but never recorded (a crash between the two) is found by its name and adopted
-before the run ends, so it is terminated and billed like the others. Nothing here changes a run's
+before the run ends, so it is terminated and billed like the others. A provider that fails never
+keeps a run from ending: what could not be terminated stays for `cleanup`, and what could not be
+looked for is found by the orphan sweep (orphans.py) by its name. Nothing here changes a run's
 status.
 """
 
@@ -19,11 +21,10 @@ from sqlalchemy.orm import Session
 
 from orchestrator.controller.context import RunContext, live_instances, load_run, log, spec_of
 from orchestrator.controller.outcomes import Record
-from orchestrator.controller.policy import NodeLost
-from orchestrator.costs import instance_cost, run_cost_cents
-from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, aware, utcnow
+from orchestrator.controller.policy import NodeLost, one_line
+from orchestrator.costs import instance_cost
+from orchestrator.db.models import CostEntry, Instance, Run, RunStatus, utcnow
 from orchestrator.runs import add_event, next_instance_name
-from orchestrator.spec import RunSpec
 from provision.base import Instance as ProviderInstance
 from provision.base import InstanceStatus
 from provision.errors import ProvisionError
@@ -76,7 +77,11 @@ def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance
 
 def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
     """Record instances launched for the run but never written down (a crash between a launch
-    and its record), so ending the run terminates and bills them too. Names make them findable."""
+    and its record), so ending the run terminates and bills them too. Names make them findable.
+
+    Never raises a provider error: when the provider cannot be asked (down, or refusing our key),
+    the run still ends, and an instance missed here is not lost: its name (`ty-<run>-<rank>`)
+    points to an ended run, so the orphan sweep terminates it and books it on this run."""
     if run.status == RunStatus.pending.value:
         return run  # nothing is launched before provisioning
     # a rank is covered by a row that is not being terminated; a lost node's replacement is
@@ -86,7 +91,17 @@ def adopt_unrecorded(ctx: RunContext, run: Run) -> Run:
     for rank in range(spec_of(run).compute.nodes):
         if rank in covered:
             continue
-        inst = ctx.provider.find_by_name(next_instance_name(run.id, rank, run.instances))
+        name = next_instance_name(run.id, rank, run.instances)
+        try:
+            inst = ctx.provider.find_by_name(name)
+        except ProvisionError as exc:
+            log.warning("run %s: cannot look for an unrecorded %s: %s", run.id, name, exc)
+            ctx.event(
+                "info",
+                f"could not look for instances launched but not recorded ({one_line(exc)}); "
+                "the orphan sweep terminates any it finds",
+            )
+            break  # the same provider, asked again, would only fail again
         if inst is not None:
             record_instance(ctx, run, rank, inst)
             adopted = True
@@ -133,15 +148,19 @@ def terminate_instances(ctx: RunContext, run: Run, rows: list[Instance] | None =
         except ProvisionError as exc:
             out.error = str(exc)
             log.warning("run %s: terminate %s failed, will retry: %s", run.id, ids, exc)
+    asked_failed = False
     for row in live:
         ctx.forget(row.provider_instance_id)
         if row.provider_instance_id is None:
             out.confirmed.add(row.id)  # nothing was ever launched for it
             continue
+        if asked_failed:
+            continue  # the provider failed us just now: not confirmed, asked again next pass
         try:
             inst = ctx.provider.get(row.provider_instance_id)
         except ProvisionError as exc:
             log.warning("run %s: cannot confirm %s is terminated: %s", run.id, row.name, exc)
+            asked_failed = True
             continue  # unknown: not confirmed, asked again next pass
         if inst is None or inst.status.is_gone:
             out.confirmed.add(row.id)
@@ -201,20 +220,3 @@ def cleanup(ctx: RunContext, run: Run) -> bool:
     with ctx.write() as (session, fresh):
         book_terminations(session, fresh, term)
     return len(term.confirmed) == len(live_instances(run))
-
-
-def budget_exceeded(ctx: RunContext, run: Run, spec: RunSpec) -> str | None:
-    """Why the run must stop for its budget, or None while it is within it."""
-    budget = spec.budget
-    now = utcnow()
-    started = aware(run.started_at)
-    if budget.max_hours is not None and started is not None:
-        hours = (now - started).total_seconds() / 3600
-        if hours >= budget.max_hours:
-            return f"budget reached: the run has taken {hours:.2f} h, budget.max_hours is {budget.max_hours:g}"
-    if budget.max_usd is not None and run.instances:
-        with ctx.factory() as session:
-            cents = run_cost_cents(session, run.id, now)
-        if cents >= budget.max_usd * 100:
-            return f"budget reached: the run has cost ${cents / 100:.2f}, budget.max_usd is {budget.max_usd:g}"
-    return None

@@ -7,6 +7,11 @@ each of these is a few file operations; on Lambda they take minutes, which is wh
 worker's task threads (tasks.py) while the worker keeps renewing its lease and serving cancels.
 Each task is idempotent (placement finds an instance by its name before launching), so a task
 lost with its worker is started again. No database transaction is open during a provider call.
+
+A provider that fails (a 5xx or a timeout, after the client's own retries) is asked again after
+settings.placement_poll_s, not every pass, and never past the deadline: placing fails then, naming
+the last error. Once an instance exists, its boot is waited for up to settings.node_boot_timeout_s,
+provider failures included. A refused API key fails the run at once (policy.py).
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ from functools import partial
 
 from sqlalchemy import select
 
-from orchestrator.controller.context import RunContext, usable_instances
+from orchestrator.controller.auto_type import auto_instance_types
+from orchestrator.controller.context import RunContext, log, usable_instances
 from orchestrator.controller.lifecycle import record_instance
 from orchestrator.controller.outcomes import WAITING, Done, Outcome
-from orchestrator.controller.policy import Cancelled, NodeLost, run_task
+from orchestrator.controller.policy import Cancelled, NodeLost, one_line, run_task
 from orchestrator.controller.tasks import sleeper
 from orchestrator.db.models import Instance, Run, aware, utcnow
 from orchestrator.runs import add_event, next_instance_name
-from orchestrator.spec import ComputeSpec, RunSpec
+from orchestrator.spec import AUTO_INSTANCE_TYPE, RunSpec
 from provision.base import Instance as ProviderInstance
-from provision.base import InstanceStatus, Provider
+from provision.base import InstanceStatus
+from provision.errors import PlacementFailed, ProvisionError
 from provision.placement import place
 
 
@@ -62,11 +69,15 @@ def placement(ctx: RunContext, run: Run, spec: RunSpec, since: datetime | None =
     return WAITING if waiting else Done(f"all {c.nodes} node(s) are active")
 
 
-def preferred_instance_types(compute: ComputeSpec, provider: Provider) -> list[str]:
-    """The instance types to try, best first: the spec's type, then its fallbacks; a spec naming
-    none (the local provider, the ssh provider's hosts) takes any type the provider has."""
+def preferred_instance_types(ctx: RunContext, run: Run, spec: RunSpec) -> list[str]:
+    """The instance types to try, best first: the spec's type, then its fallbacks; `auto`: the
+    plan's choice by compute.objective (auto_type.py, an event says why); a spec naming none (the
+    local provider, the ssh provider's hosts) takes any type the provider has."""
+    compute = spec.compute
+    if compute.instance_type == AUTO_INSTANCE_TYPE:
+        return auto_instance_types(ctx, run, spec)
     wanted = ([compute.instance_type] if compute.instance_type else []) + list(compute.fallback_instance_types)
-    return wanted or [t.name for t in provider.instance_types()]
+    return wanted or [t.name for t in ctx.provider.instance_types()]
 
 
 def _place_until_active(
@@ -83,28 +94,47 @@ def _place_until_active(
     it already: that one is waited for, never placed again), then wait until it is active."""
     sleep = sleeper(cancel)
     if recorded is not None:
-        inst = ctx.provider.get(recorded)
-        if inst is None:
-            raise NodeLost(f"instance {name} disappeared while booting")
-    else:
+        return _wait_active(ctx, recorded, name, sleep)
+    try:
         inst = place(
             ctx.provider,
             name=name,
-            instance_types=preferred_instance_types(spec.compute, ctx.provider),
+            instance_types=preferred_instance_types(ctx, run, spec),
             regions=spec.compute.regions,
             timeout_s=max(0.0, (deadline - utcnow()).total_seconds()),
             poll_s=ctx.settings.placement_poll_s,
             on_event=partial(ctx.event, "placement"),
             sleep=sleep,
         )
-        record_instance(ctx, run, rank, inst)
+    except ProvisionError as exc:
+        if exc.retryable:
+            _back_off(ctx, spec, name, deadline, exc, sleep)
+        raise  # before the deadline, the next pass tries again; anything else: the policy's
+    record_instance(ctx, run, rank, inst)
     if cancel.is_set():
         raise Cancelled("the run ended")  # recorded above, so the run's end terminates it
-    return _wait_active(ctx, inst, sleep)
+    return _wait_active(ctx, inst.id, name, sleep)
+
+
+def _back_off(
+    ctx: RunContext, spec: RunSpec, name: str, deadline: datetime, error: ProvisionError, sleep: Callable[[float], None]
+) -> None:
+    """Placing `name` failed in a way that may pass. Past the deadline: raise PlacementFailed,
+    naming the last error. Before it: wait settings.placement_poll_s (so a failing provider is
+    asked once a poll, not once a pass), after which the task ends and the next pass starts it."""
+    left = (deadline - utcnow()).total_seconds()
+    if left <= 0:
+        raise PlacementFailed(
+            f"could not place {name} within compute.placement_timeout_s "
+            f"({spec.compute.placement_timeout_s:g} s): provider {ctx.provider.name} kept failing: {one_line(error)}"
+        ) from error
+    wait = min(ctx.settings.placement_poll_s, left)
+    log.warning("run %s: placing %s: %s; trying again in %.1f s", ctx.run_id, name, one_line(error), wait)
+    sleep(wait)
 
 
 def _wait_active(
-    ctx: RunContext, inst: ProviderInstance, sleep: Callable[[float], None]
+    ctx: RunContext, instance_id: str, name: str, sleep: Callable[[float], None]
 ) -> tuple[ProviderInstance, datetime]:
     """Poll until the provider shows the instance active. Returns it and when it turned active.
 
@@ -113,21 +143,35 @@ def _wait_active(
     The middle of the two is the estimate, off by at most half a poll interval
     (settings.node_active_poll_s), which is why this polls on its own thread and not once per
     reconcile pass. An instance already active at the first read gets that read's time.
+    A provider failure that may pass is waited out (settings.placement_poll_s between tries), up
+    to the same timeout.
     """
     give_up = time.monotonic() + ctx.settings.node_boot_timeout_s
     booting_seen: datetime | None = None
     while True:
         asked = utcnow()
-        now = ctx.provider.get(inst.id)
+        try:
+            now = ctx.provider.get(instance_id)
+        except ProvisionError as exc:
+            if not exc.retryable:
+                raise
+            if time.monotonic() > give_up:
+                raise NodeLost(
+                    f"instance {name}: provider {ctx.provider.name} kept failing while it booted, for "
+                    f"{ctx.settings.node_boot_timeout_s:g} s: {one_line(exc)}"
+                ) from exc
+            log.warning("run %s: asking about %s: %s; asking again", ctx.run_id, name, one_line(exc))
+            sleep(max(ctx.settings.node_active_poll_s, ctx.settings.placement_poll_s))
+            continue
         if now is not None and now.status == InstanceStatus.active:
             return now, asked if booting_seen is None else booting_seen + (asked - booting_seen) / 2
         booting_seen = asked
         if now is None or now.status.is_gone or now.status == InstanceStatus.unhealthy:
             state = now.status.value if now is not None else "gone"
-            raise NodeLost(f"instance {inst.name} became {state} while booting")
+            raise NodeLost(f"instance {name} became {state} while booting")
         if time.monotonic() > give_up:
             raise NodeLost(
-                f"instance {inst.name} did not become active within "
+                f"instance {name} did not become active within "
                 f"{ctx.settings.node_boot_timeout_s:g} s (still {now.status.value})"
             )
         sleep(ctx.settings.node_active_poll_s)

@@ -12,7 +12,8 @@ error is treated the same way wherever it surfaces:
     RECOVER     a node the run needs is gone: a training run recovers on a new node; in any
                 other state the run fails
     FAIL        retrying cannot help (no capacity until the deadline, a changed host key, a
-                request the provider calls invalid, a quota): fail the run now
+                request the provider calls invalid, a quota, an API key the provider refuses):
+                fail the run now
     LEASE_LOST  another worker owns the run now: stop acting on it, end nothing
 
 `one_line` turns any exception into the one line a run's reason or an event shows.
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.controller.outcomes import WAITING, Failed, Lost, Outcome
 from orchestrator.errors import LeaseLostError, TrainyardError
-from provision.errors import HostKeyMismatch, InvalidRequest, PlacementFailed, ProvisionError, QuotaExceeded
+from provision.errors import (
+    HostKeyMismatch,
+    InvalidCredentials,
+    InvalidRequest,
+    PlacementFailed,
+    ProvisionError,
+    QuotaExceeded,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - the context imports this module
     from orchestrator.controller.context import RunContext
@@ -54,8 +62,9 @@ class Cancelled(Exception):
     """The run a task works for has ended; the task stops at its next wait."""
 
 
-#: errors that say so themselves: retrying the same thing cannot succeed
-_HOPELESS = (PlacementFailed, HostKeyMismatch, InvalidRequest, QuotaExceeded)
+#: errors that say so themselves: retrying the same thing cannot succeed (a refused API key is
+#: refused again, every call, until an operator changes it)
+_HOPELESS = (PlacementFailed, HostKeyMismatch, InvalidRequest, QuotaExceeded, InvalidCredentials)
 
 
 def classify(error: BaseException) -> Action:

@@ -7,6 +7,7 @@
                                      +--- (a pretrained model: not trained) ---+
     training -> succeeded when evaluation is off
     any state that is not terminal -> failed(reason) | cancelled | stopped(budget)
+    a graceful budget stop (budget.py): training -> evaluating -> stopped, with its test loss
 
 `TRANSITIONS` holds these edges as data; `set_status` refuses any other. Every provider goes the
 same way: on the local provider placement and bootstrap are trivial, on rented ones they take
@@ -28,14 +29,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from orchestrator.controller import storage
+from orchestrator.controller import budget, storage
 from orchestrator.controller.bootstrapping import bootstrapping
 from orchestrator.controller.context import RunContext, load_run, log, spec_of
 from orchestrator.controller.evaluation import evaluating
 from orchestrator.controller.lifecycle import (
     adopt_unrecorded,
     book_terminations,
-    budget_exceeded,
     cleanup,
     release_workers,
     terminate_instances,
@@ -45,6 +45,7 @@ from orchestrator.controller.placement import placement
 from orchestrator.controller.policy import Action, classify, one_line
 from orchestrator.controller.training import MAX_RECOVERIES, begin_recovery, recovering, training
 from orchestrator.db.models import UNSUCCESSFUL_ENDINGS, Run, RunStatus, utcnow
+from orchestrator.planning.records import RECORDED_ENDINGS, measure
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 
@@ -106,11 +107,15 @@ def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: R
         ctx.tasks.cancel(run.id)  # first, so a placement in flight cannot launch after the terminate
     run = adopt_unrecorded(ctx, run)
     term = terminate_instances(ctx, run)
+    # what the training measured, if it trained (reads and a provider call: before the transaction)
+    throughput = measure(ctx, run) if status in RECORDED_ENDINGS else None
     with ctx.write() as (session, fresh):
         if RunStatus(fresh.status).is_terminal:
             return  # already ended by an earlier pass of ours; cleanup handles the instances
         if record is not None:
             record(session, fresh)
+        if throughput is not None:
+            throughput(session, fresh)
         set_status(session, fresh, status, reason=one_line(reason))
         book_terminations(session, fresh, term)
         if term.error:
@@ -133,7 +138,7 @@ def reconcile(ctx: RunContext) -> bool:
         if run.cancel_requested:
             end_run(ctx, run, S.cancelled, "cancelled by the user")
             continue
-        over = budget_exceeded(ctx, run, spec)
+        over = budget.check(ctx, run, spec)  # alerts, a graceful stop asked for, or the backstop
         if over:
             end_run(ctx, run, S.stopped, over)
             continue
@@ -154,17 +159,19 @@ def reconcile(ctx: RunContext) -> bool:
     return False
 
 
-def _next(status: RunStatus, spec: RunSpec) -> RunStatus:
-    """Where a run goes when the stage of `status` is done."""
+def _next(status: RunStatus, spec: RunSpec, stopping: bool = False) -> RunStatus:
+    """Where a run goes when the stage of `status` is done; `stopping`: the budget asked the
+    trainer to stop (budget.py), so the run ends `stopped` where it would have succeeded."""
+    ended = S.stopped if stopping else S.succeeded
     if status == S.bootstrapping:
         return S.evaluating if spec.model.pretrained else S.training
     if status == S.training:
-        return S.evaluating if spec.evaluation.test_loss else S.succeeded
+        return S.evaluating if spec.evaluation.test_loss else ended
     return {
         S.pending: S.provisioning,
         S.provisioning: S.bootstrapping,
         S.recovering: S.training,
-        S.evaluating: S.succeeded,
+        S.evaluating: ended,
     }[status]
 
 
@@ -188,8 +195,10 @@ def _apply(ctx: RunContext, run: Run, spec: RunSpec, status: RunStatus, outcome:
             return None
         _transition(ctx, run, S.recovering, outcome.reason, record)
         return None
-    to = _next(status, spec)
+    to = _next(status, spec, stopping=run.stop_requested_at is not None)
     message = outcome.message
+    if to == S.stopped:  # what the budget stop kept: its reason first, then what was measured
+        message = f"stopped for its budget: {run.stop_reason or 'budget'}; {message}"
     if status == S.bootstrapping:
         message += (
             f"; evaluating OpenAI's {spec.model.pretrained} (not trained)"

@@ -72,7 +72,7 @@ def training(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
     if not new.complete or (running and not finished):
         return WAITING
     if finished:
-        return _done(spec)
+        return _done(spec, run)
     failed = [(row, h, p) for row, h, p in procs if p.exit_code not in (0, None)]
     if failed:
         # rank 0 writes why in FAILED; the other ranks only see their peer vanish
@@ -86,13 +86,14 @@ def training(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         return Killed(f"the trainer on {', '.join(killed)} ended without an exit code (killed)")
     if not head.node.exists(cmd.path(head.workdir, "DONE")):
         return Failed("the trainer exited 0 without writing DONE (training did not finish)")
-    return _done(spec)
+    return _done(spec, run)
 
 
-def _done(spec: RunSpec) -> Done:
+def _done(spec: RunSpec, run: Run) -> Done:
+    what = "training stopped with a final checkpoint" if run.stop_requested_at is not None else "training done"
     if spec.evaluation.test_loss:
-        return Done("training done; measuring the test loss on node 0")
-    return Done("training done (evaluation is off)")
+        return Done(f"{what}; measuring the test loss on node 0")
+    return Done(f"{what} (evaluation is off)")
 
 
 def start_trainer(

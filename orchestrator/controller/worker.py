@@ -8,7 +8,9 @@ any number may run against one PostgreSQL database (or one SQLite file). Each pa
 3. reconcile each held run (steps.reconcile), and release the lease of a run that needs nothing
    more (ended, and every instance confirmed terminated);
 4. move comparisons on (comparing.py: judged here, on a thread of their own, once their baseline
-   runs have succeeded).
+   runs have succeeded);
+5. every `orphan_sweep_interval_s`, sweep the renting providers for orphan instances (orphans.py,
+   on a thread of its own).
 
 Stopping a worker releases its leases but leaves trainers running: they are detached on their
 nodes, and the next worker to claim the run carries on from what the node shows.
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.controller import lease
 from orchestrator.controller.comparing import Comparisons
 from orchestrator.controller.context import RunContext, load_run, log, spec_of
+from orchestrator.controller.orphans import OrphanSweep
 from orchestrator.controller.policy import Action, classify, one_line
 from orchestrator.controller.steps import end_run, reconcile
 from orchestrator.controller.tasks import TaskPool
@@ -75,6 +78,7 @@ class Worker:
         self.tasks = TaskPool()
         self.wheels = WheelCache(settings.wheel_cache_dir)
         self.comparisons = Comparisons(settings, session_factory, self.owner)
+        self.orphans = OrphanSweep(settings, session_factory, self.providers)
 
     @property
     def held_runs(self) -> list[str]:
@@ -117,6 +121,7 @@ class Worker:
         for run_id in list(self._held):
             self._reconcile(run_id)
         self.comparisons.reconcile_once()
+        self.orphans.tick()
 
     # -- leases -----------------------------------------------------------------------------------
     def _renew(self) -> None:
@@ -236,6 +241,17 @@ class Worker:
             ctx = self._context(run_id, held)
             run = load_run(self.factory, run_id)
             if ctx is not None and run is not None and not RunStatus(run.status).is_terminal:
-                end_run(ctx, run, RunStatus.failed, reason)
+                try:
+                    end_run(ctx, run, RunStatus.failed, reason)
+                except LeaseLostError:
+                    raise
+                except Exception as again:  # noqa: BLE001 - the provider or a step failed again
+                    # record the failure without asking the provider: its instances stay recorded
+                    # and live, so the ended run stays claimable and `cleanup` terminates them
+                    log.warning("run %s: ending it failed (%s); recording the failure alone", run_id, one_line(again))
+                    refusing = UnavailableProvider(ctx.provider.name, ProvisionError(one_line(again)))
+                    end_run(self._make_context(run_id, held, refusing), run, RunStatus.failed, reason)
+        except LeaseLostError:
+            self._drop(run_id)
         except Exception:  # noqa: BLE001 - logged with its traceback; a later pass tries again
             log.exception("run %s: could not record the failure", run_id)

@@ -167,6 +167,56 @@ def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, facto
     assert done["finished_at"] is not None and done["wall_s"] >= 0
 
 
+def test_the_budget_shows_the_eta_and_the_projected_cost_and_a_stop(client, factory):
+    """Two nodes at 120 c/h, up 90 s (2 billed minutes each: 8 cents); 150 s of training left at
+    5,000 tokens/s, then the test loss on node 0 alone: 5% of the 1M-token target's data
+    (1M / 0.9), forward only at 3 x 5,000 tokens/s."""
+    run = submit(client, evaluation={"test_loss": True}, budget={"max_usd": 5, "max_hours": 2})
+    now = utcnow()
+    set_run(
+        factory,
+        run["id"],
+        status="training",
+        started_at=now - timedelta(minutes=6),
+        target_tokens=1_000_000,
+        tokens_done=250_000,
+        tokens_per_s=5_000.0,
+    )
+    with transaction(factory) as s:
+        for rank in (0, 1):
+            s.add(
+                Instance(
+                    run_id=run["id"],
+                    rank=rank,
+                    name=f"ty-{run['id']}-{rank}",
+                    provider="lambda",
+                    instance_type="gpu_1x_a10",
+                    price_cents_per_hour=120,
+                    active_at=now - timedelta(seconds=90),
+                )
+            )
+    evaluation_s = 0.05 * 1_000_000 / 0.9 // 1 / 15_000
+    b = client.get(f"/api/v1/runs/{run['id']}").json()["budget"]
+    assert (b["max_usd"], b["max_hours"], b["usd_per_hour"]) == (5, 2, 2.4)
+    assert b["eta_s"] == pytest.approx(150 + evaluation_s)
+    assert b["projected_usd"] == pytest.approx((8 + 240 * 150 / 3600 + 120 * evaluation_s / 3600) / 100, abs=1e-6)
+    assert b["hours"] == pytest.approx(0.1, abs=0.01) and b["stop_requested_at"] is None
+    listed = client.get("/api/v1/runs").json()["runs"][0]["budget"]
+    assert listed["eta_s"] == pytest.approx(b["eta_s"]) and listed["projected_usd"] == pytest.approx(b["projected_usd"])
+
+    # asked to stop: no more training, only the evaluation on node 0
+    set_run(factory, run["id"], stop_requested_at=now, stop_reason="budget.max_usd 5 is near")
+    b = client.get(f"/api/v1/runs/{run['id']}").json()["budget"]
+    assert b["eta_s"] == pytest.approx(evaluation_s) and b["stop_reason"] == "budget.max_usd 5 is near"
+    assert b["projected_usd"] == pytest.approx((8 + 120 * evaluation_s / 3600) / 100, abs=1e-6)
+    assert b["stop_requested_at"] is not None
+
+    # ended: the projection is what it cost
+    set_run(factory, run["id"], status="stopped", finished_at=utcnow())
+    got = client.get(f"/api/v1/runs/{run['id']}").json()
+    assert got["budget"]["eta_s"] is None and got["budget"]["projected_usd"] == got["cost"]["usd"]
+
+
 def test_reading_a_run_never_touches_metric_points(client):
     run = submit(client)
     statements: list[str] = []

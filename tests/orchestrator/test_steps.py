@@ -451,7 +451,12 @@ def test_a_quota_error_fails_placement_at_once(env):
 
 
 def test_a_provider_outage_during_placement_waits_and_is_not_counted(env):
-    env.make_run(S.provisioning)
+    # the run started UP (30 min) ago: a deadline an hour after that has not passed (after it,
+    # the outage fails the run: test_broken_provider.py)
+    env.make_run(
+        S.provisioning,
+        compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE, "placement_timeout_s": 3600},
+    )
     env.provider.fail("instance_types", ProviderServerError("502 after 5 tries"))
     for _ in range(MAX_TASK_ATTEMPTS + 1):
         assert env.stage(placement) is WAITING

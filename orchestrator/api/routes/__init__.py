@@ -2,12 +2,26 @@
 
 from fastapi import APIRouter
 
-from orchestrator.api.routes import checkpoints, comparisons, health, instance_types, runs
+from orchestrator.api.routes import (
+    checkpoints,
+    comparisons,
+    health,
+    instance_types,
+    instances,
+    plans,
+    probes,
+    runs,
+    throughput,
+)
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
 api_router.include_router(runs.router)
 api_router.include_router(checkpoints.router)
 api_router.include_router(instance_types.router)
+api_router.include_router(instances.router)
+api_router.include_router(plans.router)
+api_router.include_router(probes.router)
+api_router.include_router(throughput.router)
 api_router.include_router(comparisons.router)
 api_router.include_router(comparisons.answers_router)

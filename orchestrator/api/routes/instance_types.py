@@ -12,7 +12,9 @@ from fastapi import APIRouter, Query, Request
 
 from orchestrator.api.schemas import InstanceTypeList, InstanceTypePublic
 from orchestrator.errors import InvalidSpecError, TrainyardError
+from orchestrator.settings import Settings
 from orchestrator.spec import PROVIDERS
+from provision.base import InstanceType
 from provision.errors import InvalidCredentials, InvalidRequest, ProvisionError
 from provision.registry import get_provider
 
@@ -25,25 +27,32 @@ class ProviderUnavailableError(TrainyardError):
     http_status = 502
 
 
-@router.get("/instance-types", response_model=InstanceTypeList)
-def list_instance_types(
-    request: Request,
-    provider: Annotated[str, Query(description="local, lambda or ssh")] = "lambda",
-) -> InstanceTypeList:
+def provider_instance_types(provider: str, settings: Settings) -> list[InstanceType]:
+    """What `provider` offers now (one blocking round trip). InvalidSpecError (422) for a provider
+    this service lacks or has no settings for; ProviderUnavailableError (502) when it cannot be
+    asked. Shared with `POST /plans`."""
     if provider not in PROVIDERS:
         raise InvalidSpecError(f"provider: must be one of {', '.join(PROVIDERS)}", field="provider")
     try:
-        built = get_provider(provider, request.app.state.settings)
+        built = get_provider(provider, settings)
     except InvalidRequest as exc:  # a setting is missing: the message names the variable
         raise InvalidSpecError(str(exc), field="provider") from exc
     try:
-        types = built.instance_types()
+        return built.instance_types()
     except InvalidCredentials as exc:
         raise ProviderUnavailableError(f"provider {provider} refused the API key: {exc}") from exc
     except ProvisionError as exc:
         raise ProviderUnavailableError(f"provider {provider} could not list instance types: {exc}") from exc
     finally:
         built.close()
+
+
+@router.get("/instance-types", response_model=InstanceTypeList)
+def list_instance_types(
+    request: Request,
+    provider: Annotated[str, Query(description="local, lambda or ssh")] = "lambda",
+) -> InstanceTypeList:
+    types = provider_instance_types(provider, request.app.state.settings)
     return InstanceTypeList(
         provider=provider,
         instance_types=[
