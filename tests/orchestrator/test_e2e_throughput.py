@@ -109,3 +109,32 @@ def test_a_probe_searches_its_micro_batch_records_it_and_gives_its_node_back(svc
         entry = s.scalar(select(CostEntry).where(CostEntry.instance_id == row.id))
     assert row.terminated_at is not None and entry.cents == inst["cost_cents"]
     assert len(records_of(svc, run_id)) == 1
+
+
+def _row(svc, spec: dict, instance_type: str) -> dict:
+    plan = svc.client.post("/plans", json={"spec": spec}).json()
+    (row,) = [r for r in plan["rows"] if r["instance_type"] == instance_type]
+    return row
+
+
+def test_after_one_finished_run_its_type_is_measured_and_estimates_the_next_run_within_15_percent(svc):
+    # A type no other test here runs, so this test's run is the only evidence for it.
+    kind = "gpu_1x_a100_sxm4"
+    spec = lambda_spec("tp-estimate", nodes=1, instance_type=kind, train_tokens=16_384, test_loss=True)
+    before = _row(svc, spec, kind)
+    assert before["source"] != "measured" and before["records"] == 0
+
+    first = svc.wait_ended(svc.submit(spec), timeout=300)
+    assert first["status"] == "succeeded", (first["status_reason"], svc.log_tail())
+    row = _row(svc, spec, kind)
+    assert row["source"] == "measured" and row["records"] == 1, row
+    assert row["micro_batch"] == 4  # what the run ran, not the memory model's guess
+
+    second = svc.wait_ended(svc.submit({**spec, "name": "tp-estimate-2"}), timeout=300)
+    assert second["status"] == "succeeded", (second["status_reason"], svc.log_tail())
+    took = second["wall_s"]
+    print(
+        f"estimate {row['total_s']:.1f} s (setup {row['setup_s']:.1f}, training {row['training_s']:.1f}, "
+        f"evaluation {row['eval_s']:.1f}); the next run took {took:.1f} s"
+    )
+    assert row["total_s"] == pytest.approx(took, rel=0.15), (row, took)
