@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -103,6 +104,39 @@ def eta(
     if (evaluation.get("ift") or {}).get("enabled") and not stopping:
         evaluation_s += IFT_S
     return Eta(training_s, evaluation_s)
+
+
+class RunProgress(Protocol):
+    """What `run_eta` reads: a Run, or a plain row of its columns (the API's reads). Read-only
+    properties, so a Run's narrower column types satisfy it."""
+
+    @property
+    def spec(self) -> Any: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def target_tokens(self) -> int | None: ...
+    @property
+    def tokens_done(self) -> int | None: ...
+    @property
+    def tokens_per_s(self) -> float | None: ...
+    @property
+    def test_loss(self) -> float | None: ...
+    @property
+    def stop_requested_at(self) -> datetime | None: ...
+
+
+def run_eta(run: RunProgress) -> Eta | None:
+    """`eta` of a run as stored (the API and the controller's budget read the same numbers)."""
+    return eta(
+        run.spec or {},
+        run.status,
+        target_tokens=run.target_tokens,
+        tokens_done=run.tokens_done or 0,
+        tokens_per_s=run.tokens_per_s,
+        test_loss_known=run.test_loss is not None,
+        stopping=run.stop_requested_at is not None,
+    )
 
 
 def projected_cents(cost_cents: float, rates: Rates, run_eta: Eta | None) -> float | None:

@@ -19,7 +19,7 @@ from orchestrator.api import schemas
 from orchestrator.costs import booked_cents_of_run, live_instances_cents, runs_cost_cents, unbooked_instances_of_run
 from orchestrator.db.models import LogChunk, MetricPoint, Run, RunEvent, RunStatus, aware, utcnow
 from orchestrator.errors import NotFoundError
-from orchestrator.projection import Rates, eta, live_rates, projected_cents
+from orchestrator.projection import Rates, live_rates, projected_cents, run_eta
 from orchestrator.spec import RunSpec
 
 _ACTIVE = {RunStatus.training.value, RunStatus.recovering.value, RunStatus.bootstrapping.value}
@@ -90,15 +90,7 @@ def budget_of(run: RunOrRow, cost_cents: float, rates: Rates, now: datetime) -> 
     spec = run.spec or {}
     caps = spec.get("budget") or {}
     started, ended = aware(run.started_at), RunStatus(run.status).is_terminal
-    left = eta(
-        spec,
-        run.status,
-        target_tokens=run.target_tokens,
-        tokens_done=run.tokens_done or 0,
-        tokens_per_s=run.tokens_per_s,
-        test_loss_known=run.test_loss is not None,
-        stopping=run.stop_requested_at is not None,
-    )
+    left = run_eta(run)
     projected = cost_cents if ended else projected_cents(cost_cents, rates, left)
     return schemas.RunBudget(
         max_usd=caps.get("max_usd"),

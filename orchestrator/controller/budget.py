@@ -38,7 +38,7 @@ from orchestrator.controller.context import RunContext, log, usable_instances
 from orchestrator.controller.policy import NodeLost, one_line
 from orchestrator.costs import run_cost_cents
 from orchestrator.db.models import Checkpoint, Run, RunEvent, RunStatus, aware, utcnow
-from orchestrator.projection import Eta, Rates, eta, projected_cents, rates_of
+from orchestrator.projection import Eta, Rates, eta, projected_cents, rates_of, run_eta
 from orchestrator.runs import add_event
 from orchestrator.spec import BudgetSpec, RunSpec
 from provision.errors import ProvisionError
@@ -85,15 +85,7 @@ def view_of(ctx: RunContext, run: Run, now: datetime) -> BudgetView:
         now=now,
         cost_cents=cost,
         rates=rates_of(run.instances),
-        eta=eta(
-            run.spec,
-            run.status,
-            target_tokens=run.target_tokens,
-            tokens_done=run.tokens_done or 0,
-            tokens_per_s=run.tokens_per_s,
-            test_loss_known=run.test_loss is not None,
-            stopping=run.stop_requested_at is not None,
-        ),
+        eta=run_eta(run),
         hours=max(0.0, (now - started).total_seconds() / 3600) if started is not None else 0.0,
     )
 
