@@ -121,8 +121,11 @@ def test_after_one_finished_run_its_type_is_measured_and_estimates_the_next_run_
     # A type no other test here runs, so this test's run is the only evidence for it.
     kind = "gpu_1x_a100_sxm4"
     spec = lambda_spec("tp-estimate", nodes=1, instance_type=kind, train_tokens=16_384, test_loss=True)
+    # The plan does not count checkpoint time (the steady tokens/s leaves it out); a checkpoint
+    # every 8 of 64 steps would be a larger share than in any real run, so save every 32.
+    spec["training"]["checkpoint_every"] = 32
     before = _row(svc, spec, kind)
-    assert before["source"] != "measured" and before["records"] == 0
+    assert before["source"] != "measured"  # at most `scaled`, from the other tests' a10 record
 
     first = svc.wait_ended(svc.submit(spec), timeout=300)
     assert first["status"] == "succeeded", (first["status_reason"], svc.log_tail())
