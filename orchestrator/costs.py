@@ -53,9 +53,21 @@ class InstanceCost:
 
 def instance_cost(instance: Billable, now: datetime) -> InstanceCost:
     """What the instance has cost up to `now` (see the module doc for where billing ends)."""
+    return _billed(instance, instance.terminate_requested_at or instance.terminated_at or now)
+
+
+def instance_cost_at(instance: Billable, t: datetime) -> InstanceCost:
+    """What the instance had cost at the moment `t`: `instance_cost`'s rule with billing cut at
+    `t` (nothing before it turned active; every increment started by `t` in full). For the
+    dashboard's cost axis and timeline: the cost of a run at a metric point or a state change."""
+    end = instance.terminate_requested_at or instance.terminated_at
+    return _billed(instance, t if end is None else min(aware(end), aware(t)))
+
+
+def _billed(instance: Billable, end: datetime) -> InstanceCost:
+    """The one cost formula: the increments started between turning active and `end`."""
     if instance.active_at is None:
         return InstanceCost(0, 0.0)
-    end = instance.terminate_requested_at or instance.terminated_at or now
     up_s = (aware(end) - aware(instance.active_at)).total_seconds()
     minutes = billing.billed_minutes(up_s, minute_s=instance.billing_minute_s)
     return InstanceCost(minutes, minutes * instance.price_cents_per_hour / 60.0)

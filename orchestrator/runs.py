@@ -73,6 +73,7 @@ def create_run(session: Session, spec: RunSpec) -> Run:
         id=new_run_id(),
         name=spec.name,
         spec=spec.model_dump(mode="json"),
+        provider=spec.compute.provider,
         status=RunStatus.pending.value,
         created_at=utcnow(),
         updated_at=utcnow(),

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.api.schemas import RunCost, UtcDatetime
-from orchestrator.judge.schemas import JudgeVersion
+from orchestrator.judge.schemas import ComparisonReport, JudgeVersion
 
 
 class ComparisonCreate(BaseModel):
@@ -87,3 +87,34 @@ class IftAnswers(BaseModel):
     #: trainer.ift's summary: best epoch, losses per epoch, item counts, settings
     summary: dict
     answers: list[IftAnswer]
+
+
+class ComparisonList(BaseModel):
+    """`GET /comparisons`: newest first."""
+
+    comparisons: list[ComparisonPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class ItemAnswers(BaseModel):
+    """One judged item as the dashboard shows it: what was asked, the reference, and each model's
+    answer and score (its mean over the repeats that scored it)."""
+
+    index: int
+    instruction: str
+    input: str
+    #: the reference answer
+    reference: str
+    #: model -> its answer; null when the model's run no longer has answers to these items
+    answers: dict[str, str | None]
+    #: model -> mean score over the repeats (0-100); null when no repeat scored it
+    scores: dict[str, float | None]
+
+
+class ComparisonReportPublic(ComparisonReport):
+    """The stored report, plus each item's answers (the report keeps only the judgements)."""
+
+    #: aligned with `items`: item_answers[i] is items[i]
+    item_answers: list[ItemAnswers]

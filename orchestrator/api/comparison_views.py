@@ -7,7 +7,9 @@ the linked report. So a pending comparison already shows its runs, and the basel
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator import comparisons
@@ -16,7 +18,6 @@ from orchestrator.api.schemas import RunCost
 from orchestrator.costs import runs_cost_cents
 from orchestrator.db.models import Comparison, ComparisonRequest, Evaluation, Run, utcnow
 from orchestrator.errors import ConflictError, NotFoundError
-from orchestrator.judge.schemas import ComparisonReport
 
 
 def create_comparison(session: Session, body: cs.ComparisonCreate) -> cs.ComparisonPublic:
@@ -41,16 +42,60 @@ def _bits_per_byte(session: Session, run_ids: list[str]) -> dict[str, float | No
 
 
 def comparison_detail(session: Session, comparison_id: str) -> cs.ComparisonPublic:
-    request = _request(session, comparison_id)
-    models = list(request.models)
-    ids = [m["run_id"] for m in models]
-    runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}
+    return _details(session, [_request(session, comparison_id)])[0]
+
+
+def list_comparisons(session: Session, limit: int, offset: int) -> cs.ComparisonList:
+    """A page of comparisons, newest first, each as GET /comparisons/{id} shows it."""
+    requests = session.scalars(
+        select(ComparisonRequest)
+        .order_by(ComparisonRequest.created_at.desc(), ComparisonRequest.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return cs.ComparisonList(
+        comparisons=_details(session, requests),
+        total=session.scalar(select(func.count()).select_from(ComparisonRequest)) or 0,
+        limit=limit,
+        offset=offset,
+    )
+
+
+def _details(session: Session, requests: Sequence[ComparisonRequest]) -> list[cs.ComparisonPublic]:
+    """The comparisons' tables, reading the runs, costs and reports of all of them at once."""
+    ids = list(dict.fromkeys(m["run_id"] for r in requests for m in r.models))
+    runs = {r.id: r for r in session.execute(select(*_RUN_COLUMNS).where(Run.id.in_(ids)))}
     costs = runs_cost_cents(session, ids, utcnow())
     bpb = _bits_per_byte(session, ids)
-    report = session.get(Comparison, request.report_id) if request.report_id else None
-    scores = {m["model"]: m for m in report.report["models"]} if report else {}
+    report_ids = [r.report_id for r in requests if r.report_id]
+    # the parts of each report a table shows, not its every judgement
+    reports = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Comparison.id,
+                Comparison.report["models"].label("models"),
+                Comparison.report["usage"].label("usage"),
+                Comparison.report["judge"].label("judge"),
+            ).where(Comparison.id.in_(report_ids))
+        )
+    }
+    return [_detail(r, runs, costs, bpb, reports.get(r.report_id or "")) for r in requests]
+
+
+_RUN_COLUMNS = (Run.id, Run.status, Run.status_reason, Run.test_loss)
+
+
+def _detail(
+    request: ComparisonRequest,
+    runs: dict[str, Row],
+    costs: dict[str, float],
+    bpb: dict[str, float | None],
+    report: Row | None,
+) -> cs.ComparisonPublic:
+    scores = {m["model"]: m for m in report.models} if report else {}
     rows = []
-    for m in models:
+    for m in request.models:
         run, score = runs.get(m["run_id"]), scores.get(m["label"], {})
         cents = costs.get(m["run_id"], 0.0)
         rows.append(
@@ -71,7 +116,7 @@ def comparison_detail(session: Session, comparison_id: str) -> cs.ComparisonPubl
                 cost=RunCost(cents=round(cents, 4), usd=round(cents / 100.0, 6)),
             )
         )
-    usage = report.report["usage"] if report else None
+    usage = report.usage if report else None
     return cs.ComparisonPublic(
         id=request.id,
         status=request.status,
@@ -83,7 +128,7 @@ def comparison_detail(session: Session, comparison_id: str) -> cs.ComparisonPubl
         updated_at=request.updated_at,
         finished_at=request.finished_at,
         report_id=request.report_id,
-        judge=report.report["judge"] if report else None,
+        judge=report.judge if report else None,
         usage=cs.ComparisonUsage(
             calls_made=usage["calls_made"], calls_cached=usage["calls_cached"], cost_cents=usage["cost_cents"]
         )
@@ -93,15 +138,48 @@ def comparison_detail(session: Session, comparison_id: str) -> cs.ComparisonPubl
     )
 
 
-def comparison_report(session: Session, comparison_id: str) -> ComparisonReport:
+def comparison_report(session: Session, comparison_id: str) -> cs.ComparisonReportPublic:
+    """The stored report, with each item's answers read from the models' runs (their IFT
+    evaluations, when they still answer the report's items)."""
     request = _request(session, comparison_id)
-    report = session.get(Comparison, request.report_id) if request.report_id else None
-    if report is None:
+    stored = session.get(Comparison, request.report_id) if request.report_id else None
+    if stored is None:
         raise ConflictError(
             f"comparison {comparison_id} is {request.status}: it has no report"
             + (f" ({request.status_reason})" if request.status_reason else "")
         )
-    return ComparisonReport.model_validate(report.report)
+    # validated once, as the response it becomes; its item answers are filled in below
+    report = cs.ComparisonReportPublic.model_validate({**stored.report, "item_answers": []})
+    answers = {
+        m.model: a
+        for m in report.models
+        if m.run_id is not None
+        and (a := comparisons.answers_of(session, m.run_id)) is not None
+        and a.item_set_hash == report.judge.item_set_hash
+    }
+    reference = next(iter(answers.values()), None)
+    for item in report.items:
+        scored: dict[str, list[float]] = {m.model: [] for m in report.models}
+        for judgement in item.judgements:
+            for model, entry in judgement.scores.items():
+                if entry.score is not None:
+                    scored.setdefault(model, []).append(entry.score)
+        asked = reference.items[item.index] if reference and item.index < len(reference.items) else None
+        report.item_answers.append(
+            cs.ItemAnswers(
+                index=item.index,
+                instruction=item.instruction,
+                input=asked.input if asked else "",
+                reference=asked.output if asked else "",
+                answers={m.model: _answer(answers.get(m.model), item.index) for m in report.models},
+                scores={model: sum(v) / len(v) if v else None for model, v in scored.items()},
+            )
+        )
+    return report
+
+
+def _answer(theirs: comparisons.Answers | None, index: int) -> str | None:
+    return theirs.responses[index] if theirs is not None and index < len(theirs.responses) else None
 
 
 def ift_answers(session: Session, run_id: str) -> cs.IftAnswers:

@@ -3,7 +3,7 @@ so a column added for the controller never leaks into a response by accident."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -11,8 +11,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from orchestrator.db.models import aware
 from orchestrator.spec import RunSpec
 
-#: SQLite hands back naive datetimes; every time is stored as UTC, so say so on the wire
-UtcDatetime = Annotated[datetime, AfterValidator(aware)]
+
+def _utc(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes (every time is stored as UTC), PostgreSQL ones in its
+    session's zone: on the wire every time is UTC and says so."""
+    return aware(t).astimezone(timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class RunCreate(RunSpec):
@@ -22,7 +28,7 @@ class RunCreate(RunSpec):
 class RunProgress(BaseModel):
     tokens_done: int
     target_tokens: int | None
-    #: tokens_done / target_tokens, 0..1
+    #: tokens_done / target_tokens, 0..1; exactly 1 once the run succeeded
     fraction: float | None
     step: int
     train_loss: float | None
@@ -68,6 +74,10 @@ class RunPublic(BaseModel):
     id: str
     name: str
     status: str
+    #: the spec's compute.provider: local | lambda | ssh
+    provider: str
+    #: the spec's compute.instance_type (`auto`: the plan picks it at placement); null for local
+    instance_type: str | None
     status_reason: str | None
     cancel_requested: bool
     created_at: UtcDatetime
@@ -126,7 +136,13 @@ class EventPublic(BaseModel):
 
 class EventsPage(BaseModel):
     events: list[EventPublic]
+    #: the newest event id in the page (or the `after_id` asked for): pass as `after_id` to get
+    #: what came after
     next_after_id: int
+    #: the oldest event id in the page (or the `before_id` asked for): with `order=desc`, pass as
+    #: `before_id` for the page before it
+    next_before_id: int | None
+    #: another page follows in the page's order (newer with asc, older with desc)
     has_more: bool
 
 

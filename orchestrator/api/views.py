@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeAlias
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Float, Row, bindparam, case, cast, func, literal, null, or_, select
 from sqlalchemy.orm import Session
 
 from orchestrator import runs
@@ -34,6 +34,7 @@ _PUBLIC_COLUMNS = tuple(
         "id",
         "name",
         "status",
+        "provider",
         "status_reason",
         "cancel_requested",
         "created_at",
@@ -67,7 +68,12 @@ RunOrRow: TypeAlias = "Run | Row"
 
 def progress_of(run: RunOrRow) -> schemas.RunProgress:
     done, target, tps = run.tokens_done or 0, run.target_tokens, run.tokens_per_s
-    fraction = min(1.0, done / target) if target else None
+    # A succeeded run is done whatever its counter says: the trainer stops at the last whole step
+    # before its token target, a little short of it. `_PROGRESS` sorts by the same rule.
+    if run.status == RunStatus.succeeded.value:
+        fraction: float | None = 1.0
+    else:
+        fraction = min(1.0, done / target) if target else None
     eta = None
     if run.status in _ACTIVE and target and tps and tps > 0:
         eta = max(0.0, (target - done) / tps)
@@ -107,10 +113,13 @@ def budget_of(run: RunOrRow, cost_cents: float, rates: Rates, now: datetime) -> 
 def _public_fields(run: RunOrRow, cost_cents: float, now: datetime, rates: Rates) -> dict:
     created = aware(run.created_at)
     end = aware(run.finished_at) or now
+    compute = (run.spec or {}).get("compute") or {}
     return dict(
         id=run.id,
         name=run.name,
         status=run.status,
+        provider=run.provider,
+        instance_type=compute.get("instance_type"),
         status_reason=run.status_reason,
         cancel_requested=bool(run.cancel_requested),
         created_at=run.created_at,
@@ -151,22 +160,92 @@ def get_run_detail(session: Session, run_id: str) -> schemas.RunDetail:
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now, rates))
 
 
-def list_runs(session: Session, statuses: Sequence[str], limit: int, offset: int) -> schemas.RunList:
-    query = select(*_PUBLIC_COLUMNS)
-    count = select(func.count()).select_from(Run)
+# progress_of's fraction in SQL: 1 for a succeeded run, else tokens done over the target, capped
+_PROGRESS = case(
+    (_runs.c.status == RunStatus.succeeded.value, literal(1.0)),
+    (or_(_runs.c.target_tokens.is_(None), _runs.c.target_tokens <= 0), null()),
+    (_runs.c.tokens_done >= _runs.c.target_tokens, literal(1.0)),
+    else_=cast(_runs.c.tokens_done, Float) / _runs.c.target_tokens,
+)
+#: `GET /runs?sort=`: what each key orders by (nulls last whatever the order)
+_SORT_COLUMNS: dict[str, ColumnElement] = {
+    "created_at": _runs.c.created_at,
+    "name": func.lower(_runs.c.name),
+    "status": _runs.c.status,
+    "progress": _PROGRESS,
+    "train_loss": _runs.c.train_loss,
+    "val_loss": _runs.c.val_loss,
+    "test_loss": _runs.c.test_loss,
+    "tokens_per_s": _runs.c.tokens_per_s,
+}
+#: the keys `GET /runs` sorts by (routes/runs.py spells them out for the OpenAPI schema); `cost`
+#: is ordered in Python (`_page_by_cost`): a running run's cost is the one cost rule's arithmetic
+#: (orchestrator.costs.instance_cost), which SQL cannot order by without a second formula
+SORT_KEYS = (*_SORT_COLUMNS, "cost")
+
+
+def list_runs(
+    session: Session,
+    statuses: Sequence[str],
+    limit: int,
+    offset: int,
+    providers: Sequence[str] = (),
+    q: str | None = None,
+    sort: str = "created_at",
+    order: str = "desc",
+) -> schemas.RunList:
+    """A page of runs, filtered and sorted (`SORT_KEYS`; nulls last in either order, then newest
+    first): one query for the page (only the shown columns) and one count with the same filters."""
+    filters: list[ColumnElement[bool]] = []
     if statuses:
-        query = query.where(Run.status.in_(statuses))
-        count = count.where(Run.status.in_(statuses))
-    rows = session.execute(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
+        filters.append(_runs.c.status.in_(statuses))
+    if providers:
+        filters.append(_runs.c.provider.in_(providers))
+    if q and q.strip():
+        needle = q.strip()
+        filters.append(
+            or_(
+                _runs.c.name.icontains(needle, autoescape=True),
+                _runs.c.id.startswith(needle.lower(), autoescape=True),
+            )
+        )
     now = utcnow()
+    if sort == "cost":
+        rows = _page_by_cost(session, filters, order, limit, offset, now)
+    else:
+        key = _SORT_COLUMNS[sort]
+        ordered = (key.asc() if order == "asc" else key.desc()).nulls_last()
+        tiebreak = () if sort == "created_at" else (_runs.c.created_at.desc(),)
+        query = select(*_PUBLIC_COLUMNS).where(*filters).order_by(ordered, *tiebreak, _runs.c.id.desc())
+        rows = list(session.execute(query.limit(limit).offset(offset)).all())
     costs = runs_cost_cents(session, [r.id for r in rows], now)
     rates = live_rates(session, [r.id for r in rows if not RunStatus(r.status).is_terminal])
     return schemas.RunList(
         runs=[schemas.RunPublic(**_public_fields(r, costs[r.id], now, rates.get(r.id, Rates()))) for r in rows],
-        total=session.scalar(count) or 0,
+        total=session.scalar(select(func.count()).select_from(_runs).where(*filters)) or 0,
         limit=limit,
         offset=offset,
     )
+
+
+def _page_by_cost(
+    session: Session, filters: list[ColumnElement[bool]], order: str, limit: int, offset: int, now: datetime
+) -> list[Row]:
+    """A page of runs ordered by the cost the table shows (booked + live), newest first among
+    equals. Every matching run's cost is computed (runs_cost_cents: two indexed queries whatever
+    their number, live arithmetic only for runs with instances still billing), then the page's
+    rows are read by id: the cost of thousands of runs is milliseconds, and no second cost rule."""
+    keys = session.execute(
+        select(_runs.c.id, _runs.c.created_at).where(*filters).order_by(_runs.c.created_at.desc(), _runs.c.id.desc())
+    ).all()
+    costs = runs_cost_cents(session, [k.id for k in keys], now)
+    # sorted() is stable (with reverse too): runs of equal cost keep the newest-first order of `keys`
+    ranked = sorted(keys, key=lambda k: costs[k.id], reverse=order == "desc")
+    page_ids = [k.id for k in ranked[offset : offset + limit]]
+    if not page_ids:
+        return []
+    by_id = {r.id: r for r in session.execute(select(*_PUBLIC_COLUMNS).where(_runs.c.id.in_(page_ids))).all()}
+    return [by_id[i] for i in page_ids]
 
 
 def run_status(session: Session, run_id: str) -> str:
@@ -192,15 +271,30 @@ def metrics_page(session: Session, run_id: str, after_id: int, limit: int, kind:
     )
 
 
-def events_page(session: Session, run_id: str, after_id: int, limit: int) -> schemas.EventsPage:
+def events_page(
+    session: Session,
+    run_id: str,
+    after_id: int,
+    limit: int,
+    order: str = "asc",
+    before_id: int | None = None,
+) -> schemas.EventsPage:
+    """Events with after_id < id (< before_id), oldest first, or newest first with `order=desc`
+    (a page of history read backwards: pass `next_before_id` as `before_id` for older ones)."""
     run_status(session, run_id)
-    rows = session.scalars(
-        select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.id > after_id).order_by(RunEvent.id).limit(limit + 1)
-    ).all()
+    query = select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.id > after_id)
+    if before_id is not None:
+        query = query.where(RunEvent.id < before_id)
+    newest_first = order == "desc"
+    query = query.order_by(RunEvent.id.desc() if newest_first else RunEvent.id)
+    # one extra row tells whether another page follows without a count(*)
+    rows = session.scalars(query.limit(limit + 1)).all()
     page = rows[:limit]
+    ids = [e.id for e in page]
     return schemas.EventsPage(
         events=[schemas.EventPublic.model_validate(e) for e in page],
-        next_after_id=page[-1].id if page else after_id,
+        next_after_id=max(ids, default=after_id),
+        next_before_id=min(ids) if ids else before_id,
         has_more=len(rows) > limit,
     )
 

@@ -4,6 +4,10 @@ The node's `metrics.jsonl` and `train.log` are read from the byte offsets stored
 (`Node.read_from` returns whole lines only). The new rows and the advanced offsets are written in
 ONE fenced transaction, so a crash either keeps both or neither: a line is never stored twice or
 skipped, and a worker that lost its lease stores nothing.
+
+The logs of the run's other processes are stored whole when they end (`keep_log`): a finished
+data preparation's (bootstrapping.py), and a failed one's, so `trainyard logs` and the dashboard
+show why a run failed before its trainer ever started.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from pathlib import PurePosixPath
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from orchestrator import rollups
 from orchestrator.controller.commands import path
 from orchestrator.controller.context import NodeHandle, RunContext, log
-from orchestrator.db.models import Checkpoint, CheckpointState, LogChunk, MetricPoint, Run, utcnow
+from orchestrator.db.models import Checkpoint, CheckpointState, LogChunk, MetricPoint, Run, RunEvent, utcnow
 from orchestrator.runs import add_event
 from provision.node import Node
 
@@ -148,6 +153,22 @@ def record_output(ctx: RunContext, handle: NodeHandle, new: NewOutput) -> bool:
     return True
 
 
+def keep_log(ctx: RunContext, rank: int, text: str, note: str) -> None:
+    """Store `text` (a process's log, read off node `rank`) in the run's log, once: `note`, the
+    event written with it in the same fenced transaction, is the record that it was stored, so a
+    pass repeated after a crash (the run not failed yet) does not store it twice."""
+    with ctx.write() as (session, run):
+        told = session.scalar(
+            select(RunEvent.id).where(RunEvent.run_id == run.id, RunEvent.kind == "data", RunEvent.message == note)
+        )
+        if told is not None:
+            return
+        if text.strip():
+            # PostgreSQL text cannot hold NUL; a log is for people, so drop them
+            session.add(LogChunk(run_id=run.id, rank=rank, text=text.replace("\x00", "")))
+        add_event(session, run.id, "data", note)
+
+
 def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[[str], str]) -> None:
     """Turn metrics lines into rows and keep the run's progress columns current."""
     points: list[dict] = []
@@ -169,6 +190,7 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
                 session.execute(
                     delete(MetricPoint).where(MetricPoint.run_id == run.id, MetricPoint.step > _int(resumed))
                 )
+                rollups.refresh_after_delete(session, run.id, _int(resumed) + 1)  # and their rollups
                 run.step = _int(resumed)
             add_event(
                 session,
@@ -211,7 +233,11 @@ def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[
             run.step, run.tokens_done = max(run.step, step), max(run.tokens_done, tokens)
         # other kinds are the trainer's to add; the service ignores what it does not know
     if points:
+        # the rollups of the buckets the points fall in, recomputed in this transaction (the
+        # dashboard's long series are grouped from them: orchestrator.rollups)
+        newest = rollups.newest_point_id(session, run.id)
         session.execute(insert(MetricPoint), points)
+        rollups.refresh_after_insert(session, run.id, points, newest)
 
 
 def _checkpoint_row(session: Session, run_id: str, step: int, tokens: int, m: dict) -> Checkpoint:

@@ -96,6 +96,9 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.pending.value, index=True)
+    #: the spec's `compute.provider` (local | lambda | ssh), a column of its own so the runs list
+    #: filters on it with an index rather than reading every spec
+    provider: Mapped[str] = mapped_column(String(40), default="local", server_default="local", index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     #: the user asked to cancel; the controller acts on it (desired state, level-triggered)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -201,7 +204,11 @@ class MetricPoint(Base):
     """One metrics line from the trainer (train step or validation)."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (Index("ix_metric_points_run_id_id", "run_id", "id"),)
+    __table_args__ = (
+        Index("ix_metric_points_run_id_id", "run_id", "id"),
+        # the dashboard's series read one kind of a run at a time (orchestrator.series)
+        Index("ix_metric_points_run_id_kind_id", "run_id", "kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -216,6 +223,49 @@ class MetricPoint(Base):
     mfu: Mapped[float | None] = mapped_column(Float)
     peak_mem_bytes: Mapped[int | None] = mapped_column(BigInteger)
     wall_s: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """A run's metric points of one kind pre-aggregated per bucket of ROLLUP_STEPS steps
+    (orchestrator.rollups): what the dashboard's downsampled series are grouped from, so a long
+    run's first page reads a few thousand rows rather than every point. Kept current by the
+    ingest, in the transaction that writes or deletes the points. Every row carries all four
+    series (a train row's val_loss count is 0): one statement computes any kind."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (
+        # a reader finds the buckets holding points newer than its cursor (orchestrator.series)
+        # without scanning the run's rollups: usually none, an empty index range
+        Index("ix_metric_rollups_run_id_kind_max_id", "run_id", "kind", "max_id"),
+    )
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    #: step / ROLLUP_STEPS, truncated (the same integer division on SQLite and PostgreSQL)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    points: Mapped[int] = mapped_column(Integer)
+    min_step: Mapped[int] = mapped_column(Integer)
+    max_step: Mapped[int] = mapped_column(Integer)
+    min_tokens: Mapped[int] = mapped_column(BigInteger)
+    max_tokens: Mapped[int] = mapped_column(BigInteger)
+    min_time: Mapped[float] = mapped_column(Float)
+    max_time: Mapped[float] = mapped_column(Float)
+    #: the bucket's raw point ids span min_id..max_id: a refresh finds its rows through the
+    #: (run_id, kind, id) index (metric_points has no step index), a reader knows what it covers
+    min_id: Mapped[int] = mapped_column(BigInteger)
+    max_id: Mapped[int] = mapped_column(BigInteger)
+    train_loss_min: Mapped[float | None] = mapped_column(Float)
+    train_loss_max: Mapped[float | None] = mapped_column(Float)
+    train_loss_n: Mapped[int] = mapped_column(Integer)
+    lr_min: Mapped[float | None] = mapped_column(Float)
+    lr_max: Mapped[float | None] = mapped_column(Float)
+    lr_n: Mapped[int] = mapped_column(Integer)
+    tokens_per_s_min: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s_max: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s_n: Mapped[int] = mapped_column(Integer)
+    val_loss_min: Mapped[float | None] = mapped_column(Float)
+    val_loss_max: Mapped[float | None] = mapped_column(Float)
+    val_loss_n: Mapped[int] = mapped_column(Integer)
 
 
 class CheckpointState(str, enum.Enum):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orchestrator.pareto import on_frontier
 from orchestrator.spec import AUTO_INSTANCE_TYPE
 
 OBJECTIVES = ("cheapest", "fastest")
@@ -115,13 +116,13 @@ def mark(rows: Sequence[PlanRow]) -> None:
         return
     min(done, key=lambda r: (r.usd, r.total_s, r.instance_type)).cheapest = True
     min(done, key=lambda r: (r.total_s, r.usd, r.instance_type)).fastest = True
-    for r in done:
-        r.frontier = not any(_dominates(o, r) for o in done if o is not r)
+    for r, frontier in zip(done, on_frontier([_usd_hours(r) for r in done]), strict=True):
+        r.frontier = frontier
 
 
-def _dominates(a: PlanRow, b: PlanRow) -> bool:
-    assert a.usd is not None and a.total_s is not None and b.usd is not None and b.total_s is not None
-    return a.usd <= b.usd and a.total_s <= b.total_s and (a.usd < b.usd or a.total_s < b.total_s)
+def _usd_hours(r: PlanRow) -> tuple[float, float]:
+    assert r.usd is not None and r.total_s is not None
+    return (r.usd, r.total_s)
 
 
 def display_order(r: PlanRow) -> tuple[int, float, str]:

@@ -8,6 +8,7 @@ from orchestrator.api.routes import (
     health,
     instance_types,
     instances,
+    pareto,
     plans,
     probes,
     runs,
@@ -25,3 +26,4 @@ api_router.include_router(probes.router)
 api_router.include_router(throughput.router)
 api_router.include_router(comparisons.router)
 api_router.include_router(comparisons.answers_router)
+api_router.include_router(pareto.router)

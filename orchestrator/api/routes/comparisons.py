@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from orchestrator.api import comparison_schemas as cs
 from orchestrator.api import comparison_views as views
 from orchestrator.api.deps import DbDep
 from orchestrator.judge.errors import JudgeNotConfiguredError
-from orchestrator.judge.schemas import ComparisonReport
 from orchestrator.settings import Settings
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
@@ -51,6 +50,16 @@ async def create_comparison(body: cs.ComparisonCreate, db: DbDep, settings: Sett
     return await db.write(views.create_comparison, body)
 
 
+@router.get("", response_model=cs.ComparisonList)
+async def list_comparisons(
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> cs.ComparisonList:
+    """Comparisons, newest first, each with its table as GET /comparisons/{id} shows it."""
+    return await db.read(views.list_comparisons, limit, offset)
+
+
 @router.get("/{comparison_id}", response_model=cs.ComparisonPublic, responses=_NOT_FOUND)
 async def get_comparison(comparison_id: str, db: DbDep) -> cs.ComparisonPublic:
     return await db.read(views.comparison_detail, comparison_id)
@@ -58,11 +67,13 @@ async def get_comparison(comparison_id: str, db: DbDep) -> cs.ComparisonPublic:
 
 @router.get(
     "/{comparison_id}/report",
-    response_model=ComparisonReport,
+    response_model=cs.ComparisonReportPublic,
     responses={**_NOT_FOUND, 409: {"description": "not judged (yet)"}},
 )
-async def get_comparison_report(comparison_id: str, db: DbDep) -> ComparisonReport:
-    """Every judgement with its comments, the differences between models, the consistency report."""
+async def get_comparison_report(comparison_id: str, db: DbDep) -> cs.ComparisonReportPublic:
+    """Every judgement with its comments, the differences between models, the consistency report
+    (`consistency.position_bias`), and each item's answers and mean score per model
+    (`item_answers`, aligned with `items`)."""
     return await db.read(views.comparison_report, comparison_id)
 
 

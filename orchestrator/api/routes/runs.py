@@ -1,16 +1,28 @@
+"""`/runs`: submit, list, read and cancel runs, and read what they produced (metrics, series,
+events, logs, timeline, evaluations)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 
-from orchestrator.api import schemas, views
+from orchestrator import series
+from orchestrator.api import dashboard_schemas as ds
+from orchestrator.api import dashboard_views, schemas, views
 from orchestrator.api.deps import DbDep
 from orchestrator.db.models import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "no run with this id"}}
+
+Provider = Literal["local", "lambda", "ssh"]
+#: views.SORT_KEYS, spelled out so the OpenAPI schema and a 422 name every allowed value
+RunSort = Literal[
+    "created_at", "name", "status", "progress", "train_loss", "val_loss", "test_loss", "tokens_per_s", "cost"
+]
+Order = Literal["desc", "asc"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.RunDetail)
@@ -23,11 +35,18 @@ async def submit_run(spec: schemas.RunCreate, db: DbDep) -> schemas.RunDetail:
 async def list_runs(
     db: DbDep,
     status_: Annotated[list[RunStatus], Query(alias="status")] = [],  # noqa: B006 - FastAPI copies it
+    provider: Annotated[list[Provider], Query()] = [],  # noqa: B006 - FastAPI copies it
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    sort: RunSort = "created_at",
+    order: Order = "desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> schemas.RunList:
-    """Newest first; `status` may be given several times."""
-    return await db.read(views.list_runs, [s.value for s in status_], limit, offset)
+    """Newest first by default. `status` and `provider` may be given several times; `q` matches
+    the name (case-insensitive substring) or an id prefix; `sort` by any of its values, `order`
+    desc or asc, nulls last either way. Sorting by `cost` uses the booked cost entries (a running
+    run's live instance minutes are not in it until they are booked)."""
+    return await db.read(views.list_runs, [s.value for s in status_], limit, offset, list(provider), q, sort, order)
 
 
 @router.get("/{run_id}", response_model=schemas.RunDetail, responses=_ERRORS)
@@ -64,8 +83,12 @@ async def get_events(
     db: DbDep,
     after_id: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    order: Order = "asc",
+    before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> schemas.EventsPage:
-    return await db.read(views.events_page, run_id, after_id, limit)
+    """Events after `after_id`, oldest first; `order=desc` gives the newest first, and with
+    `before_id=next_before_id` the page before (history read backwards)."""
+    return await db.read(views.events_page, run_id, after_id, limit, order, before_id)
 
 
 @router.get("/{run_id}/logs", response_model=schemas.LogsPage, responses=_ERRORS)
@@ -79,3 +102,30 @@ async def get_logs(
     """Log chunks after the cursor; `tail=N` gives only the last N. Follow by polling with
     `after_id=next_after_id` until `run_terminal` and an empty page."""
     return await db.read(views.logs_page, run_id, after_id, limit, tail)
+
+
+@router.get("/{run_id}/series", response_model=ds.RunSeries, responses=_ERRORS)
+async def get_series(
+    run_id: str,
+    db: DbDep,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    max_points: Annotated[int, Query(ge=series.MIN_POINTS, le=series.MAX_POINTS)] = 2000,
+) -> ds.RunSeries:
+    """The charts' series (train_loss, val_loss, lr, tokens_per_s), columnar, with the points
+    after `after_id`: at most `max_points` per series, grouped into buckets by step (each keeps
+    its minimum and maximum) beyond that. Poll with `after_id=next_after_id` for what is new."""
+    return await db.read(dashboard_views.series, run_id, after_id, max_points)
+
+
+@router.get("/{run_id}/timeline", response_model=ds.RunTimeline, responses=_ERRORS)
+async def get_timeline(run_id: str, db: DbDep) -> ds.RunTimeline:
+    """The run's state spans and instances, each with its cost, the cost accrual per instance
+    over time, and the budget."""
+    return await db.read(dashboard_views.timeline, run_id)
+
+
+@router.get("/{run_id}/evaluations", response_model=list[ds.EvaluationPublic], responses=_ERRORS)
+async def get_evaluations(run_id: str, db: DbDep) -> list[ds.EvaluationPublic]:
+    """Test loss, bits per byte, tokens and the checkpoint's step of each evaluation, oldest
+    first (the IFT answers: /runs/{id}/answers)."""
+    return await db.read(dashboard_views.evaluations, run_id)
