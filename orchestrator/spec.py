@@ -24,9 +24,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from orchestrator.errors import InvalidSpecError
-from trainer.schema import TrainConfigFile, TrainingSettings, first_error
+from trainer.schema import TrainConfigFile, TrainingSettings, field_path
 
 MODEL_PRESETS = ("gpt2-tiny", "gpt2-small", "gpt2-medium")
 #: OpenAI's GPT-2 weights a run may evaluate instead of training (`model.pretrained`)
@@ -92,13 +93,31 @@ class ComputeSpec(_Strict):
 
     @model_validator(mode="after")
     def _cloud_needs_type(self) -> "ComputeSpec":
+        problems = []
         if self.provider == "lambda" and not self.instance_type:
-            raise ValueError("instance_type is required when provider is lambda (a type, or auto)")
+            problems.append("instance_type is required when provider is lambda (a type, or auto)")
         if self.instance_type == AUTO_INSTANCE_TYPE and self.fallback_instance_types:
-            raise ValueError("instance_type auto chooses among every type; leave fallback_instance_types out")
+            problems.append("instance_type auto chooses among every type; leave fallback_instance_types out")
         if self.provider == "local" and self.nodes != 1:
-            raise ValueError("the local provider runs exactly 1 node")
+            problems.append("the local provider runs exactly 1 node")
+        _refuse_all(type(self).__name__, problems, self)
         return self
+
+
+def _refuse_all(model: str, problems: list[str], value: Any) -> None:
+    """Raise every inconsistency a model validator found, each as its own error at the model's
+    path (pydantic merges a ValidationError raised here into the spec's), where a ValueError would
+    carry only the first one found."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            model,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{problem}", {"problem": problem}), loc=(), input=value
+                )
+                for problem in problems
+            ],
+        )
 
 
 class IftSpec(_Strict):
@@ -204,6 +223,26 @@ def _pretrained(info: ValidationInfo) -> str | None:
     return model.pretrained if isinstance(model, ModelSpec) else None
 
 
+class SpecMistakes(InvalidSpecError):
+    """A spec with one or more mistakes, every one that pydantic found (it checks every field
+    before it gives up). `problems`: one line each, `field.path: message`, in the spec's order;
+    the message is the one line of them all (the API's 422 and logs show it), `field` the first's."""
+
+    def __init__(self, problems: list[tuple[str | None, str]]):
+        self.problems = [f"{field}: {msg}" if field else msg for field, msg in problems]
+        message = (
+            self.problems[0]
+            if len(self.problems) == 1
+            else f"{len(self.problems)} mistakes in the spec: " + "; ".join(self.problems)
+        )
+        super().__init__(message, field=problems[0][0] if problems else None)
+
+
+def spec_problems(exc: ValidationError) -> list[tuple[str | None, str]]:
+    """Every error of a failed validation as (field path or None, message)."""
+    return [(field_path(e["loc"]) or None, str(e["msg"])) for e in exc.errors()]
+
+
 def parse_spec_yaml(text: str) -> RunSpec:
     """Parse and validate a YAML run spec, raising InvalidSpecError that names the field."""
     try:
@@ -221,5 +260,4 @@ def validate_spec(data: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
-        field, message = first_error(exc)
-        raise InvalidSpecError(message, field=field) from exc
+        raise SpecMistakes(spec_problems(exc)) from exc

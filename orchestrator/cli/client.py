@@ -8,28 +8,39 @@ from urllib.parse import quote
 
 import httpx
 
-from orchestrator.cli.errors import BAD_INPUT, CONFLICT, FAILURE, NOT_FOUND, UNREACHABLE, CliError
+from orchestrator.cli.errors import BAD_INPUT, CONFLICT, FAILURE, NOT_FOUND, UNREACHABLE, CliError, mistakes
 from trainer.schema import field_path
 
 _EXIT_BY_STATUS = {400: BAD_INPUT, 422: BAD_INPUT, 404: NOT_FOUND, 409: CONFLICT}
 
 
 def error_message(response: httpx.Response) -> str:
-    """One line from an error response: our `{detail: {message}}` or FastAPI's 422 list."""
+    """One line from an error response: our `{detail: {message}}` or FastAPI's 422 list (every
+    error of it, `field: message; ...`)."""
+    message, details = error_lines(response)
+    return "; ".join(details) if details else message
+
+
+def error_lines(response: httpx.Response) -> tuple[str, list[str]]:
+    """The `error:` line for an error response and the lines under it: FastAPI's 422 lists every
+    field it refused, and each of them is shown, with its path."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = None
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, dict) and detail.get("message"):
-        return str(detail["message"])
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        first = detail[0]
-        loc = list(first.get("loc", []))
-        if loc and loc[0] in ("body", "query", "path"):
-            loc = loc[1:]
-        field = field_path(loc)
-        return f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid"))
-    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}"
+        return str(detail["message"]), []
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        problems = []
+        for d in detail:
+            loc = list(d.get("loc", []))
+            if loc and loc[0] in ("body", "query", "path"):
+                loc = loc[1:]
+            field = field_path(loc)
+            problems.append(f"{field}: {d.get('msg', 'invalid')}" if field else str(d.get("msg", "invalid")))
+        return mistakes(problems)
+    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}", []
 
 
 class ApiClient:
@@ -60,7 +71,8 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise CliError(f"talking to {self.base_url} failed: {exc}", UNREACHABLE) from exc
         if response.is_error:
-            raise CliError(error_message(response), _EXIT_BY_STATUS.get(response.status_code, FAILURE))
+            message, details = error_lines(response)
+            raise CliError(message, _EXIT_BY_STATUS.get(response.status_code, FAILURE), details)
         return response.json()
 
     def health(self) -> dict:

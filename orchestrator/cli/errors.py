@@ -1,5 +1,9 @@
 """The CLI edge of the exception tree: every failure ends as one line `error: ...` on stderr and
-an exit code a script can act on. Tracebacks only with `--debug` (or TRAINYARD_DEBUG=1)."""
+an exit code a script can act on. Tracebacks only with `--debug` (or TRAINYARD_DEBUG=1).
+
+The one exception to one line: an input with several mistakes (a spec, a request the API refused
+naming several fields) lists every one of them, indented under the `error:` line, each with its
+field path, so that three typos take one try to fix, not three."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import functools
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -45,21 +49,33 @@ _BY_ERROR: list[tuple[type[TrainyardError], int]] = [
 
 
 class CliError(Exception):
-    """A failure with its exit code and a one-line message."""
+    """A failure with its exit code and a one-line message; `details`: more lines that belong to it
+    (every mistake of an input, one per line), printed indented under it."""
 
-    def __init__(self, message: str, exit_code: int = FAILURE):
+    def __init__(self, message: str, exit_code: int = FAILURE, details: Sequence[str] = ()):
         super().__init__(message)
         self.exit_code = exit_code
+        self.details = list(details)
 
 
 def debug_enabled() -> bool:
     return os.environ.get("TRAINYARD_DEBUG", "") not in ("", "0", "false")
 
 
-def fail(message: str, exit_code: int) -> NoReturn:
+def fail(message: str, exit_code: int, details: Sequence[str] = ()) -> NoReturn:
     first_line = " ".join(str(message).split("\n")[0].split()) or "failed"
     print(f"error: {first_line}", file=sys.stderr)
+    for line in details:
+        print(f"  {' '.join(str(line).split())}", file=sys.stderr)
     raise typer.Exit(exit_code)
+
+
+def mistakes(problems: Sequence[str], where: str = "") -> tuple[str, list[str]]:
+    """The `error:` line and the lines under it for an input with `problems` (`field: message`):
+    one problem stays one line; several are counted, then listed one per line."""
+    if len(problems) == 1:
+        return problems[0], []
+    return f"{len(problems)} mistakes{where}:", list(problems)
 
 
 P = ParamSpec("P")
@@ -82,7 +98,12 @@ def cli_errors(func: Callable[P, R]) -> Callable[P, R]:
             if debug_enabled():
                 traceback.print_exc()
             if isinstance(exc, CliError):
-                fail(str(exc), exc.exit_code)
+                fail(str(exc), exc.exit_code, exc.details)
+            # the spec's own account of every mistake (orchestrator.spec.SpecMistakes), if it has one
+            problems = getattr(exc, "problems", None)
+            if isinstance(exc, InvalidSpecError) and isinstance(problems, list) and len(problems) > 1:
+                head, lines = mistakes([str(p) for p in problems], " in the spec")
+                fail(head, BAD_INPUT, lines)
             for kind, code in _BY_ERROR:
                 if isinstance(exc, kind):
                     fail(str(exc), code)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from orchestrator.cli import context
 from orchestrator.cli.errors import cli_errors
-from orchestrator.cli.output import Format, FormatOpt, duration, message, out, print_json, usd
+from orchestrator.cli.output import (
+    Col,
+    Fitted,
+    Format,
+    FormatOpt,
+    duration,
+    fitted_table,
+    hourly_price,
+    message,
+    print_json,
+    show_table,
+    terminal_width,
+    usd,
+)
+
+# the instance's name and its owner (a run id) are ids: never cut, never left out
+_COLS = (
+    Col("PROVIDER", rank=8),
+    Col("NAME", keep=True),
+    Col("TYPE", cut_to=16, rank=3),
+    Col("REGION", rank=7),
+    Col("STATUS", rank=1),
+    Col("OWNER", keep=True),
+    Col("AGE", right=True, rank=6),
+    Col("PRICE/H", right=True, rank=4),
+    Col("SPENT", right=True, rank=2),
+)
 
 
-def instances_table(page: dict) -> Table:
-    table = Table(box=None, header_style="bold")
-    for col in ("PROVIDER", "NAME", "TYPE", "REGION", "STATUS", "OWNER", "AGE", "PRICE/H", "SPENT"):
-        table.add_column(col, justify="right" if col in {"AGE", "PRICE/H", "SPENT"} else "left")
-    for i in page["instances"]:
-        table.add_row(
+def instances_table(page: dict, width: int | None = None) -> Fitted:
+    rows = [
+        (
             i["provider"],
             i["name"] or i["id"],
             i["instance_type"],
@@ -22,10 +43,12 @@ def instances_table(page: dict) -> Table:
             i["status"],
             i["owner"],
             duration(i["age_s"]),
-            usd(i["price_cents_per_hour"]),
+            hourly_price(i),
             "-" if i["cost_cents"] is None else usd(i["cost_cents"]),
         )
-    return table
+        for i in page["instances"]
+    ]
+    return fitted_table(_COLS, rows, width=width)
 
 
 @cli_errors
@@ -43,4 +66,4 @@ def instances(fmt: FormatOpt = Format.table) -> None:
             message(f"{p['name']}: could not list its instances: {p['error']}")
     if not page["providers"]:
         message("no provider that rents machines is configured (set TRAINYARD_LAMBDA_API_KEY for Lambda)")
-    out.print(instances_table(page))
+    show_table(instances_table(page, terminal_width()))

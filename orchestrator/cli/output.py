@@ -1,23 +1,50 @@
 """How the CLI prints: data to stdout (a rich table, or JSON with `--format json`), messages and
-progress to stderr, so `trainyard runs --format json | jq` always sees clean data."""
+progress to stderr, so `trainyard runs --format json | jq` always sees clean data.
+
+One formatter per kind of value, used by every command: `when` for times (`2026-11-30 14:03:05
+UTC`), `usd` for money, `hourly_price` for prices (US$ per hour), `percent` for progress,
+`duration` for spans. Tables that can outgrow a terminal are built with `fitted_table`: it drops
+the least important columns until the rest fit the terminal's width (COLUMNS, or the terminal),
+never cuts an id, and `show_table` says what it left out.
+"""
 
 from __future__ import annotations
 
 import enum
 import json
+import math
+import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.db.models import TERMINAL_VALUES
 
-# Off a terminal rich would wrap tables at 80 columns; data piped to a file should keep its rows whole.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+#: off a terminal, with no COLUMNS, rows stay whole (data piped to a file or a pager)
+PIPE_WIDTH = 200
+
+
+def _console_width(stream: TextIO) -> int | None:
+    # None lets rich read COLUMNS or the terminal itself; a pipe without COLUMNS would otherwise
+    # get rich's 80 columns and wrap every row
+    return None if stream.isatty() or _columns_env() is not None else PIPE_WIDTH
+
+
+def _columns_env() -> int | None:
+    value = os.environ.get("COLUMNS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+out = Console(soft_wrap=True, width=_console_width(sys.stdout))
+err = Console(stderr=True, soft_wrap=True, width=_console_width(sys.stderr))
 
 
 class Format(str, enum.Enum):
@@ -47,7 +74,20 @@ def integer(x: float | None) -> str:
 
 
 def usd(cents: float) -> str:
-    return f"${cents / 100:.2f}" if cents >= 1 or cents == 0 else f"${cents / 100:.4f}"
+    """US$ from US cents: `$12.34`; under a cent, four decimals (a judge call costs that little)."""
+    return f"${cents / 100:,.2f}" if cents >= 1 or cents == 0 else f"${cents / 100:.4f}"
+
+
+def hourly_price(row: dict) -> str:
+    """A price per hour in US$ (`$23.92`, under a PRICE/H heading), never in cents. Reads the API's
+    `price_usd_per_hour` where an answer has it, else its `price_cents_per_hour`."""
+    dollars = row.get("price_usd_per_hour")
+    if dollars is None:
+        cents = row.get("price_cents_per_hour")
+        if cents is None:
+            return "-"
+        dollars = cents / 100
+    return f"${dollars:,.2f}"
 
 
 def duration(seconds: float | None) -> str:
@@ -57,6 +97,33 @@ def duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def when(value: str | datetime | None) -> str:
+    """Every time the CLI prints, in one style: `2026-11-30 14:03:05 UTC`. The API's times are
+    ISO 8601 with their offset; one without an offset is UTC, as the database stores every time."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str):
+        try:
+            # Python 3.10's fromisoformat knows neither `Z` nor fractions other than 3 or 6 digits
+            t = datetime.fromisoformat(_iso_for_py310(value))
+        except ValueError:
+            return value  # not a time after all: show it as it came rather than fail the command
+    else:
+        t = value
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso_for_py310(text: str) -> str:
+    text = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    if "." not in text:
+        return text
+    head, rest = text.split(".", 1)
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    return f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
 
 
 def budget_text(r: dict) -> str:
@@ -79,59 +146,167 @@ def budget_text(r: dict) -> str:
 
 
 def percent(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{fraction * 100:.0f}%"
+    """A fraction as a whole percentage, rounded down: 0.999 is 99% (not done yet), and 100% only
+    once the fraction is 1.0. The epsilon keeps binary floats honest (0.29 * 100 is 28.999...)."""
+    if fraction is None:
+        return "-"
+    return f"{math.floor(fraction * 100 + 1e-9)}%"
 
 
-def _since(iso: str) -> str:
-    t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return duration((datetime.now(timezone.utc) - t).total_seconds()) + " ago"
+# -- tables that fit the terminal ----------------------------------------------------------------
+#: the cells between two columns (rich's padding of one on each side, none at the table's edges)
+GAP = 2
 
 
-def runs_table(runs: list[dict]) -> Table:
-    table = Table(box=None, header_style="bold")
-    for col in (
-        "RUN",
-        "NAME",
-        "STATUS",
-        "PROGRESS",
-        "TOKENS",
-        "TRAIN",
-        "VAL",
-        "TEST",
-        "TOK/S",
-        "COST",
-        "ETA",
-        "CREATED",
-    ):
+@dataclass(frozen=True)
+class Col:
+    """A column of a fitted table. `keep`: never dropped and never cut (ids, the status);
+    `cut_to`: may be cut (ending in ...) down to this many cells before columns are dropped;
+    `rank`: columns with the highest rank are dropped first."""
+
+    header: str
+    right: bool = False
+    keep: bool = False
+    cut_to: int | None = None
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Fitted:
+    table: Table
+    #: cells the table takes
+    width: int
+    #: cells the table would take with every column
+    full_width: int
+    #: the headers of the columns left out, in table order
+    dropped: tuple[str, ...]
+    #: the width it was fitted to (None: no limit)
+    limit: int | None
+
+
+def terminal_width(stream: TextIO | None = None) -> int | None:
+    """Columns to fit: COLUMNS when set, else the terminal's; None off a terminal (no limit)."""
+    columns = _columns_env()
+    if columns is not None:
+        return columns
+    stream = stream or sys.stdout
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):  # no terminal after all, or a closed stream
+        pass
+    return None
+
+
+def fitted_table(
+    cols: Sequence[Col], rows: Sequence[Sequence[str]], *, width: int | None, title: str | None = None
+) -> Fitted:
+    """A table of `rows` (one string per column) no wider than `width`: columns that may be cut are
+    cut first (down to their `cut_to`), then the highest-ranked columns are dropped until the rest
+    fit. A `keep` column is never dropped nor cut, even when that leaves the table too wide."""
+    natural = [max([cell_len(c.header)] + [cell_len(row[i]) for row in rows]) for i, c in enumerate(cols)]
+    least = [min(w, c.cut_to) if c.cut_to is not None else w for c, w in zip(cols, natural, strict=True)]
+    shown = list(range(len(cols)))
+
+    def span(widths: Sequence[int], which: Sequence[int]) -> int:
+        return sum(widths[i] for i in which) + GAP * max(len(which) - 1, 0)
+
+    full = span(natural, shown)
+    if width is not None:
+        by_rank = sorted((i for i, c in enumerate(cols) if not c.keep), key=lambda i: (-cols[i].rank, -i))
+        for i in by_rank:
+            if span(least, shown) <= width:
+                break
+            shown.remove(i)
+        # a wide column dropped late may have made room for narrower ones dropped before it:
+        # the most important of those come back while they fit
+        for i in reversed(by_rank):
+            if i not in shown and span(least, sorted([*shown, i])) <= width:
+                shown = sorted([*shown, i])
+    widths = list(natural)
+    if width is not None:
+        excess = span(widths, shown) - width
+        for i in shown:  # cut what may be cut, left to right, only as much as needed
+            if excess <= 0:
+                break
+            if cols[i].cut_to is not None:
+                cut = min(excess, widths[i] - least[i])
+                widths[i] -= cut
+                excess -= cut
+    table = Table(box=None, header_style="bold", pad_edge=False, title=title)
+    for i in shown:
+        c = cols[i]
         table.add_column(
-            col,
-            justify="right"
-            if col in {"PROGRESS", "TOKENS", "TRAIN", "VAL", "TEST", "TOK/S", "COST", "ETA"}
-            else "left",
+            Text(c.header),
+            justify="right" if c.right else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=widths[i],
+            max_width=widths[i],
         )
+    for row in rows:
+        # Text, not markup: a name may hold [brackets] that rich would read as styles
+        table.add_row(*(Text(row[i]) for i in shown))
+    dropped = tuple(cols[i].header for i in range(len(cols)) if i not in shown)
+    return Fitted(table, span(widths, shown), full, dropped, width)
+
+
+def show_table(fitted: Fitted, *, stderr: bool = False) -> None:
+    """Print a fitted table (stdout, or stderr where it is a message, not data) on a console at
+    least as wide as the table, so nothing squeezes or re-wraps it, then, on stderr, which columns
+    it left out and how to see them."""
+    width = max(fitted.width, fitted.limit or PIPE_WIDTH)
+    Console(stderr=stderr, soft_wrap=True, width=width).print(fitted.table)
+    if fitted.dropped:
+        message(f"left out to fit {fitted.limit} columns: {', '.join(fitted.dropped)}")
+        message(f"all of them: --format json, or a terminal {fitted.full_width} columns wide")
+
+
+_RUN_COLS = (
+    Col("RUN", keep=True),
+    Col("NAME", cut_to=16, rank=2),
+    Col("STATUS", keep=True),
+    Col("PROGRESS", right=True, rank=3),
+    Col("TOKENS", right=True, rank=11),
+    Col("TRAIN", right=True, rank=7),
+    Col("VAL", right=True, rank=9),
+    Col("TEST", right=True, rank=6),
+    Col("TOK/S", right=True, rank=10),
+    Col("COST", right=True, rank=4),
+    Col("ETA", right=True, rank=5),
+    Col("CREATED", rank=8),
+)
+
+
+def runs_table(runs: list[dict], width: int | None = None) -> Fitted:
+    """`trainyard runs`: every run on one line. To fit `width`, the name is cut first, then go
+    tokens, tokens/s, validation loss, created, train loss, ...; the run id and status stay."""
+    rows = []
     for r in runs:
         p = r["progress"]
-        table.add_row(
-            r["id"],
-            r["name"],
-            r["status"],
-            percent(p["fraction"]),
-            integer(p["tokens_done"]),
-            num(p["train_loss"]),
-            num(p["val_loss"]),
-            num(p["test_loss"]),
-            integer(p["tokens_per_s"]),
-            usd(r["cost"]["cents"]),
-            duration(p["eta_s"]),
-            _since(r["created_at"]),
+        rows.append(
+            (
+                r["id"],
+                r["name"],
+                r["status"],
+                percent(p["fraction"]),
+                integer(p["tokens_done"]),
+                num(p["train_loss"]),
+                num(p["val_loss"]),
+                num(p["test_loss"]),
+                integer(p["tokens_per_s"]),
+                usd(r["cost"]["cents"]),
+                duration(p["eta_s"]),
+                when(r["created_at"]),
+            )
         )
-    return table
+    return fitted_table(_RUN_COLS, rows, width=width)
 
 
 def run_table(r: dict) -> Table:
     p = r["progress"]
     table = Table(box=None, show_header=False)
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column()
     status = r["status"] + (f" ({r['status_reason']})" if r.get("status_reason") else "")
     if r.get("cancel_requested") and r["status"] not in TERMINAL_VALUES:
@@ -151,10 +326,12 @@ def run_table(r: dict) -> Table:
         ("budget", budget_text(r)),
         ("ETA", duration(p["eta_s"])),
         ("wall time", duration(r["wall_s"])),
-        ("created", r["created_at"]),
+        ("created", when(r["created_at"])),
+        ("started", when(r.get("started_at"))),
+        ("finished", when(r.get("finished_at"))),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))
     return table
 
 

@@ -9,13 +9,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from orchestrator.cli import context
 from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import BAD_INPUT, CliError, cli_errors
-from orchestrator.cli.output import Format, FormatOpt, duration, integer, message, percent, print_json, usd
+from orchestrator.cli.output import (
+    Col,
+    Fitted,
+    Format,
+    FormatOpt,
+    duration,
+    fitted_table,
+    hourly_price,
+    integer,
+    message,
+    percent,
+    print_json,
+    show_table,
+    terminal_width,
+    usd,
+)
 from orchestrator.spec import AUTO_INSTANCE_TYPE, RunSpec, parse_spec_yaml
 
 
@@ -28,14 +41,27 @@ ObjectiveOpt = Annotated[
     Objective | None,
     typer.Option("--objective", help="what instance_type: auto optimises (sets compute.objective)"),
 ]
-_COLUMNS = (
-    "TYPE", "GPUS", "PRICE/H", "CAPACITY", "MB", "TOK/S", "MFU",
-    "SETUP", "TRAIN", "EVAL", "TOTAL", "RANGE H", "US$", "RANGE US$", "US$/B TOK", "SOURCE", "MARK",
-)  # fmt: skip
-_LEFT = {"TYPE", "GPUS", "CAPACITY", "SOURCE", "MARK"}
-#: off a terminal, rows whole: the table is wider than output.py's consoles (200 columns)
-wide = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-wide_err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 240)
+# What a narrow terminal keeps (lowest rank last to go): the type, what it costs in all, how
+# long it takes, its price per hour, the marks; the estimate's details go first.
+_COLS = (
+    Col("TYPE", keep=True),
+    Col("GPUS", cut_to=12, rank=6),
+    Col("PRICE/H", right=True, rank=3),
+    Col("CAPACITY", cut_to=12, rank=7),
+    Col("MB", right=True, rank=12),
+    Col("TOK/S", right=True, rank=9),
+    Col("MFU", right=True, rank=13),
+    Col("SETUP", right=True, rank=14),
+    Col("TRAIN", right=True, rank=10),
+    Col("EVAL", right=True, rank=15),
+    Col("TOTAL", right=True, rank=2),
+    Col("RANGE H", right=True, rank=16),
+    Col("US$", right=True, rank=1),
+    Col("RANGE US$", right=True, rank=8),
+    Col("US$/B TOK", right=True, rank=11),
+    Col("SOURCE", rank=5),
+    Col("MARK", rank=4),
+)
 
 
 def _dollars(value: float | None) -> str:
@@ -59,37 +85,38 @@ def _marks(r: dict) -> str:
     return ", ".join(marks)
 
 
-def plan_table(page: dict, rows: list[dict] | None = None) -> Table:
-    """The plan's rows (or `rows` of it): one per instance type, marks in the last column."""
+def plan_table(page: dict, rows: list[dict] | None = None, width: int | None = None) -> Fitted:
+    """The plan's rows (or `rows` of it): one per instance type, marks in the last column; prices
+    and costs in US$."""
     title = (
         f"{page['provider']} plan for {page['spec_name']}: {page['shape']}, {integer(page['train_tokens'])} "
         f"tokens, {integer(page['params'])} params"
     )
-    table = Table(box=None, header_style="bold", title=title)
-    for col in _COLUMNS:
-        table.add_column(col, justify="left" if col in _LEFT else "right")
+    cells = []
     for r in page["rows"] if rows is None else rows:
         band = r["band"]
-        table.add_row(
-            r["instance_type"],
-            _gpus(r),
-            usd(r["price_cents_per_hour"]),
-            ", ".join(r["regions_with_capacity"]) or "none now",
-            "-" if r["micro_batch"] is None else str(r["micro_batch"]),
-            integer(r["tokens_per_s"]),
-            "-" if r["mfu"] is None else f"{r['mfu'] * 100:.1f}%",
-            duration(r["setup_s"]),
-            duration(r["training_s"]),
-            duration(r["eval_s"]),
-            duration(r["total_s"]),
-            "-" if band is None else f"{band['hours_low']:.1f}-{band['hours_high']:.1f}",
-            _dollars(r["usd"]),
-            "-" if band is None else f"{_dollars(band['usd_low'])}-{_dollars(band['usd_high'])}",
-            _dollars(r["usd_per_billion_tokens"]),
-            r["source"] if r["source"] == "none" else f"{r['source']} ±{percent(band and band['relative'])}",
-            _marks(r),
+        cells.append(
+            (
+                r["instance_type"],
+                _gpus(r),
+                hourly_price(r),
+                ", ".join(r["regions_with_capacity"]) or "none now",
+                "-" if r["micro_batch"] is None else str(r["micro_batch"]),
+                integer(r["tokens_per_s"]),
+                "-" if r["mfu"] is None else f"{r['mfu'] * 100:.1f}%",
+                duration(r["setup_s"]),
+                duration(r["training_s"]),
+                duration(r["eval_s"]),
+                duration(r["total_s"]),
+                "-" if band is None else f"{band['hours_low']:.1f}-{band['hours_high']:.1f}",
+                _dollars(r["usd"]),
+                "-" if band is None else f"{_dollars(band['usd_low'])}-{_dollars(band['usd_high'])}",
+                _dollars(r["usd_per_billion_tokens"]),
+                r["source"] if r["source"] == "none" else f"{r['source']} ±{percent(band and band['relative'])}",
+                _marks(r),
+            )
         )
-    return table
+    return fitted_table(_COLS, cells, width=width, title=title)
 
 
 def read_spec(path: Path) -> tuple[str, RunSpec]:
@@ -132,7 +159,7 @@ def plan(
     if fmt is Format.json:
         print_json(page)
         return
-    wide.print(plan_table(page))
+    show_table(plan_table(page, width=terminal_width()))
     for r in page["rows"]:  # after the table: a reason is a sentence, too long for a column
         if not r["fits"] or r["notes"]:
             print(f"{r['instance_type']}: {r['reason'] if not r['fits'] else '; '.join(r['notes'])}")
@@ -162,7 +189,7 @@ def check_budget(api: ApiClient, spec: RunSpec, *, force: bool) -> None:
             return
         _refuse(reason, force)  # the run would fail at placement with this very line
         return
-    wide_err.print(plan_table(page, [row]))
+    show_table(plan_table(page, [row], terminal_width(sys.stderr)), stderr=True)
     if _is_auto(spec):
         message(chosen["reason"])
     if not row["fits"]:

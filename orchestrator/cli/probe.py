@@ -17,7 +17,7 @@ from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import FAILURE, OK, RUN_NOT_SUCCEEDED, CliError
 from orchestrator.cli.output import Format, duration, integer, message, out, print_json, usd
 from orchestrator.cli.throughput import gpus_text, mfu_text
-from orchestrator.cli.watch import watch_run
+from orchestrator.cli.watch import reattach_on_interrupt, watch_run
 from orchestrator.db.models import RunStatus
 
 #: a probe no controller picks up fails the command after this long (as `submit --watch` would hang)
@@ -56,7 +56,8 @@ def run_probe(
             f"probe {run_id}: 1 node of {instance_type}, micro_batch auto, {integer(probe['train_tokens'])} "
             f"tokens, no evaluation; caps {caps}"
         )
-        watch_run(api, run_id, poll_s, pending_timeout_s=PENDING_TIMEOUT_S)
+        with reattach_on_interrupt(run_id):  # Ctrl-C stops the watch; the probe goes on to its caps
+            watch_run(api, run_id, poll_s, pending_timeout_s=PENDING_TIMEOUT_S)
         probe = _settled(api, run_id, poll_s)
     finally:
         if own:

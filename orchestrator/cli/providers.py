@@ -5,41 +5,92 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from orchestrator.cli import context
+from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import BAD_INPUT, CliError, cli_errors
-from orchestrator.cli.output import Format, FormatOpt, out, print_json, usd
+from orchestrator.cli.output import (
+    Col,
+    Fitted,
+    Format,
+    FormatOpt,
+    fitted_table,
+    hourly_price,
+    message,
+    print_json,
+    show_table,
+    terminal_width,
+)
 from orchestrator.settings import get_settings
 
+#: without --provider: the first of these the service is configured for (local always is)
+DEFAULT_PROVIDERS = ("lambda", "ssh", "local")
 
-def instance_types_table(page: dict) -> Table:
-    table = Table(box=None, header_style="bold", title=f"{page['provider']} instance types")
-    for col in ("TYPE", "GPUS", "GPU", "PRICE/H", "REGIONS WITH CAPACITY"):
-        table.add_column(col, justify="right" if col in {"GPUS", "PRICE/H"} else "left")
-    for t in page["instance_types"]:
-        table.add_row(
+_TYPE_COLS = (
+    Col("TYPE", keep=True),
+    Col("GPUS", right=True, rank=2),
+    Col("GPU", cut_to=16, rank=3),
+    Col("PRICE/H", right=True, rank=1),
+    Col("REGIONS WITH CAPACITY", cut_to=24, rank=4),
+)
+
+
+def instance_types_table(page: dict, width: int | None = None) -> Fitted:
+    """One line per type; prices in US$ per hour."""
+    rows = [
+        (
             t["name"],
             str(t["gpus"]),
             t["gpu_description"],
-            usd(t["price_cents_per_hour"]),
+            hourly_price(t),
             ", ".join(t["regions_with_capacity"]) or "none now",
         )
-    return table
+        for t in page["instance_types"]
+    ]
+    return fitted_table(_TYPE_COLS, rows, width=width, title=f"{page['provider']} instance types")
+
+
+def default_instance_types(api: ApiClient) -> dict:
+    """The types of the first provider in DEFAULT_PROVIDERS that the service is configured for: a
+    provider it has no settings for answers 422 naming them, and the next one is asked."""
+    skipped: list[tuple[str, str]] = []
+    for provider in DEFAULT_PROVIDERS:
+        try:
+            page = api.instance_types(provider)
+        except CliError as exc:
+            if exc.exit_code != BAD_INPUT or provider == DEFAULT_PROVIDERS[-1]:
+                raise  # a configured provider that failed (502), or no service: say so
+            skipped.append((provider, str(exc)))
+            continue
+        if skipped:
+            names = " nor ".join(name for name, _ in skipped)
+            message(f"showing provider {provider}: the service is not configured for {names} (--provider picks one)")
+            for name, why in skipped:
+                message(f"  {name}: {why}")
+        return page
+    raise AssertionError("unreachable: the last provider's error is raised")
 
 
 @cli_errors
 def instance_types(
-    provider: Annotated[str, typer.Option("--provider", "-p", help="local, lambda or ssh")] = "lambda",
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            "-p",
+            help="local, lambda or ssh [default: lambda where the service has its key, else ssh where it has "
+            "hosts, else local]",
+        ),
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """List a provider's instance types: GPUs, price per hour, regions with capacity now."""
+    """List a provider's instance types: GPUs, price per hour (US$), regions with capacity now."""
     with context.client() as api:
-        page = api.instance_types(provider)
+        page = api.instance_types(provider) if provider is not None else default_instance_types(api)
     if fmt is Format.json:
         print_json(page)
     else:
-        out.print(instance_types_table(page))
+        show_table(instance_types_table(page, terminal_width()))
 
 
 @cli_errors

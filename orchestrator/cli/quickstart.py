@@ -25,7 +25,7 @@ from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import FAILURE, RUN_NOT_SUCCEEDED, CliError, cli_errors
 from orchestrator.cli.output import Format, FormatOpt, message, out, print_json, results_table
 from orchestrator.cli.runs import load_spec
-from orchestrator.cli.watch import watch_run
+from orchestrator.cli.watch import RETRY_FOR_S, watch_run
 from orchestrator.settings import Settings, get_settings
 
 SPEC_PATH = Path(__file__).with_name("quickstart.yaml")
@@ -132,7 +132,13 @@ def quickstart(
         with ApiClient(url, settings.api_timeout_s) as api:
             run = api.submit(spec.model_dump(mode="json"))
             message(f"quickstart: submitted run {run['id']} ({spec.name}); watching it (Ctrl-C stops watching)")
-            run = watch_run(api, run["id"], pending_timeout_s=PENDING_TIMEOUT_S)
+            # the service this command started will not come back once it died: no retrying it
+            run = watch_run(
+                api,
+                run["id"],
+                pending_timeout_s=PENDING_TIMEOUT_S,
+                retry_for_s=0 if service is not None else RETRY_FOR_S,
+            )
         dashboard = f"{url}/runs/{run['id']}"
         if fmt is Format.json:
             print_json({"run": run, "dashboard": dashboard, "elapsed_s": round(time.monotonic() - started, 1)})

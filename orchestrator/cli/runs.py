@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from orchestrator.cli import context
+from orchestrator.cli.client import ApiClient
 from orchestrator.cli.errors import BAD_INPUT, RUN_NOT_SUCCEEDED, CliError, cli_errors
-from orchestrator.cli.output import Format, FormatOpt, message, out, print_json, run_table, runs_table
+from orchestrator.cli.output import (
+    Format,
+    FormatOpt,
+    message,
+    out,
+    print_json,
+    run_table,
+    runs_table,
+    show_table,
+    terminal_width,
+)
 from orchestrator.cli.plan import ObjectiveOpt, check_budget
-from orchestrator.cli.watch import watch_run
+from orchestrator.cli.watch import RETRY_FOR_S, Reconnecting, RetryForOpt, reattach_on_interrupt, watch_run
 from orchestrator.db.models import RunStatus
 from orchestrator.spec import RunSpec, parse_spec_yaml, validate_spec
 
@@ -53,6 +65,7 @@ def submit(
     fmt: FormatOpt = Format.table,
     objective: ObjectiveOpt = None,
     force: Annotated[bool, typer.Option("--force", help="submit even when the plan's estimate is over budget")] = False,
+    retry_for: RetryForOpt = RETRY_FOR_S,
 ) -> None:
     """Submit a run from a YAML spec; prints the run id (or the run, with --format json).
 
@@ -69,7 +82,9 @@ def submit(
         run = api.submit(spec.model_dump(mode="json"))
         message(f"submitted run {run['id']} ({run['name']})")
         if watch:
-            finish_watch(watch_run(api, run["id"]), fmt)
+            with reattach_on_interrupt(run["id"]):
+                last = watch_run(api, run["id"], retry_for_s=retry_for)
+            finish_watch(last, fmt)
             return
     if fmt is Format.json:
         print_json(run)
@@ -93,18 +108,22 @@ def runs(
     if fmt is Format.json:
         print_json(page)
         return
-    out.print(runs_table(page["runs"]))
+    show_table(runs_table(page["runs"], terminal_width()))
     shown = len(page["runs"])
     if page["total"] > offset + shown:
         message(f"{shown} of {page['total']} runs shown; more with --offset {offset + shown}")
 
 
 @cli_errors
-def status(run_id: RunArg, watch: WatchOpt = False, fmt: FormatOpt = Format.table) -> None:
+def status(
+    run_id: RunArg, watch: WatchOpt = False, fmt: FormatOpt = Format.table, retry_for: RetryForOpt = RETRY_FOR_S
+) -> None:
     """Show a run's status, progress, losses and cost; --watch follows it live."""
     with context.client() as api:
         if watch:
-            finish_watch(watch_run(api, run_id), fmt)
+            with reattach_on_interrupt(run_id):
+                last = watch_run(api, run_id, retry_for_s=retry_for)
+            finish_watch(last, fmt)
         else:
             show_run(api.get_run(run_id), fmt)
 
@@ -133,27 +152,39 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
     tail: Annotated[int | None, typer.Option("--tail", "-n", min=1, help="only the last N lines")] = None,
     fmt: FormatOpt = Format.table,
+    retry_for: RetryForOpt = RETRY_FOR_S,
 ) -> None:
-    """Print the trainer's log (with --format json: one JSON object per log chunk)."""
+    """Print the run's log: data preparation, the trainer, the evaluation (with --format json: one
+    JSON object per log chunk)."""
     with context.client() as api:
-        page = api.logs(run_id, tail=tail)
-        if tail and fmt is Format.table:
-            # chunks hold whole and partial lines; keep the last N lines of what came back
-            text = "".join(c["text"] for c in page["chunks"])
-            lines = text.splitlines(keepends=True)[-tail:]
-            sys.stdout.write("".join(lines))
-            sys.stdout.flush()
-        else:
-            _emit_chunks(page["chunks"], fmt)
-        cursor = page["next_after_id"]
-        while True:
-            while page["has_more"]:
-                page = api.logs(run_id, after_id=cursor)
-                _emit_chunks(page["chunks"], fmt)
-                cursor = page["next_after_id"]
-            if not follow or (page["run_terminal"] and not page["chunks"]):
-                return
-            time.sleep(FOLLOW_POLL_S)
-            page = api.logs(run_id, after_id=cursor)
+        if not follow:
+            _print_log(api, run_id, tail, fmt, follow=False, calls=Reconnecting(api.base_url, 0))
+            return
+        with reattach_on_interrupt(run_id):
+            _print_log(api, run_id, tail, fmt, follow=True, calls=Reconnecting(api.base_url, retry_for))
+
+
+def _print_log(
+    api: ApiClient, run_id: str, tail: int | None, fmt: Format, *, follow: bool, calls: Reconnecting
+) -> None:
+    page = calls.call(partial(api.logs, run_id, tail=tail))
+    if tail and fmt is Format.table:
+        # chunks hold whole and partial lines; keep the last N lines of what came back
+        text = "".join(c["text"] for c in page["chunks"])
+        lines = text.splitlines(keepends=True)[-tail:]
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+    else:
+        _emit_chunks(page["chunks"], fmt)
+    cursor = page["next_after_id"]
+    while True:
+        while page["has_more"]:
+            page = calls.call(partial(api.logs, run_id, after_id=cursor))
             _emit_chunks(page["chunks"], fmt)
             cursor = page["next_after_id"]
+        if not follow or (page["run_terminal"] and not page["chunks"]):
+            return
+        time.sleep(FOLLOW_POLL_S)
+        page = calls.call(partial(api.logs, run_id, after_id=cursor))
+        _emit_chunks(page["chunks"], fmt)
+        cursor = page["next_after_id"]

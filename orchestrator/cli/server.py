@@ -1,8 +1,9 @@
 """The commands that run the service itself: `serve`, `worker`, `db upgrade`.
 
 `serve` is the API, the dashboard and (unless --no-controller) the controller, in one process:
-uvicorn in the main thread, the controller's Worker in a background thread. Both refuse to
-start on a database whose schema is not at the migrations' head.
+uvicorn in the main thread, the controller's Worker in a background thread. On SQLite (the
+embedded default) both bring the database to the migrations' head themselves, saying so in the
+log; on PostgreSQL they refuse to start unless it is at the head (`trainyard db upgrade`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,21 @@ def _setup_logging(level: str) -> None:
 
 
 def checked_engine(settings: Settings) -> Engine:
-    """An engine on the configured database, after checking its schema is current."""
-    from orchestrator.db.migrations import ensure_current
+    """An engine on the configured database, after checking its schema is current: a SQLite
+    database is migrated first (a fresh data dir has none yet), PostgreSQL only by `db upgrade`."""
+    from orchestrator.db.migrations import ensure_current, upgrade_sqlite
 
     engine = make_engine(settings.resolved_database_url)
     try:
+        migrated = upgrade_sqlite(engine)
+        if migrated is not None:
+            before, head = migrated
+            log.info(
+                "migrated the SQLite database %s from %s to revision %s",
+                _describe_db(engine),
+                f"revision {before}" if before else "nothing (a new database)",
+                head,
+            )
         ensure_current(engine)
     except Exception:
         engine.dispose()

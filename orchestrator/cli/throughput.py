@@ -9,16 +9,40 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orchestrator.cli import context
 from orchestrator.cli.errors import BAD_INPUT, CliError, cli_errors
-from orchestrator.cli.output import Format, FormatOpt, duration, integer, message, out, print_json
+from orchestrator.cli.output import (
+    Col,
+    Fitted,
+    Format,
+    FormatOpt,
+    duration,
+    fitted_table,
+    integer,
+    message,
+    print_json,
+    show_table,
+    terminal_width,
+    when,
+)
 from orchestrator.planning.shape import shape_of
 from orchestrator.spec import parse_spec_yaml
 
-_COLUMNS = ("CREATED", "SOURCE", "RUN", "TYPE", "GPUS", "SHAPE", "MB", "TOK/S", "MFU", "LAUNCH>STEP", "EVAL", "TOKENS")
-_LEFT = {"CREATED", "SOURCE", "RUN", "TYPE", "GPUS", "SHAPE"}
+_COLS = (
+    Col("CREATED", rank=9),
+    Col("SOURCE", rank=8),
+    Col("RUN", keep=True),
+    Col("TYPE", keep=True),
+    Col("GPUS", cut_to=16, rank=6),
+    Col("SHAPE", cut_to=20, rank=5),
+    Col("MB", right=True, rank=4),
+    Col("TOK/S", right=True, rank=1),
+    Col("MFU", right=True, rank=2),
+    Col("LAUNCH>STEP", right=True, rank=3),
+    Col("EVAL", right=True, rank=7),
+    Col("TOKENS", right=True, rank=10),
+)
 
 
 class Source(str, enum.Enum):
@@ -44,26 +68,26 @@ def shape_text(r: dict[str, Any]) -> str:
     return f"{r['preset']}{extra} seq {r['seq_len']} {r['precision']}"
 
 
-def throughput_table(records: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, header_style="bold")
-    for col in _COLUMNS:
-        table.add_column(col, justify="left" if col in _LEFT else "right")
+def throughput_table(records: list[dict[str, Any]], width: int | None = None) -> Fitted:
+    rows = []
     for r in records:
-        table.add_row(
-            r["created_at"][:19].replace("T", " "),
-            r["source"],
-            r["run_id"] or "-",
-            r["instance_type"],
-            gpus_text(r),
-            shape_text(r),
-            str(r["micro_batch"]),
-            integer(r["tokens_per_s"]),
-            mfu_text(r["mfu"]),
-            duration(r["launch_to_first_step_s"]),
-            duration(r["eval_s"]),
-            integer(r["tokens_trained"]),
+        rows.append(
+            (
+                when(r["created_at"]),
+                r["source"],
+                r["run_id"] or "-",
+                r["instance_type"],
+                gpus_text(r),
+                shape_text(r),
+                str(r["micro_batch"]),
+                integer(r["tokens_per_s"]),
+                mfu_text(r["mfu"]),
+                duration(r["launch_to_first_step_s"]),
+                duration(r["eval_s"]),
+                integer(r["tokens_trained"]),
+            )
         )
-    return table
+    return fitted_table(_COLS, rows, width=width)
 
 
 def _shape_of_file(path: Path) -> str:
@@ -107,4 +131,4 @@ def throughput(
     if not page["records"]:
         message("no throughput records yet: a run that trains, or `trainyard plan SPEC --probe TYPE`, leaves one")
         return
-    out.print(throughput_table(page["records"]))
+    show_table(throughput_table(page["records"], terminal_width()))

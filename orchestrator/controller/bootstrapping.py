@@ -29,12 +29,16 @@ from sqlalchemy.orm import Session
 from orchestrator.controller import commands as cmd
 from orchestrator.controller import storage
 from orchestrator.controller.context import RunContext, load_run, lost_reason, node_handles, usable_instances
+from orchestrator.controller.ingest import keep_log
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Outcome
 from orchestrator.controller.policy import Cancelled, NodeLost, run_task
 from orchestrator.db.models import Instance, LogChunk, Run, RunEvent
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
 from provision.bootstrap import BootstrapSpec, bootstrap
+
+#: trainer.prepare's output on the node (commands.py's layout)
+PREPARE_LOG = "prepare.log"
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,16 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         if prep.running:
             continue
         if prep.ended and prep.exit_code is not None:
-            # ended with a code and no manifest: a failure (even exit 0 means nothing usable)
-            return Failed(
-                cmd.failure_reason(h.node, cmd.path(h.workdir, "prepare.log"), "data preparation", prep.exit_code)
+            # ended with a code and no manifest: a failure (even exit 0 means nothing usable).
+            # Its log goes into the run's log first: the reason is one line, the log says why.
+            reason = cmd.failure_reason(h.node, cmd.path(h.workdir, PREPARE_LOG), "data preparation", prep.exit_code)
+            keep_log(
+                ctx,
+                row.rank,
+                cmd.log_tail(h.node, h.workdir, PREPARE_LOG),
+                f"data preparation failed on {row.name}; its {PREPARE_LOG} is in the run's log",
             )
+            return Failed(reason)
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
         cache = storage.data_cache_uri(ctx, run, spec)
@@ -146,8 +156,8 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
     outcomes: dict[str, str | None] = {}
     for row, h in handles:
         h.node.write_json(cmd.path(h.workdir, cmd.CONFIG), cmd.trainer_config(spec, h.workdir, checkpoints))
-        outcomes[row.name] = cmd.cache_outcome(cmd.log_tail(h.node, h.workdir, "prepare.log"))
-    head_log = cmd.log_tail(handles[0][1].node, handles[0][1].workdir, "prepare.log")
+        outcomes[row.name] = cmd.cache_outcome(cmd.log_tail(h.node, h.workdir, PREPARE_LOG))
+    head_log = cmd.log_tail(handles[0][1].node, handles[0][1].workdir, PREPARE_LOG)
     return Done("every node is ready", partial(_record_data, head_log=head_log, outcomes=outcomes))
 
 

@@ -156,13 +156,6 @@ def test_status_watch_ends_with_the_run_and_exit_7_unless_it_succeeded(service, 
     assert failed.stderr.strip().splitlines()[-1] == f"error: run {bad} ended failed: node lost twice"
 
 
-def test_serve_refuses_an_out_of_date_schema(tmp_path):
-    proc = trainyard("serve", "--no-controller", "--port", str(free_port()), env=cli_env(tmp_path), timeout=30)
-    assert proc.returncode == 6
-    line = one_error_line(proc)
-    assert "database schema is at nothing (empty database)" in line and "trainyard db upgrade" in line
-
-
 def _rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
