@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from orchestrator.api.database import open_database
 from orchestrator.api.errors import install_error_handlers
@@ -40,6 +41,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.engine = database.engine
+    # JSON and the dashboard's files gzipped; a checkpoint's bytes stream as they are (incompressible)
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=1024,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
+    )
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(ui_router)

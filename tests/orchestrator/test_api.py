@@ -343,15 +343,19 @@ def test_health_and_openapi(client, db_url):
 
 def test_dashboard_pages_are_served_without_any_outside_resource(client):
     run = submit(client)
-    for path in ("/", f"/runs/{run['id']}"):
+    pages = {"/": "runs", f"/runs/{run['id']}": "run", "/comparisons": "comparisons", "/plan": "plan"}
+    for path, script in pages.items():
         r = client.get(path)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert "/ui/app.js" in r.text
-    js = client.get("/ui/app.js")
-    assert js.status_code == 200 and "/metrics?after_id=" in js.text
-    for asset in ("/", "/ui/app.js", "/ui/style.css"):
+        assert f"/ui/{script}.js" in r.text and "/ui/vendor/plotly-basic.min.js?v=" in r.text
+    # the charting library is the bundle checked in with the package, never from a CDN
+    plotly = client.get("/ui/vendor/plotly-basic.min.js")
+    assert plotly.status_code == 200 and "plotly.js (basic" in plotly.text[:2000].lower()
+    assert "max-age=31536000" in plotly.headers["cache-control"]
+    assert "/series" in client.get("/ui/run_charts.js").text
+    for asset in ("/", "/plan", "/ui/common.js", "/ui/runs.js", "/ui/run.js", "/ui/comparisons.js", "/ui/style.css"):
         body = client.get(asset).text
-        assert "http://" not in body.replace("http://www.w3.org/2000/svg", "") and "https://" not in body
+        assert "http://" not in body.replace("http://www.w3.org/2000/svg", "") and "https://" not in body, asset
     assert client.get("/ui/nothing.js").status_code == 404
 
 
