@@ -12,5 +12,6 @@ echo "test: mypy" >&2
 .venv/bin/mypy
 # The Lambda simulator's machines in the tests are real OpenSSH servers.
 bash scripts/install-sshd.sh
+bash scripts/install-chromium.sh  # the dashboard's browser tests (tests/ui) drive Debian's chromium
 bash scripts/services.sh
 exec .venv/bin/python -m pytest "$@"
