@@ -2,6 +2,8 @@
 # Sets up everything on a fresh machine and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The service image's tests (tests/image): podman, then its image built in the background meanwhile.
+bash scripts/install-podman.sh --prepare-image
 bash scripts/setup.sh
 # Lint, formatting and types (configured in pyproject.toml): any finding fails the run.
 echo "test: ruff check" >&2
