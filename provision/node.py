@@ -181,11 +181,13 @@ class Node:
         # The exit file is the wrapper's last act, so it is checked first. A process that ended
         # is a zombie until someone reaps it, and where PID 1 does not reap orphans (containers
         # without an init) it stays one forever; `kill -0` succeeds on zombies, so liveness is
-        # read from the process state instead.
+        # read from the process state instead. The exit file is read again after the liveness
+        # test: a process that ends between the two tests is not "gone" (and started again).
         out = self.run(
             f"cd {wd} && pid=$(cat {name}.pid 2>/dev/null); "
             f"if [ -f {name}.exit ]; then echo exit $(cat {name}.exit); "
-            f'elif [ -n "$pid" ] && {_alive("$pid")}; then echo running; else echo gone; fi'
+            f'elif [ -n "$pid" ] && {_alive("$pid")}; then echo running; '
+            f"elif [ -f {name}.exit ]; then echo exit $(cat {name}.exit); else echo gone; fi"
         ).split()
         if out and out[0] == "running":
             return ProcessStatus(running=True, exit_code=None)

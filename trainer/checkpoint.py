@@ -70,12 +70,31 @@ def save(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
     final = ckpt_root / name
-    tmp = ckpt_root / f".tmp-{name}"
+    size = commit(final, step, tokens, model, optimizer.state_dict(), state, config, metrics)
+    set_latest(ckpt_root, name)
+    prune(ckpt_root, keep_last, protect)
+    return final, size
+
+
+def commit(
+    final: Path,
+    step: int,
+    tokens: int,
+    model: torch.nn.Module,
+    optimizer_state: dict,
+    state: dict,
+    config: dict,
+    metrics: dict,
+) -> int:
+    """Write a committed checkpoint folder at `final`: files into `.tmp-<name>` beside it,
+    fsynced, the manifest last, then renamed into place (replacing one already there). Returns
+    the bytes of its files. save() for training; the fine-tuned weights of trainer.ift too."""
+    tmp = final.parent / f".tmp-{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))  # dedupes a tied head/embedding
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -94,10 +113,8 @@ def save(
     if final.exists():  # a re-save of the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_file(ckpt_root)
-    set_latest(ckpt_root, name)
-    prune(ckpt_root, keep_last, protect)
-    return final, sum(v["bytes"] for v in files.values())
+    _fsync_file(final.parent)
+    return sum(v["bytes"] for v in files.values())
 
 
 def set_latest(ckpt_root: Path, name: str) -> None:

@@ -42,12 +42,13 @@ class ShardWriter:
         self._buf: list[np.ndarray] = []
         self._buffered = 0
 
-    def add(self, ids: np.ndarray, n_bytes: int) -> None:
+    def add(self, ids: np.ndarray, n_bytes: int, documents: int = 1) -> None:
+        """Append whole documents: their tokens (each followed by <|endoftext|>) and text bytes."""
         self._buf.append(ids.astype(DTYPE))
         self._buffered += len(ids)
         self.tokens += len(ids)
         self.bytes += n_bytes
-        self.documents += 1
+        self.documents += documents
         while self._buffered >= self.shard_tokens:
             self._flush(self.shard_tokens)
 

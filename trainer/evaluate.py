@@ -4,6 +4,7 @@
     python -m trainer.evaluate run --test-set data/fineweb --expect-sha256 5ffe...   # run's latest
     python -m trainer.evaluate hf:gpt2 --hf-dir models/gpt2 --test-set data/fineweb  # OpenAI weights
     python -m trainer.evaluate hf:gpt2 --test-set data/fineweb      # fetched once, then cached
+    python -m trainer.evaluate run --test-set data/fineweb --loss-mean book   # the book's number
 
 `hf:NAME` without --hf-dir downloads config.json + model.safetensors of HF_REPOS[NAME] from
 HF_ENDPOINT (default https://huggingface.co) into TRAINYARD_HF_CACHE (default
@@ -11,15 +12,25 @@ HF_ENDPOINT (default https://huggingface.co) into TRAINYARD_HF_CACHE (default
 
 The test set is the `test` split of a prepared folder (or one .bin shard of it), identified by the
 SHA-256 of its bytes and its token count; --expect-sha256 refuses any other. It is cut into
-consecutive windows of the model's context so every token but the first is predicted exactly once;
-test_loss is the mean cross-entropy (nats) over those predictions and bits_per_byte is
-sum(CE) / ln 2 / (UTF-8 bytes of the predicted text). Prints one JSON object on stdout.
+consecutive windows of `window` tokens: --seq-len, else the seq_len the checkpoint was trained at
+(recorded in its config.json), else (hf: models) the model's context; positions a model was never
+trained at are not scored. Every token but the first is predicted exactly once.
+
+    --loss-mean token (default)  test_loss = sum of CE (nats) / predicted tokens, over the whole
+                                 split including the last, shorter window
+    --loss-mean book             the book's calc_loss_loader: the mean over batches of each batch's
+                                 mean CE, over full windows only (the book's dataset makes no
+                                 shorter one), batches of --batch-size windows in order, the last
+                                 batch possibly smaller
+
+bits_per_byte is always sum(CE) / ln 2 / (UTF-8 bytes of the scored text). --precision fp32 (the
+default, on every device) or bf16 (autocast) says how the forward pass runs; the window, the
+precision and the mean are recorded in the result, one JSON object printed on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -32,8 +43,9 @@ import torch.nn.functional as F
 
 from trainer import checkpoint, hf_download, tokenizer
 from trainer.data import DTYPE, SplitTokens, eval_windows, load_manifest
-from trainer.errors import CheckpointError, DataError, run_cli
+from trainer.errors import CheckpointError, ConfigError, DataError, run_cli
 from trainer.model import GPT, GPTConfig, from_hf_pretrained
+from trainer.recipe import autocast
 
 HF_REPOS = {
     "gpt2": "openai-community/gpt2",
@@ -43,15 +55,23 @@ HF_REPOS = {
 }
 
 
+#: how the forward pass of an evaluation runs: fp32, or bf16 autocast (faster on a GPU, and about
+#: 0.004 nats away from fp32: a test loss is only compared with one of the same precision)
+PRECISIONS = ("fp32", "bf16")
+#: the test loss as a token-weighted mean, or as the book's mean of per-batch means
+LOSS_MEANS = ("token", "book")
+
+
 @torch.no_grad()
-def cross_entropy_sum(
+def cross_entropy_batches(
     model: GPT, tokens, windows: list[tuple[int, int]], batch_size: int, device: torch.device, amp
-) -> tuple[float, int, int]:
-    """(sum of CE in nats, number of predicted tokens, their UTF-8 bytes) over the windows."""
+) -> list[tuple[float, int, int]]:
+    """(sum of CE in nats, predicted tokens, their UTF-8 bytes) of each batch, in order. A batch
+    is up to batch_size consecutive windows of one length (the last, shorter window alone)."""
     was_training = model.training
     model.eval()
     byte_len = tokenizer.token_byte_lengths()
-    nats, count, n_bytes = 0.0, 0, 0
+    out = []
     i = 0
     while i < len(windows):
         length = windows[i][1]
@@ -62,11 +82,18 @@ def cross_entropy_sum(
         y = torch.from_numpy(buf[:, 1:]).to(device)  # (B, T)
         with amp:
             logits, _ = model(x)  # (B, T, V)
-        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-        n_bytes += int(byte_len[buf[:, 1:]].sum())
+        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        out.append((nats, y.numel(), int(byte_len[buf[:, 1:]].sum())))
     model.train(was_training)
-    return nats, count, n_bytes
+    return out
+
+
+def cross_entropy_sum(
+    model: GPT, tokens, windows: list[tuple[int, int]], batch_size: int, device: torch.device, amp
+) -> tuple[float, int, int]:
+    """(sum of CE in nats, number of predicted tokens, their UTF-8 bytes) over the windows."""
+    batches = cross_entropy_batches(model, tokens, windows, batch_size, device, amp)
+    return sum(b[0] for b in batches), sum(b[1] for b in batches), sum(b[2] for b in batches)
 
 
 class _ShardTokens:
@@ -95,7 +122,8 @@ def open_test_set(path: str | Path):
 
 
 def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
-    """Our GPT from a checkpoint folder / run folder, or OpenAI's weights for `hf:NAME`."""
+    """Our GPT from a checkpoint folder / run folder, or OpenAI's weights for `hf:NAME`.
+    info: checkpoint, step, and train_seq_len (the seq_len it was trained at; None when unknown)."""
     if spec.startswith("hf:"):
         name = spec[3:]
         folder = hf_dir
@@ -105,14 +133,28 @@ def load_model(spec: str, hf_dir: str | None) -> tuple[GPT, dict]:
                     f"unknown Hugging Face model {name!r} (known: {', '.join(HF_REPOS)}); pass --hf-dir"
                 )
             folder = hf_download.fetch_repo(HF_REPOS[name])
-        return from_hf_pretrained(folder), {"checkpoint": spec, "step": None}
+        return from_hf_pretrained(folder), {"checkpoint": spec, "step": None, "train_seq_len": None}
     ckpt = checkpoint.resolve(spec)
     manifest = checkpoint.verify(ckpt)  # before anything is read
-    cfg = GPTConfig(**checkpoint.read_config(ckpt)["model"])
+    config = checkpoint.read_config(ckpt)
+    cfg = GPTConfig(**config["model"])
     cfg.dropout = 0.0
     model = GPT(cfg)
     checkpoint.load_weights(ckpt, model)
-    return model, {"checkpoint": str(ckpt), "step": manifest["step"]}
+    seq_len = (config.get("train") or {}).get("seq_len")
+    return model, {
+        "checkpoint": str(ckpt),
+        "step": manifest["step"],
+        "train_seq_len": seq_len if isinstance(seq_len, int) and seq_len > 0 else None,
+    }
+
+
+def _window(seq_len: int | None, info: dict, model: GPT) -> int:
+    """--seq-len, else the training seq_len, else the model's context; never past the context."""
+    window = seq_len or info["train_seq_len"] or model.config.block_size
+    if not 1 <= window <= model.config.block_size:
+        raise ConfigError(f"--seq-len {window} must be between 1 and the model's context of {model.config.block_size}")
+    return window
 
 
 def evaluate(
@@ -124,7 +166,13 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
     seq_len: int | None = None,
+    precision: str = "fp32",
+    loss_mean: str = "token",
 ) -> dict:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if loss_mean not in LOSS_MEANS:
+        raise ConfigError(f"--loss-mean must be one of {', '.join(LOSS_MEANS)}, got {loss_mean!r}")
     tokens = open_test_set(test_set)
     if expect_sha256 and tokens.sha256 != expect_sha256.lower():
         raise DataError(
@@ -133,19 +181,32 @@ def evaluate(
     if len(tokens) < 2:
         raise DataError(f"test set {test_set} holds {len(tokens)} tokens; nothing to evaluate")
     model, info = load_model(spec, hf_dir)
+    window = _window(seq_len, info, model)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     model.to(dev)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    windows = eval_windows(len(tokens), seq_len or model.config.block_size, max_tokens)
-    nats, count, n_bytes = cross_entropy_sum(model, tokens, windows, batch_size, dev, amp)
+    amp = autocast(precision, dev)
+    windows = eval_windows(len(tokens), window, max_tokens)
+    if loss_mean == "book":
+        windows = [w for w in windows if w[1] == window]
+        if not windows:
+            raise DataError(f"test set {test_set} holds no full window of {window + 1} tokens to score")
+    batches = cross_entropy_batches(model, tokens, windows, batch_size, dev, amp)
+    nats, count, n_bytes = (sum(b[i] for b in batches) for i in range(3))
+    # book: the mean of per-batch means (every batch weighted alike); token: every token alike
+    book_mean = sum(b[0] / b[1] for b in batches) / len(batches)
+    test_loss = book_mean if loss_mean == "book" else nats / count
     return {
         **info,
-        "test_loss": nats / count,
+        "test_loss": test_loss,
+        "loss_mean": loss_mean,
+        "window": window,
+        "precision": precision,
         "bits_per_byte": nats / math.log(2) / n_bytes,
         "tokens": count,
         "bytes": n_bytes,
+        "batch_size": batch_size,
         "test_set": str(test_set),
         "test_set_sha256": tokens.sha256,
         "test_set_tokens": len(tokens),
@@ -166,7 +227,21 @@ def main(argv: list[str] | None = None) -> int:
         help="local Hugging Face folder for hf: models (default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)",
     )
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
+    ap.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="window length (default: the seq_len the checkpoint was trained at; hf: models, their context)",
+    )
+    ap.add_argument(
+        "--precision", default="fp32", choices=PRECISIONS, help="fp32 (default) or bf16 autocast forward passes"
+    )
+    ap.add_argument(
+        "--loss-mean",
+        default="token",
+        choices=LOSS_MEANS,
+        help="token: token-weighted mean over the whole split (default); book: mean of per-batch means, full windows",
+    )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args(argv)
@@ -179,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_size,
         args.device,
         args.seq_len,
+        args.precision,
+        args.loss_mean,
     )
     text = json.dumps(result)
     if args.out:

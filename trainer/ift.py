@@ -3,6 +3,7 @@
     python -m trainer.ift run/checkpoints/step_001000 --out ift-out
     python -m trainer.ift hf:gpt2-medium --hf-dir models/gpt2-medium --data instruction-data.json --out ift-out
     python -m trainer.ift hf:gpt2-medium --out ift-out     # weights fetched from HF_ENDPOINT, then cached
+    python -m trainer.ift run --out ift-out --store s3://bucket/runs/r1/ift   # weights kept in a store
 
 The model is loaded by trainer.evaluate.load_model: a checkpoint, or `hf:NAME` from --hf-dir or
 downloaded once (trainer.hf_download: HF_ENDPOINT, TRAINYARD_HF_CACHE).
@@ -19,7 +20,17 @@ best epoch are restored. Then every test item gets a greedy answer (at most --ma
 tokens, stopping at end-of-text). Written atomically into OUT_DIR:
 
     answers.json   [{instruction, input, output (the reference), model_response}], one per test item
-    ift.json       best_epoch, val/train loss per epoch, item counts, checkpoint, seed, settings
+    ift_step_N/    the fine-tuned weights (best epoch) as a committed checkpoint of their own
+                   (trainer.checkpoint: manifest with SHA-256s written last), N the base
+                   checkpoint's step (0 for hf:), so trainer.evaluate and `trainyard checkpoints
+                   download` take it like any other; it holds no optimizer state (empty
+                   optimizer.pt): it is a result, not a point to resume fine-tuning from
+    ift.json       best_epoch, val/train loss per epoch, item counts, checkpoint, seed, settings,
+                   and `fine_tuned` {name, path, step, tokens, bytes, uri}: that checkpoint
+
+With --store URI (a file:// or s3:// folder) the checkpoint is uploaded to URI/ift_step_N
+(ArtifactStore.put_checkpoint: every file checked, the manifest last) before ift.json is written;
+a failed upload fails the command, as a training whose last checkpoint cannot be stored does.
 """
 
 from __future__ import annotations
@@ -35,11 +46,13 @@ from typing import Callable
 
 import torch
 
-from trainer import tokenizer
+from trainer import checkpoint, tokenizer
+from trainer.artifacts import ArtifactError, split_uri
 from trainer.errors import ConfigError, DataError, run_cli
 from trainer.evaluate import load_model
 from trainer.metrics import write_json_atomic
 from trainer.model import GPT
+from trainer.upload import open_artifact_store
 
 BOOK_DATA_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
@@ -253,6 +266,31 @@ def answer(model: GPT, entry: dict, max_new_tokens: int, device: torch.device) -
     return tokenizer.decode(new).replace("### Response:", "").strip()
 
 
+# ---- the fine-tuned weights ---------------------------------------------------------------------
+
+
+def save_fine_tuned(model: GPT, info: dict, settings: dict, out: Path, store: str | None) -> dict:
+    """Commit the fine-tuned weights as OUT/ift_step_N (uploaded to STORE/ift_step_N when a store
+    is given); returns the `fine_tuned` record of ift.json."""
+    step, tokens, base_train = 0, 0, {}
+    if info["step"] is not None:  # a checkpoint of ours: keep its step, tokens and train config
+        base = Path(info["checkpoint"])
+        step, tokens = info["step"], json.loads((base / checkpoint.MANIFEST).read_text())["tokens"]
+        base_train = checkpoint.read_config(base).get("train") or {}
+    name = f"ift_{checkpoint.step_dir_name(step)}"
+    folder = out / name
+    config = {"model": vars(model.config), "train": base_train, "ift": {**settings, "base": info["checkpoint"]}}
+    metrics = {"step": step, "tokens": tokens, **{k: settings[k] for k in ("best_epoch", "best_val_loss")}}
+    state = {"step": step, "tokens": tokens, "ift": True}
+    size = checkpoint.commit(folder, step, tokens, model, {}, state, config, metrics)
+    uri = None
+    if store is not None:
+        target = open_artifact_store(store)
+        target.put_checkpoint(folder, name)
+        uri = target.uri_of(name)
+    return {"name": name, "path": str(folder.resolve()), "step": step, "tokens": tokens, "bytes": size, "uri": uri}
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 
@@ -270,10 +308,12 @@ def run(
     seed: int = 123,
     hf_dir: str | None = None,
     device: str = "auto",
+    store: str | None = None,
     val_loss_fn: Callable[[GPT, int], float] | None = None,
     on_epoch: Callable[[int, GPT], None] | None = None,
 ) -> dict:
-    """Fine-tune, answer the test items, write answers.json and ift.json; returns the summary."""
+    """Fine-tune, answer the test items, write answers.json, the fine-tuned checkpoint (to
+    `store` too) and ift.json; returns the summary."""
     for name, value in (
         ("epochs-max", epochs_max),
         ("patience", patience),
@@ -284,6 +324,11 @@ def run(
             raise ConfigError(f"--{name} must be at least 1, got {value}")
     if limit_test is not None and limit_test < 0:
         raise ConfigError(f"--limit-test must be at least 0, got {limit_test}")
+    if store is not None:
+        try:
+            split_uri(store)
+        except ArtifactError as e:
+            raise ConfigError(f"--store: {e}") from None
     entries, data_sha256 = read_data(data)
     train, test, val = split_data(entries)
     if not train or not val:
@@ -337,6 +382,7 @@ def run(
         "patience": patience,
         "max_new_tokens": max_new_tokens,
     }
+    summary["fine_tuned"] = save_fine_tuned(model, info, summary, out, store)
     write_json_atomic(out / "ift.json", summary)
     return summary
 
@@ -365,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         help="local Hugging Face folder for hf: models (default: downloaded from HF_ENDPOINT into TRAINYARD_HF_CACHE)",
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument(
+        "--store",
+        default=None,
+        metavar="URI",
+        help="a file:// or s3:// folder: the fine-tuned checkpoint is uploaded to URI/<its folder name>",
+    )
     args = ap.parse_args(argv)
     summary = run(
         args.checkpoint,
@@ -379,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         hf_dir=args.hf_dir,
         device=args.device,
+        store=args.store,
     )
     print(json.dumps({k: summary[k] for k in ("best_epoch", "val_losses", "train_items", "test_items")}))
     return 0

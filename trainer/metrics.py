@@ -34,7 +34,8 @@ def peak_flops(device: torch.device, dtype: str, override: float | None) -> floa
     gpu = gpu_for(torch.cuda.get_device_name(device))  # trainer/gpus.json: the one GPU table
     if gpu is None:
         return None
-    return gpu.peak_bf16_flops if dtype == "bf16" else gpu.peak_bf16_flops / 2
+    # fp16 tensor cores run at the bf16 rate; fp32 (TF32) at half of it
+    return gpu.peak_bf16_flops if dtype in ("bf16", "fp16") else gpu.peak_bf16_flops / 2
 
 
 def peak_memory_bytes(device: torch.device) -> int:

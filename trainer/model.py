@@ -137,12 +137,43 @@ _HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older exports
 
 
+#: GPT-2 config fields that change the math, with the value our GPT computes. A folder whose
+#: value differs is refused (HF's default stands in for a missing field): loading it anyway
+#: would give wrong logits without a word (off by 0.17 to 1.6 for the first three).
+_HF_SAME_AS_OURS = {
+    "layer_norm_epsilon": 1e-5,  # our LayerNorms' eps
+    "scale_attn_weights": True,  # scores / sqrt(head size)
+    "scale_attn_by_inverse_layer_idx": False,  # no extra / (layer index + 1)
+    "add_cross_attention": False,  # no encoder-decoder attention
+}
+#: tanh-GELU under both of HF's names
+_HF_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+# Honoured as they are: n_positions (our context), tie_word_embeddings (our tie_weights), n_inner
+# when it is 4 x n_embd, and reorder_and_upcast_attn, which only computes the same scores in fp32
+# (our attention runs in fp32 already unless autocast is asked for). Dropouts do not apply in
+# evaluation, and fine-tuning sets its own.
+
+
+def _refuse(field: str, value: object, why: str) -> CheckpointError:
+    return CheckpointError(f"Hugging Face config {field}={value!r} is not supported: {why}")
+
+
 def config_from_hf(hf: dict) -> GPTConfig:
+    """Our GPTConfig for a Hugging Face GPT-2 config.json; refuses (CheckpointError naming the
+    field and its value) any setting our GPT does not compute."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"not a GPT-2 config: model_type {hf.get('model_type')!r}")
+        raise _refuse("model_type", hf.get("model_type"), "not a GPT-2")
     act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"activation {act!r} is not GPT-2's tanh GELU")
+    if act not in _HF_GELU_TANH:
+        raise _refuse("activation_function", act, f"our GPT-2 uses the tanh GELU ({' or '.join(_HF_GELU_TANH)})")
+    for field, ours in _HF_SAME_AS_OURS.items():
+        value = hf.get(field, ours)
+        same = value == ours if isinstance(ours, float) else bool(value) is ours  # HF reads flags by truth
+        if not same:
+            raise _refuse(field, value, f"our GPT-2 computes {field}={ours!r}")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and n_inner != 4 * hf["n_embd"]:
+        raise _refuse("n_inner", n_inner, f"our MLP is 4 x n_embd = {4 * hf['n_embd']} wide")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),

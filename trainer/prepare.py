@@ -9,6 +9,16 @@ Sources: a file or folder (a text file is one document; JSONL and parquet give o
 row's "text"), `builtin:corpus` (the shipped corpus, no download), or `hf:NAME[:CONFIG]` (streamed
 with `datasets`, train split). Every document is followed by <|endoftext|> (50256).
 
+Every core works (`--workers N`, default: all this process may use): the source is cut into pieces
+(parquet row groups, ~1 MB ranges of a JSONL file, text files, batches of streamed documents; see
+trainer.sources) that worker processes read and encode while this process deals the documents, in
+source order, to the splits and writes the shards (trainer.encode_pool). The output is the same,
+byte for byte, for any number of workers. Progress goes to stderr every `--progress-every` seconds
+(default 10) as `prepare: N documents, N tokens, R tokens/s[, P%, ETA T]` (P and T when the size is
+known: local files, a stream that says its length, or --max-tokens), and at the end as
+`prepare: done: N documents, N tokens in S s, R tokens/s, W workers`; the service shows these lines
+as run events.
+
 Documents are dealt to the splits in stream order, each to the split furthest below its share of
 tokens so far, so the three splits come from all through the source (not just its tail) and their
 sizes track the fractions closely, without knowing the total in advance (streaming).
@@ -36,126 +46,22 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from trainer import corpus, tokenizer
+from trainer import corpus, sources, tokenizer
 from trainer.artifacts import ArtifactError, TransferError
 from trainer.artifacts.manifest import fsync_file, fsync_write
 from trainer.data import DTYPE, MANIFEST, SPLITS, ShardWriter, write_manifest
+from trainer.encode_pool import Encoded, EncodePool
 from trainer.errors import DataError, run_cli
 from trainer.upload import open_artifact_store
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
-_TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
-
-
-def _text_docs(path: Path) -> Iterator[str]:
-    yield path.read_text(encoding="utf-8", errors="replace")
-
-
-def _jsonl_docs(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno} is not valid JSON: {e}") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise DataError(f"{path}:{lineno} has no string field {field!r}")
-            yield row[field]
-
-
-def _parquet_docs(path: Path, field: str) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading parquet needs pyarrow: pip install 'trainyard[data]'") from None
-    pf = pq.ParquetFile(path)
-    if field not in pf.schema_arrow.names:
-        raise DataError(f"{path} has no column {field!r} (columns: {', '.join(pf.schema_arrow.names)})")
-    for batch in pf.iter_batches(columns=[field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text:
-                yield text
-
-
-def _hf_docs(spec: str, field: str) -> Iterator[str]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("hf: sources need the datasets package: pip install 'trainyard[data]'") from None
-    name, _, config = spec.partition(":")
-    ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
-    for row in ds:
-        if field not in row:
-            raise DataError(f"dataset {name} has no field {field!r} (fields: {', '.join(row)}); pass --field")
-        text = row[field]
-        if text:
-            yield text
-
-
-def _file_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return "jsonl"
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in _TEXT_SUFFIXES:
-        return "text"
-    raise DataError(f"cannot tell the format of {path}; pass --format text|jsonl|parquet")
-
-
-def iter_documents(source: str, fmt: str = "auto", field: str = "text") -> Iterator[str]:
-    """The documents of a source, in a fixed order."""
-    if source == "builtin:corpus":
-        yield from corpus.documents()
-        return
-    if source.startswith("hf:") or fmt == "hf":
-        yield from _hf_docs(source.removeprefix("hf:"), field)
-        return
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and (fmt != "auto" or p.suffix.lower() in _TEXT_SUFFIXES + (".jsonl", ".parquet"))
-        )
-        if not files:
-            raise DataError(f"{source} holds no .txt, .md, .jsonl or .parquet files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(
-            f"source {source} does not exist (expected a file, a folder, builtin:corpus or hf:NAME[:CONFIG])"
-        )
-    for f in files:
-        kind = _file_format(f, fmt)
-        if kind == "text":
-            yield from _text_docs(f)
-        elif kind == "jsonl":
-            yield from _jsonl_docs(f, field)
-        else:
-            yield from _parquet_docs(f, field)
-
-
-def _batched(docs: Iterable[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for d in docs:
-        batch.append(d)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
+#: seconds between two progress lines
+PROGRESS_EVERY_S = 10.0
 DTYPE_BYTES = DTYPE.itemsize
 _SHARD = re.compile(r"^(train|val|test)_\d{6}\.bin$")
 
@@ -163,7 +69,8 @@ _SHARD = re.compile(r"^(train|val|test)_\d{6}\.bin$")
 def _options(
     fmt: str, val_fraction: float, test_fraction: float, shard_tokens: int, max_tokens: int | None, field: str
 ) -> dict:
-    """The checked options, as recorded in the manifest."""
+    """The checked options, as recorded in the manifest (the worker count is not one: it changes
+    nothing in the output)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -209,6 +116,107 @@ def _prepared(out: Path, source: str, options: dict) -> dict | None:
     return None
 
 
+class SplitDealer:
+    """Deals documents, in source order, each to the split furthest below its share of the tokens
+    so far (ties to the first of train, val, test), and stops before the first document that would
+    take the total past max_tokens."""
+
+    def __init__(self, fractions: Sequence[float], writers: Sequence[ShardWriter], max_tokens: int | None):
+        self.fractions, self.writers, self.max_tokens = tuple(fractions), writers, max_tokens
+        self.split_tokens = [0] * len(writers)
+        self.total = self.documents = 0
+
+    def take(self, batch: Encoded) -> bool:
+        """Deal a piece's documents; True once max_tokens is reached (nothing more will be taken)."""
+        lengths = batch.lengths  # (docs,)
+        n, full = len(lengths), False
+        if self.max_tokens is not None:
+            fits = int(np.searchsorted(self.total + np.cumsum(lengths), self.max_tokens, side="right"))
+            if fits < n:
+                n, full = fits, True
+        f0, f1, f2 = self.fractions
+        w, total, split_of = self.split_tokens, self.total, []
+        for length in lengths[:n].tolist():  # plain ints: this loop runs once per document
+            total += length
+            a, b, c = f0 * total - w[0], f1 * total - w[1], f2 * total - w[2]
+            s = 0 if (a >= b and a >= c) else (1 if b >= c else 2)
+            w[s] += length
+            split_of.append(s)
+        self.total, self.documents = total, self.documents + n
+        if n:
+            self._write(batch, n, np.asarray(split_of, dtype=np.int8))
+        return full
+
+    def _write(self, batch: Encoded, n: int, split_of: np.ndarray) -> None:
+        lengths, nbytes = batch.lengths[:n], batch.nbytes[:n]  # (n,)
+        tokens = batch.tokens[: int(lengths.sum())]  # (tokens of the n documents,)
+        labels = np.repeat(split_of, lengths)  # (tokens,) the split of each token's document
+        for s, writer in enumerate(self.writers):
+            docs = split_of == s  # (n,)
+            count = int(docs.sum())
+            if count == n:
+                writer.add(tokens, int(nbytes.sum()), documents=n)
+            elif count:
+                writer.add(tokens[labels == s], int(nbytes[docs].sum()), documents=count)
+
+
+class _Progress:
+    """`prepare: ...` lines at most every `every_s` seconds, and one when done."""
+
+    def __init__(
+        self, log: Callable[[str], None] | None, every_s: float, total_units: float | None, max_tokens: int | None
+    ):
+        self.log, self.every_s, self.total_units, self.max_tokens = log, every_s, total_units, max_tokens
+        self.t0 = self.last = time.monotonic()
+        self.units = 0.0
+
+    def update(self, documents: int, tokens: int, units: float) -> None:
+        self.units += units
+        now = time.monotonic()
+        if self.log is not None and now - self.last >= self.every_s:
+            self.last = now
+            self.log(f"prepare: {self._counts(documents, tokens, now)}{self._eta(tokens, now)}")
+
+    def done(self, documents: int, tokens: int, workers: int) -> None:
+        if self.log is not None:
+            now = time.monotonic()
+            took = f" in {now - self.t0:.1f} s"
+            self.log(
+                f"prepare: done: {self._counts(documents, tokens, now, took)}, {workers} worker{'s' * (workers != 1)}"
+            )
+
+    def _counts(self, documents: int, tokens: int, now: float, took: str = "") -> str:
+        rate = tokens / max(now - self.t0, 1e-9)
+        return f"{documents:,} documents, {tokens:,} tokens{took}, {_si(rate)} tokens/s"
+
+    def _eta(self, tokens: int, now: float) -> str:
+        known = []
+        if self.total_units:
+            known.append(self.units / self.total_units)
+        if self.max_tokens:
+            known.append(tokens / self.max_tokens)
+        if not known:
+            return ""
+        done = min(max(known), 1.0)  # the first limit reached ends the preparation
+        if done <= 0 or done >= 1:
+            return f", {100 * done:.0f}%"
+        return f", {100 * done:.0f}%, ETA {_duration((now - self.t0) * (1 - done) / done)}"
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def prepare(
     source: str,
     out: str | Path,
@@ -218,37 +226,33 @@ def prepare(
     shard_tokens: int = 100_000_000,
     max_tokens: int | None = None,
     field: str = "text",
-    log=None,
+    log: Callable[[str], None] | None = None,
+    workers: int | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> dict:
-    """Tokenise `source` into `out`; returns the manifest. Idempotent for the same inputs."""
+    """Tokenise `source` into `out`; returns the manifest. Idempotent for the same inputs, and the
+    same bytes for any `workers` (default: every core)."""
     options = _options(fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field)
     out = Path(out)
     existing = _prepared(out, source, options)
     if existing is not None:
         return existing
+    workers = workers or sources.default_workers()
     out.mkdir(parents=True, exist_ok=True)
 
-    enc = tokenizer.get_encoding()
-    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    writers = {s: ShardWriter(out, s, shard_tokens) for s in SPLITS}
-    total, docs, t0 = 0, 0, time.time()
-    for batch in _batched(iter_documents(source, fmt, field), 256):
-        for text, ids in zip(batch, enc.encode_ordinary_batch(batch, num_threads=4), strict=True):
-            ids.append(tokenizer.EOT)
-            if max_tokens is not None and total + len(ids) > max_tokens:
-                break
-            # deal the document to the split furthest below its share of the tokens so far
-            after = total + len(ids)
-            split = max(SPLITS, key=lambda s: fractions[s] * after - writers[s].tokens)
-            writers[split].add(np.asarray(ids, dtype=np.int64), len(text.encode("utf-8")))
-            total, docs = after, docs + 1
-        else:
-            if log and docs % 10_000 < 256:
-                log(f"prepare: {docs:,} documents, {total:,} tokens, {time.time() - t0:.0f}s")
-            continue
-        break  # max_tokens reached
-    if total == 0:
+    writers = [ShardWriter(out, s, shard_tokens) for s in SPLITS]
+    dealer = SplitDealer((1 - val_fraction - test_fraction, val_fraction, test_fraction), writers, max_tokens)
+    with EncodePool(workers) as pool:  # first: the workers fork before the source is opened
+        plan = sources.plan(source, fmt, field)
+        progress = _Progress(log, progress_every_s, plan.total_units, max_tokens)
+        for batch in pool.map(plan.pieces):
+            full = dealer.take(batch)
+            progress.update(dealer.documents, dealer.total, batch.units)
+            if full:
+                break  # max_tokens reached
+    if dealer.total == 0:
         raise DataError(f"source {source} produced no documents")
+    progress.done(dealer.documents, dealer.total, workers)
     manifest = {
         "format": 1,
         "dtype": "uint16",
@@ -256,9 +260,9 @@ def prepare(
         "source": source,
         "source_detail": corpus.fingerprint() if source == "builtin:corpus" else source,
         "options": options,
-        "documents": docs,
-        "tokens": total,
-        "splits": {s: w.close() for s, w in writers.items()},
+        "documents": dealer.documents,
+        "tokens": dealer.total,
+        "splits": {s: w.close() for s, w in zip(SPLITS, writers, strict=True)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_manifest(out, manifest)  # last: a folder with a manifest is complete
@@ -288,8 +292,10 @@ def prepare_cached(
     shard_tokens: int = 100_000_000,
     max_tokens: int | None = None,
     field: str = "text",
-    log=None,
-    warn=lambda s: print(s, file=sys.stderr, flush=True),
+    log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    workers: int | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> tuple[dict, dict]:
     """prepare() through the shared cache at `cache`; returns (manifest, {"cache": "hit"} or
     {"cache": "miss", "cache_pushed": bool}). See the module docstring for the rules."""
@@ -320,7 +326,9 @@ def prepare_cached(
         if existing is None:
             _download(store, cache, cached, _shards(manifest, f"the data cache {cache}"), out, log)
         return (existing or manifest), {"cache": "hit"}
-    manifest = existing or prepare(source, out, fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field, log)
+    manifest = existing or prepare(
+        source, out, fmt, val_fraction, test_fraction, shard_tokens, max_tokens, field, log, workers, progress_every_s
+    )
     try:
         for s in _shards(manifest, str(out)):
             store.put_file(out / s["file"], s["file"], sha256=s["sha256"])
@@ -388,16 +396,33 @@ def main(argv: list[str] | None = None) -> int:
         help="shared cache of this prepared dataset (file:// or s3:// folder): "
         "downloaded when it holds a manifest, else filled after preparing",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes reading and encoding the source (default: every core); the output is the same for any N",
+    )
+    ap.add_argument(
+        "--progress-every",
+        type=float,
+        default=PROGRESS_EVERY_S,
+        metavar="S",
+        help=f"seconds between progress lines on stderr (default {PROGRESS_EVERY_S:g})",
+    )
     args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise DataError(f"--workers must be at least 1, got {args.workers}")
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
     options = (args.format, args.val_fraction, args.test_fraction, args.shard_tokens, args.max_tokens, args.field)
+    run = dict(log=log, workers=args.workers, progress_every_s=args.progress_every)
     if args.cache:
-        m, cache = prepare_cached(args.source, args.out, args.cache, *options, log=log)
+        m, cache = prepare_cached(args.source, args.out, args.cache, *options, **run)
     else:
-        m, cache = prepare(args.source, args.out, *options, log=log), {"cache": "off"}
+        m, cache = prepare(args.source, args.out, *options, **run), {"cache": "off"}
     summary = {s: {k: v for k, v in info.items() if k != "shards"} for s, info in m["splits"].items()}
     print(json.dumps({"out": str(args.out), "source": m["source"], "tokens": m["tokens"], "splits": summary, **cache}))
     return 0

@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -83,6 +84,30 @@ PositiveFloat = Annotated[float, Field(gt=0), BeforeValidator(_number)]
 NonNegativeFloat = Annotated[float, Field(ge=0), BeforeValidator(_number)]
 
 
+#: `training.recipe: book`: the seed user's setup (the book's chapter 5 loop at scale): AdamW at a
+#: constant 4e-4 with weight decay 0.1 on every parameter (biases and LayerNorm gains too), the
+#: book's betas (0.9, 0.999), no warm-up, no clipping; fp16 autocast with a GradScaler on a GPU,
+#: fp32 on a CPU (`dtype: auto`, resolved_dtype). The trainer's side: trainer.recipe.
+BOOK_RECIPE: dict[str, Any] = {
+    "lr": 4e-4,
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "weight_decay": 0.1,
+    "grad_clip": 0.0,
+    "dtype": "auto",
+}
+
+
+def resolved_dtype(dtype: str, recipe: str, on_gpu: bool) -> str:
+    """What a run's `dtype` means on its device: auto is bf16 on a GPU (fp16 with a GradScaler
+    under recipe book) and fp32 on a CPU. The trainer and the service's planner both ask here."""
+    if dtype != "auto":
+        return dtype
+    if not on_gpu:
+        return "fp32"
+    return "fp16" if recipe == "book" else "bf16"
+
+
 class TrainingSettings(BaseModel):
     """How to train: the run spec's `training:` and the train config's keys of the same names."""
 
@@ -90,6 +115,9 @@ class TrainingSettings(BaseModel):
     # would warn about the `model_` prefix)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
+    #: "ours" (the defaults below) or "book": the seed user's exact setup (BOOK_RECIPE). First, so
+    #: the fields after it are validated knowing it.
+    recipe: Literal["ours", "book"] = "ours"
     seq_len: PositiveInt = 128
     #: per process; "auto" = the largest that fits (found by catching out-of-memory errors, up to
     #: AUTO_MICRO_BATCH_LIMIT on CUDA and AUTO_MICRO_BATCH_LIMIT_CPU on CPU)
@@ -115,6 +143,29 @@ class TrainingSettings(BaseModel):
     seed: Int = 1337
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _book_recipe_fills_its_settings(cls, data: Any) -> Any:
+        """`recipe: book` sets the keys of BOOK_RECIPE that are left out, before the fields are
+        validated, so they are checked (min_lr <= lr) and dumped like any others."""
+        if isinstance(data, dict) and data.get("recipe") == "book":
+            return {**BOOK_RECIPE, **data}
+        return data
+
+    @field_validator(*BOOK_RECIPE)
+    @classmethod
+    def _book_recipe_settings_are_the_books(cls, v: Any, info: ValidationInfo) -> Any:
+        """Under recipe book a key of BOOK_RECIPE given with another value is refused, never
+        silently replaced (recipe is the first field, so it is in info.data)."""
+        want = BOOK_RECIPE[str(info.field_name)]
+        if info.data.get("recipe") == "book" and v != want:
+            raise PydanticCustomError(
+                "book_recipe_setting",
+                "recipe book trains with {want}, not {value}: leave it out, or use recipe: ours",
+                {"want": want, "value": v},
+            )
+        return v
 
     # Fields are validated in order, so `info.data` holds the earlier ones that were valid.
     @field_validator("min_lr")

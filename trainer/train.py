@@ -54,8 +54,10 @@ from trainer.errors import ConfigError, DataError, TrainerError
 from trainer.evaluate import cross_entropy_sum
 from trainer.metrics import Metrics, format_progress, peak_flops, peak_memory_bytes, write_json_atomic
 from trainer.model import GPT
+from trainer.recipe import autocast, backward, clip_and_step, make_optimizer, make_scaler
 from trainer.resume import load_resume
 from trainer.runtime import all_sum, autotune_micro_batch, init_distributed, rng_state, seed_rank, set_rng_state
+from trainer.schema import resolved_dtype
 from trainer.upload import CheckpointUploader
 
 # ---------------------------------------------------------------- schedule
@@ -78,23 +80,13 @@ def lr_at(tokens: int, tokens_per_step: int, warmup_tokens: int, end_tokens: int
 # ---------------------------------------------------------------- the run
 
 
-def make_optimizer(model: GPT, cfg: config_mod.TrainConfig, device: torch.device):
-    # decay matrices only; biases and LayerNorm gains stay undecayed (as in GPT-2 / nanoGPT)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-
-
 def train(
     cfg: config_mod.TrainConfig, run_dir: Path, stop_at_step: int | None = None, resume_from: str | None = None
 ) -> int:
     rank, local_rank, world, device = init_distributed(cfg.device)
     master = rank == 0
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    dtype = resolved_dtype(cfg.dtype, cfg.recipe, device.type == "cuda")
+    amp = autocast(dtype, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -136,6 +128,7 @@ def train(
     batches = TrainBatches(train_tokens, cfg.seq_len, micro_batch, cfg.grad_accum, world, rank, device)
     tps = batches.tokens_per_step
     optimizer = make_optimizer(raw_model, cfg, device)
+    scaler = make_scaler(dtype, device)  # fp16 (recipe book on a GPU) only
 
     # ---- resume from RUN_DIR/checkpoints/latest, if there is one
     if master:
@@ -150,6 +143,8 @@ def train(
         resumed_from_uri = resume.get("pulled_from")
         step, offset, resumed_from = state["step"], state["data_offset"], state["step"]
         warmup_tokens, last_val = state["warmup_tokens"], state.get("val_loss")
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if state["world_size"] == world and len(state["rng"]) == world:
             set_rng_state(state["rng"][rank], device)
         else:  # another world size: per-rank streams cannot carry over, derive fresh ones
@@ -259,6 +254,7 @@ def train(
                 "warmup_tokens": warmup_tokens,
                 "rng": rngs,
                 "val_loss": val_loss,
+                "scaler": scaler.state_dict() if scaler is not None else None,
             }
             cfg_json = {"model": vars(mcfg), "train": resolved}
             path, size = checkpoint.save(
@@ -304,11 +300,9 @@ def train(
                 with contextlib.nullcontext() if sync else model.no_sync():
                     with amp:
                         _, loss = model(x, y)
-                    (loss / cfg.grad_accum).backward()
+                    backward(loss / cfg.grad_accum, scaler)
                 loss_sum += loss.detach() / cfg.grad_accum
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            clip_and_step(model, optimizer, scaler, cfg.grad_clip)
             optimizer.zero_grad(set_to_none=True)
             step, offset, tokens_seen = step + 1, offset + tps, tokens_seen + tps
             interval_steps += 1

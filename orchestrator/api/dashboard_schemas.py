@@ -96,6 +96,10 @@ class EvaluationPublic(BaseModel):
     test_loss: float | None
     bits_per_byte: float | None
     tokens: int | None
+    #: a test loss's window (tokens per scored sequence: the training seq_len by default) and
+    #: precision ("fp32" | "bf16"); null for an IFT row and for rows recorded before they were
+    window: int | None
+    precision: str | None
     #: the step of the checkpoint evaluated; null when not known
     checkpoint_step: int | None
     created_at: UtcDatetime

@@ -43,6 +43,8 @@ def evaluations(session: Session, run_id: str) -> list[ds.EvaluationPublic]:
             Evaluation.test_loss,
             Evaluation.bits_per_byte,
             Evaluation.tokens,
+            Evaluation.window,
+            Evaluation.precision,
             Checkpoint.step.label("checkpoint_step"),
             Evaluation.created_at,
         )

@@ -1,5 +1,6 @@
 """`trainyard checkpoints RUN` lists a run's checkpoints; `trainyard checkpoints download RUN
-[STEP]` fetches one from the artifact store through the service.
+[STEP]` fetches one from the artifact store through the service (`--ift`: the run's
+instruction-fine-tuned weights, kept as a checkpoint of kind ift).
 
 A download is verified the way the trainer verifies its own checkpoints: every file's SHA-256 is
 checked against the manifest while it streams in, into a `.tmp-` folder beside the destination;
@@ -41,6 +42,9 @@ def checkpoints(
         Path | None,
         typer.Option("--out", "-o", help="folder to create for the checkpoint (default: ./<run>-<step folder>)"),
     ] = None,
+    ift: Annotated[
+        bool, typer.Option("--ift", help="download the instruction-fine-tuned weights (kind ift), not training's")
+    ] = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """List a run's checkpoints, or download one (verified) from the artifact store."""
@@ -52,7 +56,7 @@ def checkpoints(
             if not args[2].isdigit():
                 raise CliError(f"STEP must be a step number, not {args[2]!r}", BAD_INPUT)
             step = int(args[2])
-        return download(args[1], step, dest, fmt)
+        return download(args[1], step, dest, fmt, "ift" if ift else "train")
     if len(args) != 1:
         raise CliError("usage: trainyard checkpoints RUN, or trainyard checkpoints download RUN [STEP]", BAD_INPUT)
     with context.client() as api:
@@ -61,12 +65,13 @@ def checkpoints(
         print_json(page)
         return
     table = Table(title=f"checkpoints of run {page['run_id']}")
-    for col in ("step", "tokens", "val loss", "size", "state", "uri"):
+    for col in ("step", "kind", "tokens", "val loss", "size", "state", "uri"):
         table.add_column(col, justify="right" if col in ("step", "tokens", "val loss", "size") else "left")
     for c in page["items"]:
         size = f"{c['bytes'] / 1e6:,.1f} MB" if c["bytes"] is not None else "-"
         table.add_row(
             str(c["step"]),
+            c["kind"],
             integer(c["tokens"]),
             num(c["val_loss"]) + (" *" if c["best"] else ""),
             size,
@@ -80,14 +85,15 @@ def checkpoints(
         message("* the lowest validation loss (kept by retention)")
 
 
-def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> None:
+def download(run_id: str, step: int | None, dest: Path | None, fmt: Format, kind: str = "train") -> None:
+    what = "checkpoint" if kind == "train" else "IFT checkpoint"
     with context.client() as api:
         if step is None:
-            stored = [c for c in api.checkpoints(run_id)["items"] if c["state"] == "stored"]
+            stored = [c for c in api.checkpoints(run_id)["items"] if c["state"] == "stored" and c["kind"] == kind]
             if not stored:
-                raise CliError(f"run {run_id} has no checkpoint in the artifact store yet", CONFLICT)
+                raise CliError(f"run {run_id} has no {what} in the artifact store yet", CONFLICT)
             step = max(c["step"] for c in stored)
-        detail = api.checkpoint(run_id, step)
+        detail = api.checkpoint(run_id, step, kind)
         folder = detail["uri"].rstrip("/").rsplit("/", 1)[-1]
         dest = dest or Path(f"{run_id}-{folder}")
         if dest.exists():
@@ -108,9 +114,9 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
             ) as progress:
                 task = progress.add_task(f"step {step}", total=total)
                 for f in detail["files"]:
-                    _fetch(api, run_id, step, f, tmp, lambda n: progress.advance(task, n))
+                    _fetch(api, run_id, step, f, tmp, lambda n: progress.advance(task, n), kind)
             manifest = bytearray()
-            api.download(run_id, step, MANIFEST, manifest.extend)
+            api.download(run_id, step, MANIFEST, manifest.extend, kind=kind)
             if json.loads(manifest).get("files", {}).keys() != {f["name"] for f in detail["files"]}:
                 raise CliError(f"the manifest of step {step} changed during the download; try again", FAILURE)
             (tmp / MANIFEST).write_bytes(bytes(manifest))  # last: it commits the folder
@@ -120,6 +126,7 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
             raise
     summary = {
         "run_id": run_id,
+        "kind": kind,
         "step": step,
         "path": str(dest),
         "files": len(detail["files"]) + 1,
@@ -131,12 +138,14 @@ def download(run_id: str, step: int | None, dest: Path | None, fmt: Format) -> N
     else:
         print(dest)
         message(
-            f"downloaded step {step} of run {run_id}: {len(detail['files'])} files, {total:,} bytes, "
+            f"downloaded the {what} of step {step} of run {run_id}: {len(detail['files'])} files, {total:,} bytes, "
             f"every SHA-256 checked against the manifest"
         )
 
 
-def _fetch(api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance: Callable[[int], None]) -> None:
+def _fetch(
+    api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance: Callable[[int], None], kind: str
+) -> None:
     digest, size = hashlib.sha256(), 0
     with (into / f["name"]).open("wb") as handle:
 
@@ -147,7 +156,7 @@ def _fetch(api: ApiClient, run_id: str, step: int, f: dict, into: Path, advance:
             size += len(chunk)
             advance(len(chunk))
 
-        api.download(run_id, step, f["name"], write)
+        api.download(run_id, step, f["name"], write, kind=kind)
     if size != f["bytes"] or digest.hexdigest() != f["sha256"]:
         raise CliError(
             f"{f['name']} of step {step} arrived as {size:,} bytes with SHA-256 {digest.hexdigest()}, "

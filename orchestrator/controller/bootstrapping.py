@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from orchestrator.controller import commands as cmd
 from orchestrator.controller import storage
 from orchestrator.controller.context import RunContext, load_run, lost_reason, node_handles, usable_instances
-from orchestrator.controller.ingest import keep_log
+from orchestrator.controller.ingest import keep_log, prepare_progress, record_prepare_progress
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Outcome
 from orchestrator.controller.policy import Cancelled, NodeLost, run_task
 from orchestrator.db.models import Instance, LogChunk, Run, RunEvent
@@ -127,6 +127,9 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         ready = False
         prep = cmd.proc_state(h.node, h.workdir, "prepare")
         if prep.running:
+            tail = cmd.log_tail(h.node, h.workdir, PREPARE_LOG)
+            with ctx.write() as (session, _run):
+                record_prepare_progress(session, run.id, row.name, tail)
             continue
         if prep.ended and prep.exit_code is not None:
             # ended with a code and no manifest: a failure (even exit 0 means nothing usable).
@@ -142,9 +145,7 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
         cache = storage.data_cache_uri(ctx, run, spec)
-        pid = h.node.start_detached(
-            cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache), workdir=h.workdir, name="prepare"
-        )
+        pid = cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache).start(h.node)
         ctx.event(
             "info",
             f"preparing data from {spec.data.source} on {row.name} (pid {pid}"
@@ -154,15 +155,23 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         return WAITING
     checkpoints = storage.checkpoints_uri(ctx, run, spec)
     outcomes: dict[str, str | None] = {}
+    tails: dict[str, str] = {}
     for row, h in handles:
         h.node.write_json(cmd.path(h.workdir, cmd.CONFIG), cmd.trainer_config(spec, h.workdir, checkpoints))
-        outcomes[row.name] = cmd.cache_outcome(cmd.log_tail(h.node, h.workdir, PREPARE_LOG))
-    head_log = cmd.log_tail(handles[0][1].node, handles[0][1].workdir, PREPARE_LOG)
-    return Done("every node is ready", partial(_record_data, head_log=head_log, outcomes=outcomes))
+        tails[row.name] = cmd.log_tail(h.node, h.workdir, PREPARE_LOG)
+        outcomes[row.name] = cmd.cache_outcome(tails[row.name])
+    head_log = tails[handles[0][0].name]
+    return Done("every node is ready", partial(_record_data, head_log=head_log, outcomes=outcomes, tails=tails))
 
 
-def _record_data(session: Session, fresh: Run, *, head_log: str, outcomes: dict[str, str | None]) -> None:
-    """Node 0's preparation log, and where each node's data came from (once per node)."""
+def _record_data(
+    session: Session, fresh: Run, *, head_log: str, outcomes: dict[str, str | None], tails: dict[str, str]
+) -> None:
+    """Node 0's preparation log, where each node's data came from, and what its preparation did
+    (`prepare: done: ...`; once per node)."""
+    for name, tail in tails.items():
+        if (prepare_progress(tail) or "").startswith("done:"):
+            record_prepare_progress(session, fresh.id, name, tail)
     told = set(session.scalars(select(RunEvent.message).where(RunEvent.run_id == fresh.id, RunEvent.kind == "data")))
     if head_log.strip() and not told:
         session.add(LogChunk(run_id=fresh.id, rank=0, text=head_log))

@@ -1,11 +1,15 @@
 """The `evaluating` stage: measure the model on node 0 and store what was measured.
 
     evaluating: trainer.evaluate (test loss, bits per byte) on the checkpoint training committed
-                last, or on OpenAI's weights for a pretrained run (`hf:NAME`)
-                -> an `evaluations` row (kind test_loss) tied to that checkpoint, run.test_loss
+                last, or on OpenAI's weights for a pretrained run (`hf:NAME`), in fp32 over
+                windows of the training seq_len (the model's context for `hf:NAME`)
+                -> an `evaluations` row (kind test_loss, with its window and precision) tied to
+                   that checkpoint, run.test_loss
                 then, with evaluation.ift.enabled: trainer.ift on the same model (fine-tune on
-                the instruction data, greedy answers to its test items)
-                -> an `evaluations` row (kind ift) holding the summary and the answers
+                the instruction data, greedy answers to its test items), its fine-tuned weights
+                uploaded by the node to the run's folder in the store (RUN/ift/ift_step_N)
+                -> an `evaluations` row (kind ift) holding the summary and the answers, and a
+                   `checkpoints` row of kind ift for the fine-tuned weights
                 -> succeeded
                 a run stopped for its budget (run.stop_requested_at, budget.py) is not fine-tuned
                 (that takes more time): its test loss is measured on the checkpoint it stopped at
@@ -26,9 +30,10 @@ from sqlalchemy.orm import Session
 
 from orchestrator.controller import commands as cmd
 from orchestrator.controller.context import NodeHandle, RunContext, load_run, node_handles
-from orchestrator.controller.ingest import read_new, record_output
+from orchestrator.controller.ingest import checkpoint_uri, read_new, record_output
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Outcome, Record
-from orchestrator.db.models import Checkpoint, Evaluation, LogChunk, Run
+from orchestrator.controller.storage import nodes_use_store, run_folder
+from orchestrator.db.models import Checkpoint, CheckpointKind, CheckpointState, Evaluation, LogChunk, Run, utcnow
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
 from orchestrator.runs import add_event
@@ -47,7 +52,7 @@ def _checkpoint_id(session: Session, run_id: str, step: object) -> int | None:
         return None
     return session.scalar(
         select(Checkpoint.id)
-        .where(Checkpoint.run_id == run_id, Checkpoint.step == step)
+        .where(Checkpoint.run_id == run_id, Checkpoint.kind == CheckpointKind.train.value, Checkpoint.step == step)
         .order_by(Checkpoint.id.desc())
         .limit(1)
     )
@@ -89,7 +94,7 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
             if not what:
                 return Failed("training finished but left no committed checkpoint to evaluate")
             command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=what, test_sha256=sha)
-        pid = h.node.start_detached(command, workdir=h.workdir, name="eval")
+        pid = command.start(h.node)
         with ctx.write() as (session, _fresh):
             add_event(session, run.id, "info", f"evaluating {what} on the test split (pid {pid})")
         return WAITING
@@ -112,6 +117,8 @@ def _record_test_loss(result: dict, eval_log: str) -> Record:
                 bits_per_byte=result.get("bits_per_byte"),
                 tokens=result.get("tokens"),
                 test_set_sha256=result.get("test_set_sha256"),
+                window=result["window"] if isinstance(result.get("window"), int) else None,
+                precision=result["precision"] if isinstance(result.get("precision"), str) else None,
                 details=result,
             )
         )
@@ -134,8 +141,10 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
         model = str(evaluated.get("checkpoint") or "")
         if not model:
             return Failed(f"{cmd.EVAL_OUT} on the node names no checkpoint to fine-tune")
-        command = cmd.ift_command(h.python, h.env, spec, h.workdir, model=model)
-        pid = h.node.start_detached(command, workdir=h.workdir, name="ift")
+        # the fine-tuned weights go to the run's folder in the store, beside its checkpoints/
+        store = ift_store_uri(ctx, run, spec)
+        command = cmd.ift_command(h.python, h.env, spec, h.workdir, model=model, store=store)
+        pid = command.start(h.node)
         with ctx.write() as (session, _fresh):
             add_event(
                 session,
@@ -170,6 +179,7 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
                 },
             )
         )
+        _record_fine_tuned(session, fresh.id, summary.get("fine_tuned"), h, ctx.provider.name)
         _keep_log(session, fresh.id, ift_log)
 
     best = summary.get("best_epoch")
@@ -180,6 +190,38 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
     return Done(
         f"test loss {run.test_loss:.4f}; instruction fine-tuned ({how}) and answered {len(answers)} test items", record
     )
+
+
+def ift_store_uri(ctx: RunContext, run: Run, spec: RunSpec) -> str | None:
+    """Where trainer.ift uploads the fine-tuned checkpoint: RUN_FOLDER/ift (None: the run's nodes
+    reach no store, and the checkpoint stays on the node, as training's do)."""
+    if not nodes_use_store(ctx, run, spec):
+        return None
+    return f"{run_folder(ctx, run, spec).rstrip('/')}/ift"
+
+
+def _record_fine_tuned(session: Session, run_id: str, fine_tuned: object, h: NodeHandle, provider: str) -> None:
+    """The `checkpoints` row (kind ift) of trainer.ift's fine-tuned weights, from ift.json's
+    `fine_tuned` record; one per (run, step), so a repeated pass updates it."""
+    if not isinstance(fine_tuned, dict) or not isinstance(fine_tuned.get("step"), int):
+        return  # a trainer from before the fine-tuned weights were kept
+    step, uri = fine_tuned["step"], fine_tuned.get("uri")
+    row = session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.run_id == run_id, Checkpoint.kind == CheckpointKind.ift.value, Checkpoint.step == step
+        )
+    )
+    if row is None:
+        row = Checkpoint(run_id=run_id, kind=CheckpointKind.ift.value, step=step, tokens=0, uri="")
+        session.add(row)
+    row.tokens = fine_tuned["tokens"] if isinstance(fine_tuned.get("tokens"), int) else 0
+    row.bytes = fine_tuned["bytes"] if isinstance(fine_tuned.get("bytes"), int) else None
+    row.node_path = str(fine_tuned.get("path") or "") or None
+    if isinstance(uri, str) and uri:
+        row.uri, row.state, row.stored_at = uri, CheckpointState.stored.value, utcnow()
+        add_event(session, run_id, "checkpoint", f"instruction-fine-tuned weights (step {step}) stored at {uri}")
+    else:
+        row.uri, row.state = checkpoint_uri(h, row.node_path or "", provider), CheckpointState.on_node.value
 
 
 def _answers(value: list | None) -> tuple[list[dict], str | None]:

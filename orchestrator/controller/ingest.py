@@ -7,7 +7,8 @@ skipped, and a worker that lost its lease stores nothing.
 
 The logs of the run's other processes are stored whole when they end (`keep_log`): a finished
 data preparation's (bootstrapping.py), and a failed one's, so `trainyard logs` and the dashboard
-show why a run failed before its trainer ever started.
+show why a run failed before its trainer ever started. While a preparation runs, its newest
+progress line becomes a `prepare` event (`record_prepare_progress`).
 """
 
 from __future__ import annotations
@@ -167,6 +168,40 @@ def keep_log(ctx: RunContext, rank: int, text: str, note: str) -> None:
             # PostgreSQL text cannot hold NUL; a log is for people, so drop them
             session.add(LogChunk(run_id=run.id, rank=rank, text=text.replace("\x00", "")))
         add_event(session, run.id, "data", note)
+
+
+#: how trainer.prepare's progress lines start (docs/trainer-contract.md); it prints one every 10 s
+PREPARE_PROGRESS = "prepare: "
+
+
+def prepare_progress(log_text: str) -> str | None:
+    """The newest progress line of a trainer.prepare log, without its prefix; None if it has none."""
+    for line in reversed(log_text.splitlines()):
+        if line.startswith(PREPARE_PROGRESS) and line[len(PREPARE_PROGRESS) :].strip():
+            return line[len(PREPARE_PROGRESS) :].strip()
+    return None
+
+
+def record_prepare_progress(session: Session, run_id: str, node_name: str, log_text: str) -> None:
+    """The newest progress line of a node's preparation as a `prepare` event, unless it is the
+    one recorded last for that node: the trainer's pace (a line every 10 s) sets the events' pace,
+    however often the controller looks."""
+    line = prepare_progress(log_text)
+    if line is None:
+        return
+    message = f"{node_name}: {line}"
+    last = session.scalar(
+        select(RunEvent.message)
+        .where(
+            RunEvent.run_id == run_id,
+            RunEvent.kind == "prepare",
+            RunEvent.message.startswith(f"{node_name}: ", autoescape=True),
+        )
+        .order_by(RunEvent.id.desc())
+        .limit(1)
+    )
+    if last != message:
+        add_event(session, run_id, "prepare", message)
 
 
 def apply_lines(session: Session, run: Run, lines: list[dict], uri_of: Callable[[str], str]) -> None:

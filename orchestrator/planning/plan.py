@@ -44,7 +44,7 @@ from provision.lambda_cloud.billing import billed_minutes
 from trainer.architecture import CHINCHILLA_TOKENS_PER_PARAM, GPTConfig, count_params, flops_per_token, make_config
 from trainer.errors import ConfigError
 from trainer.gpus import GPU, gpu_for
-from trainer.schema import AUTO_MICRO_BATCH_LIMIT
+from trainer.schema import AUTO_MICRO_BATCH_LIMIT, resolved_dtype
 
 #: OpenAI's GPT-2 weights (`model.pretrained`): the preset whose size they have; tied head, QKV bias
 _PRETRAINED = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium"}
@@ -205,9 +205,8 @@ def _row(
 
 
 def _precision(spec: RunSpec, *, gpu_machine: bool) -> str:
-    """What the trainer resolves `training.dtype` to: auto is bf16 on a GPU, fp32 on a CPU."""
-    dtype = spec.training.dtype
-    return dtype if dtype != "auto" else ("bf16" if gpu_machine else "fp32")
+    """What the trainer resolves `training.dtype` to (trainer.schema.resolved_dtype)."""
+    return resolved_dtype(spec.training.dtype, spec.training.recipe, gpu_machine)
 
 
 def _micro_batch(
@@ -261,7 +260,7 @@ def _throughput(
     peak = None
     if gpu is not None:
         # the trainer's MFU uses the bf16 peak for bf16 and half of it for fp32 (TF32)
-        per_gpu = gpu.peak_bf16_flops if precision == "bf16" else gpu.peak_bf16_flops / 2
+        per_gpu = gpu.peak_bf16_flops if precision in ("bf16", "fp16") else gpu.peak_bf16_flops / 2
         peak = per_gpu * row.procs_per_node * row.nodes
     if own:
         tps = [o.tokens_per_s for o in own]

@@ -141,7 +141,7 @@ def test_a_long_series_is_downsampled_in_the_database_keeping_its_extremes(clien
 def test_max_points_out_of_range_is_422(client, max_points):
     run = submit(client)
     r = client.get(f"/api/v1/runs/{run['id']}/series", params={"max_points": max_points})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "max_points"]
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "max_points"
 
 
 def test_the_series_cursor_returns_only_new_points(client, factory):
@@ -192,8 +192,8 @@ def test_runs_carry_their_provider_and_instance_type_and_filter_by_them(client):
     r = client.get("/api/v1/runs", params={"provider": ["lambda", "ssh"]}).json()
     assert r["total"] == 2
     bad = client.get("/api/v1/runs", params={"provider": "aws"})
-    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "provider", 0]
-    assert "'local', 'lambda' or 'ssh'" in bad.json()["detail"][0]["msg"]
+    assert bad.status_code == 422 and bad.json()["detail"]["field"] == "provider.0"
+    assert "'local', 'lambda' or 'ssh'" in bad.json()["detail"]["message"]
 
 
 def test_q_matches_a_name_substring_in_any_case_or_an_id_prefix(client):
@@ -270,10 +270,10 @@ def test_every_sort_key_the_api_names_sorts_both_ways(client):
 def test_bad_sort_or_order_is_422_naming_the_allowed_values(client, params, field, allowed):
     r = client.get("/api/v1/runs", params=params)
     assert r.status_code == 422
-    detail = r.json()["detail"][0]
-    assert detail["loc"][:2] == ["query", field]
+    error = r.json()["detail"]["errors"][0]
+    assert error["field"].split(".")[0] == field
     for value in allowed:
-        assert f"'{value}'" in detail["msg"]
+        assert f"'{value}'" in error["message"]
 
 
 def test_a_succeeded_run_is_exactly_done(client, factory):
@@ -420,14 +420,22 @@ def test_evaluations_without_their_details(client, factory):
         s.flush()
         s.add(
             Evaluation(
-                run_id=run["id"], checkpoint_id=ckpt.id, kind="test_loss", test_loss=3.5, bits_per_byte=1.1, tokens=4096
+                run_id=run["id"],
+                checkpoint_id=ckpt.id,
+                kind="test_loss",
+                test_loss=3.5,
+                bits_per_byte=1.1,
+                tokens=4096,
+                window=128,
+                precision="fp32",
             )
         )
         s.add(Evaluation(run_id=run["id"], kind="ift", details={"answers": [{"model_response": "long"}]}))
     got = client.get(f"/api/v1/runs/{run['id']}/evaluations").json()
-    assert [(e["kind"], e["test_loss"], e["bits_per_byte"], e["tokens"], e["checkpoint_step"]) for e in got] == [
-        ("test_loss", 3.5, 1.1, 4096, 120),
-        ("ift", None, None, None, None),
+    fields = ("kind", "test_loss", "bits_per_byte", "tokens", "window", "precision", "checkpoint_step")
+    assert [tuple(e[f] for f in fields) for e in got] == [
+        ("test_loss", 3.5, 1.1, 4096, 128, "fp32", 120),  # what the test loss was measured with
+        ("ift", None, None, None, None, None, None),
     ]
     assert "details" not in got[0] and got[0]["created_at"]
     assert client.get("/api/v1/runs/nope/evaluations").status_code == 404

@@ -214,11 +214,12 @@ def test_the_commands_carry_the_store():
     prep = cmd.prepare_command(
         "py", {"AWS_SHARED_CREDENTIALS_FILE": "/w/.aws-credentials"}, spec, "/w", cache_uri="s3://b/p/data/d-1"
     )
-    assert "--cache s3://b/p/data/d-1" in prep and "AWS_SHARED_CREDENTIALS_FILE=/w/.aws-credentials" in prep
+    assert "--cache s3://b/p/data/d-1" in prep.command  # the credentials file's path: in its env file
+    assert prep.env["AWS_SHARED_CREDENTIALS_FILE"] == "/w/.aws-credentials" and ".aws" not in prep.command
     train = cmd.train_command(
         "py", {}, spec, "/w", node_rank=0, master_addr=None, resume_from="s3://b/p/runs/r/checkpoints/step_000008"
     )
-    assert train.endswith("--resume-from s3://b/p/runs/r/checkpoints/step_000008")
+    assert train.command.endswith("--resume-from s3://b/p/runs/r/checkpoints/step_000008")
     assert (
         cmd.trainer_config(spec, "/w", "s3://b/p/runs/r/checkpoints")["artifact_uri"] == "s3://b/p/runs/r/checkpoints"
     )

@@ -20,6 +20,7 @@ from orchestrator.db.models import Evaluation, Instance, LogChunk, RunEvent
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
 from orchestrator_helpers import drive, ended, submit_run
+from trainer.artifacts.manifest import verify
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def _ift_starts(factory, run_id: str) -> int:
     return sum(e.message.startswith("instruction fine-tuning hf:gpt2") for e in _events(factory, run_id))
 
 
-def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, factory, tmp_path):
+def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, factory, tmp_path, client):
     run_id = _baseline(factory, tmp_path)
     run = _drive(worker(), factory, run_id, ended)
     assert run.status == "succeeded", run.status_reason
@@ -96,6 +97,8 @@ def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, f
         test, ift = s.scalars(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id)).all()
         assert (test.kind, test.test_loss, test.checkpoint_id) == ("test_loss", run.test_loss, None)
         assert test.details["checkpoint"] == "hf:gpt2" and test.test_set_sha256
+        # OpenAI's weights were never trained at a shorter length: scored over their context, in fp32
+        assert (test.window, test.precision) == (128, "fp32")
         assert ift.kind == "ift" and ift.test_loss is None
         answers = ift.details["answers"]
         # the book's split of 40 items: 34 train, 4 test (the first 3 answered), 2 validation
@@ -114,6 +117,18 @@ def test_a_pretrained_run_is_evaluated_then_its_ift_answers_are_stored(worker, f
         (inst,) = s.scalars(select(Instance).where(Instance.run_id == run_id)).all()
         assert inst.terminated_at is not None
     assert (tmp_path / "data" / "runs" / f"ty-{run_id}-0" / "ift" / "answers.json").is_file()
+
+    # the fine-tuned weights are a checkpoint of their own in the store, listed and downloadable
+    stored = tmp_path / "data" / "artifacts" / "runs" / run_id / "ift" / "ift_step_000000"
+    manifest = verify(stored)  # committed: every file's SHA-256 checked against its manifest
+    (listed,) = client.get(f"/api/v1/runs/{run_id}/checkpoints").json()["items"]
+    assert (listed["kind"], listed["step"], listed["state"], listed["best"]) == ("ift", 0, "stored", False)
+    assert listed["uri"] == stored.as_uri() and listed["bytes"] == sum(f["bytes"] for f in manifest["files"].values())
+    detail = client.get(f"/api/v1/runs/{run_id}/checkpoints/0", params={"kind": "ift"}).json()
+    assert detail["manifest"] == manifest
+    weights = client.get(f"/api/v1/runs/{run_id}/checkpoints/0/files/model.safetensors", params={"kind": "ift"})
+    assert weights.content == (stored / "model.safetensors").read_bytes()
+    assert client.get(f"/api/v1/runs/{run_id}/checkpoints/0").status_code == 404  # no training checkpoint
 
 
 def test_a_failing_ift_fails_the_run_with_one_line_and_keeps_the_test_loss(worker, factory, tmp_path):

@@ -82,9 +82,18 @@ def run_module():
 
 @pytest.fixture()
 def make_checkpoint():
-    """make_checkpoint(run_dir, step, ...) saves a committed checkpoint of a 1-layer tiny model."""
+    """make_checkpoint(run_dir, step, ...) saves a committed checkpoint of a 1-layer tiny model;
+    `train`: the train config recorded with it (e.g. {"seq_len": 128})."""
 
-    def make(run_dir: Path, step: int = 1, keep_last: int = 3, seed: int = 0, vocab_size: int = 50257) -> Path:
+    def make(
+        run_dir: Path,
+        step: int = 1,
+        keep_last: int = 3,
+        seed: int = 0,
+        vocab_size: int = 50257,
+        block_size: int = 64,
+        train: dict | None = None,
+    ) -> Path:
         import torch
 
         from trainer import checkpoint
@@ -92,7 +101,7 @@ def make_checkpoint():
 
         torch.manual_seed(seed)
         # a small vocab_size makes a checkpoint of a few hundred KB, for tests that never run text
-        cfg = make_config("gpt2-tiny", {"n_layer": 1, "block_size": 64, "vocab_size": vocab_size})
+        cfg = make_config("gpt2-tiny", {"n_layer": 1, "block_size": block_size, "vocab_size": vocab_size})
         model = GPT(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randint(0, vocab_size, (2, 64))
@@ -109,7 +118,15 @@ def make_checkpoint():
             "val_loss": None,
         }
         path, _ = checkpoint.save(
-            run_dir, step, step * 128, model, opt, state, {"model": vars(cfg), "train": {}}, {"step": step}, keep_last
+            run_dir,
+            step,
+            step * 128,
+            model,
+            opt,
+            state,
+            {"model": vars(cfg), "train": train or {}},
+            {"step": step},
+            keep_last,
         )
         make.last_model = model
         return path

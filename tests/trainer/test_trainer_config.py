@@ -48,6 +48,8 @@ def test_the_config_the_service_writes_is_one_the_trainer_reads():
     assert cfg.to_dict() == {**TrainConfigFile().model_dump(), **written}
     assert cfg.model_overrides == {"n_layer": 2} and cfg.eval_every == 0 and cfg.lr == 4e-4
     assert "artifact_uri" not in spec.trainer_config(data_dir="/w/data")  # none: no key, as before
+    book = parse_spec_yaml("name: x\ntraining: {recipe: book}\n").trainer_config(data_dir="/w/data")
+    assert (config.from_dict(book).recipe, config.from_dict(book).grad_clip) == ("book", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -63,9 +65,11 @@ def test_the_config_the_service_writes_is_one_the_trainer_reads():
         ("{micro_batch: lots}", "micro_batch", 'Input should be a positive integer or "auto"'),
         ("{max_tokens: 2.5}", "max_tokens", 'Input should be a positive integer or "chinchilla"'),
         ("{seed: true}", "seed", "Input should be a number, not true"),
-        ("{lr: .nan}", "lr", "Input should be a finite number"),
         ("{schedule: linear}", "schedule", "Input should be 'cosine' or 'constant'"),
         ("{warmup_steps: -1}", "warmup_steps", "Input should be greater than or equal to 0"),
+        # recipe book fixes its settings: another value is refused, never silently replaced
+        ("{recipe: book, lr: 1e-3}", "lr", "recipe book trains with 0.0004, not 0.001"),
+        ("{recipe: book, grad_clip: 1}", "grad_clip", "recipe book trains with 0.0, not 1.0"),
     ],
 )
 def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_trainer(tmp_path, training, field, message):
@@ -78,6 +82,17 @@ def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_trainer(tmp_path, 
     assert str(info.value) == str(err).removeprefix("training.")
 
 
+def test_nan_is_refused_at_the_door_and_by_the_trainer(tmp_path):
+    # the service's door refuses NaN anywhere in a spec before the schema sees it; the trainer,
+    # reading its own config file, still refuses it by the schema
+    err = spec_error("{lr: .nan}")
+    assert err.field == "training.lr" and "nan is not a number a spec may hold" in str(err)
+    path = tmp_path / "c.yaml"
+    path.write_text("data_dir: /d\nlr: .nan\n")
+    with pytest.raises(ConfigError, match="lr: Input should be a finite number"):
+        config.load(path)
+
+
 @pytest.mark.parametrize(
     "training, values",
     [
@@ -87,6 +102,10 @@ def test_a_bad_value_gets_the_same_line_from_the_spec_and_the_trainer(tmp_path, 
         (
             "{max_tokens: chinchilla, min_lr: 0, compile: true}",
             {"max_tokens": "chinchilla", "min_lr": 0.0, "compile": True},
+        ),
+        (
+            "{recipe: book}",
+            {"recipe": "book", "lr": 4e-4, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1},
         ),
     ],
 )

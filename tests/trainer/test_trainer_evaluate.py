@@ -62,10 +62,17 @@ def test_cli_checks_the_expected_hash(tmp_path, corpus_dir, make_checkpoint, run
         "256",
         "--out",
         str(out),
+        "--seq-len",
+        "32",
+        "--precision",
+        "bf16",
+        "--loss-mean",
+        "book",
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert json.loads(out.read_text()) == result and result["tokens"] == 256
+    assert (result["window"], result["precision"], result["loss_mean"]) == (32, "bf16", "book")
 
 
 def test_cli_refuses_a_corrupt_checkpoint(tmp_path, corpus_dir, make_checkpoint, run_module):
@@ -102,3 +109,51 @@ def test_a_single_shard_can_be_the_test_set(tmp_path, corpus_dir, make_checkpoin
     by_dir = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=512)
     assert by_file["test_loss"] == by_dir["test_loss"]
     assert by_file["test_set_sha256"] == by_dir["test_set_sha256"]  # one shard: same bytes
+
+
+def test_a_checkpoint_is_scored_at_the_seq_len_it_was_trained_at(tmp_path, corpus_dir, make_checkpoint):
+    # gpt2-tiny's defaults: context 256, trained at seq_len 128; positions 128-255 never trained
+    make_checkpoint(tmp_path / "run", block_size=256, train={"seq_len": 128})
+    default = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=1024)
+    at_128 = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=1024, seq_len=128)
+    at_256 = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=1024, seq_len=256)
+    assert (default["window"], at_128["window"], at_256["window"]) == (128, 128, 256)
+    assert default["test_loss"] == at_128["test_loss"] and default["tokens"] == 1024
+    assert at_256["test_loss"] != at_128["test_loss"]  # the same tokens, scored with other contexts
+
+
+def test_precision_is_an_option_and_recorded(tmp_path, corpus_dir, make_checkpoint):
+    make_checkpoint(tmp_path / "run")
+    fp32 = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=512)
+    bf16 = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=512, precision="bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")  # fp32 unless asked
+    assert bf16["test_loss"] != fp32["test_loss"] and abs(bf16["test_loss"] - fp32["test_loss"]) < 0.05
+
+
+def _books_calc_loss_loader(model, token_ids: torch.Tensor, max_length: int, batch_size: int) -> float:
+    """The book's test loss, written from its definitions (ch. 2 GPTDatasetV1 with stride =
+    max_length, a DataLoader without shuffling that drops no batch, ch. 5 calc_loss_loader)."""
+    inputs, targets = [], []
+    for i in range(0, len(token_ids) - max_length, max_length):  # GPTDatasetV1
+        inputs.append(token_ids[i : i + max_length])
+        targets.append(token_ids[i + 1 : i + max_length + 1])
+    dataset = torch.utils.data.TensorDataset(torch.stack(inputs), torch.stack(targets))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    total = 0.0
+    with torch.no_grad():
+        for input_batch, target_batch in loader:  # calc_loss_batch, summed, then / len(loader)
+            logits = model(input_batch)[0]
+            total += F.cross_entropy(logits.flatten(0, 1), target_batch.flatten()).item()
+    return total / len(loader)
+
+
+def test_book_loss_mean_is_the_books_calc_loss_loader(tmp_path, corpus_dir, make_checkpoint):
+    make_checkpoint(tmp_path / "run")  # context 64
+    limit = 21 * 64 + 40  # 21 full windows (batches of 8, 8 and 5) and a short one of 40
+    book = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=limit, loss_mean="book")
+    token = evaluate(str(tmp_path / "run"), str(corpus_dir), max_tokens=limit)
+    ids = torch.from_numpy(SplitTokens(corpus_dir, "test").read(0, limit + 1))
+    want = _books_calc_loss_loader(make_checkpoint.last_model.eval(), ids, 64, 8)
+    assert (book["loss_mean"], book["tokens"], token["loss_mean"], token["tokens"]) == ("book", 21 * 64, "token", limit)
+    assert abs(book["test_loss"] - want) < 1e-5
+    assert book["test_loss"] != token["test_loss"]  # not the token-weighted mean

@@ -99,7 +99,8 @@ def test_hf_gpt2_is_downloaded_once_then_loaded_from_the_cache(hub, hf_model, tm
     lines: list[str] = []
     monkeypatch.setattr(hf_download, "fetch_repo", _with_log(hf_download.fetch_repo, lines.append))
     model, info = load_model("hf:gpt2", None)
-    assert info == {"checkpoint": "hf:gpt2", "step": None}
+    # no training window recorded: an hf: model is scored at its context
+    assert info == {"checkpoint": "hf:gpt2", "step": None, "train_seq_len": None}
     assert sorted(hub.requests) == sorted(
         [REPO_PATH + "config.json", REPO_PATH + "model.safetensors", "/cdn/model.safetensors"]
     )

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from trainer import checkpoint, ift, tokenizer
+from trainer.artifacts import open_store
+from trainer.evaluate import load_model
 from trainer.model import GPT, GPTConfig
 
 TINY = dict(vocab_size=50257, block_size=128, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
@@ -117,6 +119,20 @@ def test_finetune_restores_the_best_epoch_not_the_last(tmp_path, tiny_ckpt):
     # and they are not the last epoch's: epoch 2 moved the weights, so a "restore" that kept
     # references instead of copies would leave these equal
     assert any(not torch.equal(final[k], snaps[2][k]) for k in final)
+    # the best epoch's weights are kept: a committed checkpoint of their own, as training's
+    kept = tmp_path / "out" / "ift_step_000001"
+    assert on_disk["fine_tuned"] == {
+        "name": "ift_step_000001",
+        "path": str(kept.resolve()),
+        "step": 1,
+        "tokens": 0,
+        "bytes": sum(f["bytes"] for f in checkpoint.verify(kept)["files"].values()),
+        "uri": None,
+    }
+    model, info = load_model(str(kept), None)  # what trainer.evaluate scores
+    assert info["step"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snaps[1][k]), k
 
 
 def test_a_shallow_best_state_dict_would_restore_the_last_epoch(tmp_path, tiny_ckpt, monkeypatch):
@@ -173,6 +189,8 @@ def test_cli_writes_one_answer_per_test_item(tmp_path, tiny_ckpt, run_module):
         "1",
         "--device",
         "cpu",
+        "--store",
+        (tmp_path / "store").as_uri(),
     )
     assert r.returncode == 0, r.stderr
     answers = json.loads((out / "answers.json").read_text())
@@ -183,6 +201,10 @@ def test_cli_writes_one_answer_per_test_item(tmp_path, tiny_ckpt, run_module):
     summary = json.loads((out / "ift.json").read_text())
     assert summary["test_items"] == len(answers) == 4 and summary["best_epoch"] == 1
     assert json.loads(r.stdout.strip().splitlines()[-1])["best_epoch"] == 1
+    # the fine-tuned checkpoint went to the store, committed (manifest last) and byte for byte
+    stored = open_store((tmp_path / "store").as_uri())
+    assert summary["fine_tuned"]["uri"] == stored.uri_of("ift_step_000001")
+    assert stored.read_manifest("ift_step_000001") == checkpoint.verify(out / "ift_step_000001")
     assert not list(out.glob(".*.tmp"))  # atomic writes left no temporaries
 
 

@@ -89,3 +89,60 @@ def test_hf_folder_without_weights_is_refused(hf_folder):
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):
         from_hf_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tmp_path_factory):
+    """A 1-layer, 32-wide Hugging Face GPT-2 (vocabulary 512) whose config.json the tests vary."""
+    folder = tmp_path_factory.mktemp("hf-tiny")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=32, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        folder, safe_serialization=True
+    )
+    return folder
+
+
+def _variant(base, tmp_path, **changes):
+    """A copy of `base` with config.json fields changed."""
+    import json
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(base, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("layer_norm_epsilon", 1e-3),
+        ("scale_attn_weights", False),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("activation_function", "relu"),
+        ("activation_function", "gelu"),  # the exact GELU, not GPT-2's tanh approximation
+        ("n_inner", 64),
+        ("add_cross_attention", True),
+    ],
+)
+def test_hf_config_fields_that_change_the_math_are_refused_by_name(hf_tiny, tmp_path, field, value):
+    folder = _variant(hf_tiny, tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match=f"config {field}={value!r} is not supported: "):
+        from_hf_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"reorder_and_upcast_attn": True},  # the same scores, computed in fp32
+        {"activation_function": "gelu_pytorch_tanh", "n_inner": 128, "layer_norm_epsilon": 1e-5},
+    ],
+)
+def test_hf_config_fields_we_honour_give_transformers_logits(hf_tiny, tmp_path, changes):
+    folder = _variant(hf_tiny, tmp_path, **changes)
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    ours = from_hf_pretrained(folder).eval()
+    x = torch.randint(0, 512, (2, 32))
+    with torch.no_grad():
+        assert (ours(x)[0] - hf(x).logits).abs().max().item() < 1e-4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -117,3 +118,86 @@ def test_ranks_read_disjoint_windows_that_depend_only_on_the_offset(corpus_dir):
     # in (micro, rank) order the ranks' batches tile the step's tokens exactly once
     flat = torch.cat([pieces[k] for k in sorted(pieces)])
     assert flat.tolist() == tokens.read(offset, b.tokens_per_step).tolist()
+
+
+def _mixed_source(root):
+    """A folder of every local format, cut into many pieces of different sizes: JSONL ranges,
+    parquet row groups of 7 rows, text files; some documents long, some empty."""
+    root.mkdir()
+    docs = [f"Document {i}: " + "the yard sorts the trains, " * (1 + (i * 37) % 90) for i in range(240)]
+    (root / "a.txt").write_text(docs[0])
+    (root / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[1:120]) + '{"text": ""}\n')
+    pq.write_table(pa.table({"text": docs[120:239] + [""]}), root / "c.parquet", row_group_size=7)
+    (root / "d.md").write_text(docs[239])
+    return docs
+
+
+def _prepared_bytes(out) -> dict:
+    """Every shard's bytes and the manifest but its creation time."""
+    files = {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["created"]
+    return {**files, "manifest.json": json.dumps(manifest, sort_keys=True)}
+
+
+def test_one_or_two_workers_write_the_same_bytes(tmp_path, monkeypatch):
+    from trainer import sources
+
+    monkeypatch.setattr(sources, "PIECE_CHARS", 3000)  # many JSONL pieces, finishing out of order
+    docs = _mixed_source(tmp_path / "src")
+    options = dict(val_fraction=0.1, test_fraction=0.1, shard_tokens=5000)
+    one = prepare(str(tmp_path / "src"), tmp_path / "w1", workers=1, **options)
+    prepare(str(tmp_path / "src"), tmp_path / "w2", workers=2, **options)
+    assert one["documents"] == 241  # the JSONL's empty text is a document, parquet's is not
+    assert one["tokens"] == sum(len(tokenizer.encode(d)) + 1 for d in docs) + 1
+    assert len(one["splits"]["train"]["shards"]) > 3
+    assert _prepared_bytes(tmp_path / "w1") == _prepared_bytes(tmp_path / "w2")
+    # --max-tokens cuts the stream at the same document whatever the worker count
+    capped = dict(options, max_tokens=one["tokens"] // 2)
+    prepare(str(tmp_path / "src"), tmp_path / "c1", workers=1, **capped)
+    prepare(str(tmp_path / "src"), tmp_path / "c2", workers=2, **capped)
+    assert _prepared_bytes(tmp_path / "c1") == _prepared_bytes(tmp_path / "c2")
+    assert one["tokens"] // 2 - 2000 < json.loads((tmp_path / "c1" / "manifest.json").read_text())["tokens"]
+
+
+def test_a_bad_jsonl_line_is_named_by_a_worker_too(tmp_path, monkeypatch):
+    from trainer import sources
+
+    monkeypatch.setattr(sources, "PIECE_CHARS", 50)
+    lines = [json.dumps({"text": f"line {i} " * 5}) for i in range(40)]
+    lines[29] = '{"text": "cut off'
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:30 is not valid JSON"):
+        prepare(str(tmp_path / "bad.jsonl"), tmp_path / "out", workers=2)
+
+
+def test_progress_lines_show_documents_tokens_rate_and_eta(tmp_path, monkeypatch):
+    from trainer import sources
+
+    monkeypatch.setattr(sources, "PIECE_CHARS", 3000)
+    _mixed_source(tmp_path / "src")
+    lines: list[str] = []
+    m = prepare(str(tmp_path / "src"), tmp_path / "out", workers=2, log=lines.append, progress_every_s=0)
+    *running, done = lines
+    assert len(running) > 5 and all(line.startswith("prepare: ") for line in lines)
+    # the size of local files is known: a share of it and an ETA, rising to 100%
+    pattern = r"prepare: ([\d,]+) documents, ([\d,]+) tokens, [\d.]+[KMG]? tokens/s, (\d+)%(, ETA \S+)?$"
+    seen = [re.match(pattern, line) for line in running]
+    assert all(seen), running
+    documents = [int(s.group(1).replace(",", "")) for s in seen]
+    percents = [int(s.group(3)) for s in seen]
+    assert documents == sorted(documents) and percents == sorted(percents) and percents[-1] == 100
+    assert seen[0].group(4) is not None  # an ETA while not done
+    assert re.fullmatch(
+        rf"prepare: done: 241 documents, {m['tokens']:,} tokens in [\d.]+ s, [\d.]+[KMG]? tokens/s, 2 workers", done
+    )
+
+
+def test_cli_workers_and_progress_options(tmp_path, capsys):
+    from trainer.prepare import main
+
+    (tmp_path / "a.txt").write_text("A short text about a train yard. " * 50)
+    assert main(["--source", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "--workers", "2"]) == 0
+    assert re.search(r"^prepare: done: 1 documents, [\d,]+ tokens in .*, 2 workers$", capsys.readouterr().err, re.M)
+    with pytest.raises(DataError, match=r"^--workers must be at least 1, got 0$"):
+        main(["--source", "builtin:corpus", "--out", str(tmp_path / "x"), "--workers", "0"])

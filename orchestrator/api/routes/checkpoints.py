@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import artifacts
 from orchestrator.api.deps import DbDep
+from orchestrator.api.limits import StepParam
 from orchestrator.db.models import Checkpoint, CheckpointState, best_checkpoint
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.runs import get_run
@@ -30,7 +31,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: a checkpoint of the training, or the instruction-fine-tuned weights of the IFT stage
+CheckpointKindParam = Annotated[Literal["train", "ift"], Query(description="train (default) or ift")]
+
+
 class CheckpointOut(BaseModel):
+    #: train: committed by the training; ift: the weights the IFT stage fine-tuned from it
+    kind: str
     step: int
     tokens: int
     val_loss: float | None
@@ -63,14 +70,17 @@ class CheckpointDetail(CheckpointOut):
 
 def _rows(session: Session, run_id: str) -> list[Checkpoint]:
     get_run(session, run_id)  # 404 for an unknown run
-    return list(session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)))
+    return list(
+        session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step, Checkpoint.id))
+    )
 
 
 def _out(rows: list[Checkpoint]) -> list[CheckpointOut]:
-    best_row = best_checkpoint(r for r in rows if r.state != CheckpointState.deleted.value)
+    best_row = best_checkpoint(r for r in rows if r.state != CheckpointState.deleted.value and r.kind == "train")
     best = best_row.id if best_row is not None else None
     return [
         CheckpointOut(
+            kind=r.kind,
             step=r.step,
             tokens=r.tokens,
             val_loss=r.val_loss,
@@ -85,11 +95,12 @@ def _out(rows: list[Checkpoint]) -> list[CheckpointOut]:
     ]
 
 
-def _stored(session: Session, run_id: str, step: int) -> tuple[CheckpointOut, str]:
+def _stored(session: Session, run_id: str, step: int, kind: str = "train") -> tuple[CheckpointOut, str]:
     rows = _rows(session, run_id)
-    out = {o.step: o for o in _out(rows)}.get(step)
+    out = {(o.kind, o.step): o for o in _out(rows)}.get((kind, step))
     if out is None:
-        raise NotFoundError(f"run {run_id} has no checkpoint of step {step}")
+        what = "checkpoint" if kind == "train" else f"{kind} checkpoint"
+        raise NotFoundError(f"run {run_id} has no {what} of step {step}")
     if out.state != CheckpointState.stored.value:
         raise ConflictError(
             f"the checkpoint of step {step} of run {run_id} is {out.state.replace('_', ' ')}, not in the artifact store"
@@ -120,9 +131,11 @@ def _read_manifest(store: ArtifactStore, name: str, uri: str) -> dict:
 
 
 @router.get("/{step}", response_model=CheckpointDetail, responses=_ERRORS)
-async def get_checkpoint(run_id: str, step: int, db: DbDep, request: Request) -> CheckpointDetail:
+async def get_checkpoint(
+    run_id: str, step: StepParam, db: DbDep, request: Request, kind: CheckpointKindParam = "train"
+) -> CheckpointDetail:
     """One stored checkpoint with its manifest (every file's size and SHA-256)."""
-    out, uri = await db.read(_stored, run_id, step)
+    out, uri = await db.read(_stored, run_id, step, kind)
     store, name = _store_and_name(request, uri)
     manifest = await anyio.to_thread.run_sync(_read_manifest, store, name, uri)
     files = [
@@ -133,9 +146,11 @@ async def get_checkpoint(run_id: str, step: int, db: DbDep, request: Request) ->
 
 
 @router.get("/{step}/files/{name}", responses=_ERRORS, response_class=StreamingResponse)
-async def get_checkpoint_file(run_id: str, step: int, name: str, db: DbDep, request: Request) -> StreamingResponse:
+async def get_checkpoint_file(
+    run_id: str, step: StepParam, name: str, db: DbDep, request: Request, kind: CheckpointKindParam = "train"
+) -> StreamingResponse:
     """One file of a stored checkpoint (manifest.json included), as bytes."""
-    _out_row, uri = await db.read(_stored, run_id, step)
+    _out_row, uri = await db.read(_stored, run_id, step, kind)
     store, ckpt = _store_and_name(request, uri)
     manifest = await anyio.to_thread.run_sync(_read_manifest, store, ckpt, uri)
     if name != "manifest.json" and name not in manifest.get("files", {}):

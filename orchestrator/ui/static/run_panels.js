@@ -121,16 +121,18 @@ export class Events {
 export async function pollCheckpoints(runId) {
   const page = await api(`/runs/${enc(runId)}/checkpoints`);
   const tbody = document.querySelector("#checkpoints tbody");
-  const rows = new Map([...tbody.children].map((tr) => [tr.dataset.step, tr]));
+  // a row per (kind, step): the IFT stage's fine-tuned weights share their base's step
+  const rows = new Map([...tbody.children].map((tr) => [`${tr.dataset.kind}:${tr.dataset.step}`, tr]));
   // newest first: the one a user usually wants is on top
   const items = [...page.items].sort((a, b) => b.step - a.step);
   let before = tbody.firstChild;
   for (const c of items) {
-    let tr = rows.get(String(c.step));
+    let tr = rows.get(`${c.kind}:${c.step}`);
     if (!tr) {
-      const cmd = `trainyard checkpoints download ${runId} ${c.step}`;
-      tr = el("tr", { "data-step": c.step },
-        el("td", { class: "num" }, int(c.step)),
+      const ift = c.kind === "ift";
+      const cmd = `trainyard checkpoints download ${runId} ${c.step}${ift ? " --ift" : ""}`;
+      tr = el("tr", { "data-step": c.step, "data-kind": c.kind },
+        el("td", { class: "num" }, int(c.step) + (ift ? " (IFT)" : "")),
         el("td", { class: "num" }, int(c.tokens)),
         el("td", { class: "num", "data-col": "val_loss" }),
         el("td", { class: "num" }, bytes(c.bytes)),
