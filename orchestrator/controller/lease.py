@@ -12,6 +12,11 @@ LeaseLostError is raised before anything is written. Because that first statemen
 takes the row lock (PostgreSQL) or the database write lock (SQLite) for the rest of the
 transaction, so no takeover can slip in between the check and the commit.
 
+A lease ends sooner than its expiry in two cases (identity.py): its holder's heartbeat stopped
+(the `workers` row expired: the process is dead or paused), and its holder's name was taken over
+by a restarted process of the same worker, which frees the old process's leases at once. Either
+way the next claim gets a new token, so the old process's leftover tasks are fenced out.
+
 Times are the workers' clocks (UTC). Workers on one host, or hosts kept in sync by NTP, are fine;
 the lease length (seconds) is far above any sane clock skew.
 """
@@ -27,7 +32,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import TERMINAL_VALUES, Instance, Run, utcnow
+from orchestrator.db.models import TERMINAL_VALUES, Instance, Run, WorkerRecord, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.errors import LeaseLostError
 
@@ -39,8 +44,11 @@ def _expiry(lease_s: float, now: datetime | None = None) -> datetime:
 
 
 def is_free(model: Any, now: datetime) -> ColumnElement[bool]:
-    """The lease on a row of `model` (a Run or a ComparisonRequest) is free or expired."""
-    return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
+    """The lease on a row of `model` (a Run or a ComparisonRequest) is free, expired, or held by
+    a worker whose heartbeat has expired (identity.py). A holder with no `workers` row (a name
+    not registered, as in tests that lease by hand) keeps its lease until it expires."""
+    holder_dead = exists().where(WorkerRecord.id == model.lease_owner, WorkerRecord.expires_at < now)
+    return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now, holder_dead)
 
 
 def compare_and_set(
@@ -110,12 +118,15 @@ def claimable_run_ids(factory: sessionmaker[Session], limit: int) -> list[str]:
 
     A run needs a worker while it is not terminal, and also after it ended while any of its
     instances is not confirmed terminated (a crash between "failed" and "terminate" must still
-    converge to nothing left running).
+    converge to nothing left running), unless its cleanup gave up on it (cleanup.py).
     """
     if limit <= 0:
         return []
     now = utcnow()
-    live_instance = exists().where(Instance.run_id == Run.id, Instance.terminated_at.is_(None))
+    # an instance whose cleanup gave up is the orphan sweep's (controller/cleanup.py)
+    live_instance = exists().where(
+        Instance.run_id == Run.id, Instance.terminated_at.is_(None), Instance.cleanup_gave_up_at.is_(None)
+    )
     with factory() as session:
         rows = session.execute(
             select(Run.id)
