@@ -139,9 +139,17 @@ def _label(run: Run, used: set[str], name: str | None = None) -> str:
 
 
 def create(
-    session: Session, run_ids: list[str], baselines: list[str], *, mode: str, k: int, seed: int
+    session: Session,
+    run_ids: list[str],
+    baselines: list[str],
+    *,
+    mode: str,
+    k: int,
+    seed: int,
+    submitted_by: str | None = None,
 ) -> ComparisonRequest:
-    """Check what is asked, find or submit the baseline runs, record the request (pending)."""
+    """Check what is asked, find or submit the baseline runs (as `submitted_by`), record the
+    request (pending)."""
     for field, values in (("runs", run_ids), ("baselines", baselines)):
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:
@@ -166,7 +174,7 @@ def create(
     for name in baselines:
         baseline = find_baseline(session, spec, name)
         if baseline is None:
-            baseline = create_run(session, baseline_spec(spec, name))
+            baseline = create_run(session, baseline_spec(spec, name), submitted_by)
             add_event(session, baseline.id, "info", f"submitted as the {name} baseline of comparison {comparison_id}")
         if baseline.id in run_ids:
             continue  # named as a run already: it is compared once

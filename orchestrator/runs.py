@@ -68,7 +68,8 @@ def add_event(
     return event
 
 
-def create_run(session: Session, spec: RunSpec) -> Run:
+def create_run(session: Session, spec: RunSpec, submitted_by: str | None = None) -> Run:
+    """`submitted_by`: the caller's name (orchestrator.auth.Caller), recorded with the run."""
     run = Run(
         id=new_run_id(),
         name=spec.name,
@@ -83,6 +84,7 @@ def create_run(session: Session, spec: RunSpec) -> Run:
         metrics_offset=0,
         log_offset=0,
         cancel_requested=False,
+        submitted_by=submitted_by,
     )
     session.add(run)
     session.flush()

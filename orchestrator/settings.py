@@ -8,7 +8,6 @@ never put in a response, an event or a log line.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -44,23 +43,57 @@ class Settings(BaseSettings):
     # the HTTP service
     host: str = "127.0.0.1"
     port: int = 8000
+    #: names the service answers to (the Host header) besides localhost, 127.0.0.1, ::1 and the
+    #: bind address; a request naming any other gets 400, so DNS rebinding cannot reach it.
+    #: A JSON list: TRAINYARD_TRUSTED_HOSTS='["trainyard.example.com"]' (docs/security.md)
+    trusted_hosts: list[str] = Field(default_factory=list)
+    #: how long a dashboard sign-in lasts
+    session_ttl_s: float = 12 * 3600.0
     #: where the CLI finds the service
     api_url: str = "http://127.0.0.1:8000"
     #: seconds the CLI waits for one HTTP answer
     api_timeout_s: float = 30.0
+    #: how long a submit's Idempotency-Key gives back the run it made (api/idempotency.py)
+    idempotency_key_ttl_s: float = Field(default=24 * 3600.0, gt=0)
 
     # the controller
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    #: this worker's name, the owner its leases record; one live process per name
+    #: (controller/identity.py). Unset: `<host>-<n>`, n the lowest no live process of this data dir
+    #: holds, so a restarted `serve` or `worker` comes back under its name and takes its runs back
+    #: at once. A process given a name a live one holds is refused.
+    worker_id: str | None = None
     lease_s: float = 30.0
+    #: how often a worker's heartbeat is written; 3 missed beats and it counts as dead: other
+    #: workers take its runs then, without waiting for their leases to run out
+    worker_heartbeat_s: float = 3.0
     reconcile_interval_s: float = 1.0
-    #: runs one worker drives at once
+    #: runs one worker drives at once (an ended run whose cleanup is left takes none)
     max_concurrent_runs: int = 4
+    #: an ended run's cleanup steps (terminating its instances, revoking its nodes' store
+    #: access; controller/cleanup.py): tries of each, then it gives up with an event (an instance
+    #: not confirmed terminated is left to the orphan sweep), with a backoff between tries that
+    #: doubles from the base up to the max
+    cleanup_attempts: int = Field(default=10, ge=1)
+    cleanup_retry_base_s: float = Field(default=1.0, ge=0)
+    cleanup_retry_max_s: float = Field(default=60.0, ge=0)
     #: the least time a budget stop is given (controller/budget.py): from asking the trainer to
     #: stop until its last checkpoint is stored, its test loss measured and its nodes terminated.
     #: The run's own measurements (upload, evaluation speed) raise it; they cannot lower it.
     budget_stop_lead_s: float = 60.0
     #: the Python that runs the trainer on the local provider (needs torch)
     trainer_python: str = Field(default_factory=lambda: sys.executable)
+
+    # limits at the door: a new spec over one is refused, the field named (orchestrator/door.py)
+    #: folders whose files a spec may name (data.source, evaluation.ift.data), symlinks and `..`
+    #: resolved; empty: the data dir. A file:// artifact_uri may be under these or the data dir.
+    #: A JSON list: TRAINYARD_DATA_ROOTS='["/data/corpora"]'
+    data_roots: list[Path] = Field(default_factory=list)
+    max_nodes: int = 64
+    max_procs_per_node: int = 16
+    #: any token count: training.max_tokens and eval_tokens, data.max_tokens, test_max_tokens
+    max_tokens: int = 10**12
+    #: any size: seq_len, micro_batch, grad_accum, the IFT batch_size, model.overrides dimensions
+    max_size: int = 1 << 20
 
     # providers and outside services (secrets)
     lambda_api_key: SecretStr | None = None

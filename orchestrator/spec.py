@@ -7,11 +7,18 @@ author thinks it did (the users' "run configs that no longer match what really r
 `training` is the trainer's own schema (trainer.schema.TrainingSettings, torch-free): the same
 keys, defaults and rules as the train config file (docs/trainer-contract.md), so a spec that
 passes here is a config the trainer accepts (up to the checks that need the model).
+
+A NEW spec (`validate_spec`, `parse_spec_yaml`, the API's `SubmittedSpec` body) also goes through
+the door (orchestrator.door): NaN, infinity, lone surrogates, schemes, unknown model overrides,
+local paths outside the data roots and sizes over the service's limits are refused with the
+schema's own mistakes, all at once. `RunSpec.model_validate` alone reads a stored spec back, and
+does not check it against today's limits again.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -19,13 +26,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from orchestrator.door import Limits, Problem, current_limits, field_problems, unsafe_values
 from orchestrator.errors import InvalidSpecError
 from trainer.schema import TrainConfigFile, TrainingSettings, field_path
 
@@ -45,7 +54,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -65,7 +74,8 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    #: `builtin:corpus` (shipped, no download), a path on the node, or `hf:NAME[:CONFIG]`
+    #: `builtin:corpus` (shipped, no download), an absolute path on the node under the data roots
+    #: (orchestrator.door), or `hf:NAME[:CONFIG]`
     source: str = "builtin:corpus"
     format: Literal["auto", "text", "jsonl", "parquet", "hf"] = "auto"
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
@@ -125,7 +135,8 @@ class IftSpec(_Strict):
     then greedy answers to the test items; the service judges them (`trainyard compare`)."""
 
     enabled: bool = False
-    #: Alpaca-format JSON ([{instruction, input, output}]): a path on the node or an http(s) URL
+    #: Alpaca-format JSON ([{instruction, input, output}]): an absolute path on the node under the
+    #: data roots (orchestrator.door) or an http(s) URL
     data: Annotated[str, Field(min_length=1)] = BOOK_INSTRUCTION_DATA
     epochs_max: PositiveInt = 10
     #: epochs without a lower validation loss before stopping (the best epoch is restored)
@@ -204,6 +215,16 @@ class RunSpec(_Strict):
             raise ValueError("a pretrained run only evaluates: test_loss must be true")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _at_the_door(cls, data: Any, handler: ModelWrapValidatorHandler[RunSpec], info: ValidationInfo) -> RunSpec:
+        door = (info.context or {}).get(_DOOR)
+        if door is None and issubclass(cls, SubmittedSpec):
+            door = _Door(current_limits.get())
+        if door is None:  # a stored spec, read back
+            return handler(data)
+        return _through_the_door(cls.__name__, data, handler, door.limits)
+
     def trainer_config(self, *, data_dir: str, artifact_uri: str | None = None) -> dict[str, Any]:
         """The trainer's config file contents for this spec (docs/trainer-contract.md), checked
         against the trainer's own schema; `artifact_uri`: where rank 0 uploads checkpoints."""
@@ -223,6 +244,77 @@ def _pretrained(info: ValidationInfo) -> str | None:
     return model.pretrained if isinstance(model, ModelSpec) else None
 
 
+class SubmittedSpec(RunSpec):
+    """A spec as a request body (the API's RunCreate): checked at the door against the limits of
+    the service handling the request (orchestrator.door.current_limits)."""
+
+
+# -- the door -------------------------------------------------------------------------------------
+_DOOR = "trainyard_door"
+
+
+@dataclass(frozen=True)
+class _Door:
+    """Validation context: check the spec at the door, with these limits (None: the service's are
+    not known here, so only the checks that need none)."""
+
+    limits: Limits | None
+
+
+def _through_the_door(
+    title: str, data: Any, handler: ModelWrapValidatorHandler[RunSpec], limits: Limits | None
+) -> RunSpec:
+    """The schema's mistakes and the door's problems (orchestrator.door), all in one
+    ValidationError. The schema validates a safe copy, so no error echoes a value that JSON or a
+    database cannot hold; where the door named a field, its problem replaces the schema's."""
+    problems, safe = unsafe_values(data)
+    if safe is None and data is not None:  # too deep or too large to look at any further
+        raise _refusal(title, problems, [], None)
+    if isinstance(safe, dict):
+        problems += field_problems(safe, limits)
+    try:
+        spec = handler(safe)
+    except ValidationError as exc:
+        if not problems:
+            raise
+        raise _refusal(title, problems, exc.errors(), safe) from None
+    if problems:
+        raise _refusal(title, problems, [], safe)
+    return spec
+
+
+def _refusal(title: str, problems: list[Problem], errors: list[ErrorDetails], safe: Any) -> ValidationError:
+    # one mistake per field: the door's first where it named one, else the schema's
+    told: set[str] = set()
+    firsts = []
+    for p in problems:
+        path = field_path(p.loc)
+        if not path or path not in told:
+            told.add(path)
+            firsts.append(p)
+    details = [
+        InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=e["input"])
+        for e in errors
+        if not field_path(e["loc"]) or field_path(e["loc"]) not in told
+    ]
+    details += [
+        InitErrorDetails(type=PydanticCustomError(p.kind, p.message), loc=p.loc, input=_value_at(safe, p.loc))
+        for p in firsts
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+def _value_at(data: Any, loc: tuple[str | int, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
 class SpecMistakes(InvalidSpecError):
     """A spec with one or more mistakes, every one that pydantic found (it checks every field
     before it gives up). `problems`: one line each, `field.path: message`, in the spec's order;
@@ -230,6 +322,7 @@ class SpecMistakes(InvalidSpecError):
 
     def __init__(self, problems: list[tuple[str | None, str]]):
         self.problems = [f"{field}: {msg}" if field else msg for field, msg in problems]
+        self.field_errors = list(problems)  # (field, message) each: the API's error body lists them
         message = (
             self.problems[0]
             if len(self.problems) == 1
@@ -243,21 +336,69 @@ def spec_problems(exc: ValidationError) -> list[tuple[str | None, str]]:
     return [(field_path(e["loc"]) or None, str(e["msg"])) for e in exc.errors()]
 
 
-def parse_spec_yaml(text: str) -> RunSpec:
-    """Parse and validate a YAML run spec, raising InvalidSpecError that names the field."""
+def parse_spec_yaml(text: str, limits: Limits | None = None) -> RunSpec:
+    """Parse a new YAML run spec and check it at the door (`validate_spec`), raising
+    InvalidSpecError that names the field; a key given twice is one of the mistakes."""
     try:
-        data = yaml.safe_load(text)
+        data, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InvalidSpecError(f"the spec is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError:
+        raise InvalidSpecError("the spec nests too deeply to be read") from None
     if not isinstance(data, dict):
         raise InvalidSpecError("the spec must be a YAML mapping (name: ..., model: ..., ...)")
-    return validate_spec(data)
+    return _validate(data, limits, duplicates)
 
 
-def validate_spec(data: dict[str, Any]) -> RunSpec:
+def validate_spec(data: dict[str, Any], limits: Limits | None = None) -> RunSpec:
+    """Validate a new spec and check it at the door against `limits` (default: those of the
+    service handling this request, if any), raising SpecMistakes with every mistake."""
+    return _validate(data, limits, [])
+
+
+def _validate(data: dict[str, Any], limits: Limits | None, earlier: list[tuple[str | None, str]]) -> RunSpec:
+    door = _Door(limits if limits is not None else current_limits.get())
     try:
-        return RunSpec.model_validate(data)
+        spec = RunSpec.model_validate(data, context={_DOOR: door})
     except ValidationError as exc:
-        raise SpecMistakes(spec_problems(exc)) from exc
+        raise SpecMistakes(earlier + spec_problems(exc)) from exc
+    if earlier:
+        raise SpecMistakes(earlier)
+    return spec
+
+
+def _load_yaml(text: str) -> tuple[Any, list[tuple[str | None, str]]]:
+    """The document, and a mistake for every key a mapping holds twice (PyYAML keeps the last
+    one silently: a spec whose author meant the first would run with the other)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node, (), set()) if node is not None else []
+        return (loader.construct_document(node) if node is not None else None), duplicates
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, loc: tuple[str | int, ...], seen: set[int]) -> list[tuple[str | None, str]]:
+    if id(node) in seen:  # an alias: its mapping was looked at where it is defined
+        return []
+    seen.add(id(node))
+    found: list[tuple[str | None, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge" else None
+            if name is not None and name in first:
+                lines = f"lines {first[name]} and {key.start_mark.line + 1}"
+                if first[name] == key.start_mark.line + 1:
+                    lines = f"line {first[name]}"
+                found.append((field_path((*loc, name)) or None, f"the key {name!r} is given twice ({lines})"))
+            elif name is not None:
+                first[name] = key.start_mark.line + 1
+            found += _duplicate_keys(value, (*loc, name) if name is not None else loc, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*loc, i), seen)
+    return found

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from provision.errors import NodeError
+from provision.launch import kept_env_prefix
 from provision.node import Node
 from provision.wheels import WheelCache
 
@@ -322,11 +323,9 @@ class _Bootstrap:
         else:
             assert spec.data_source is not None  # else _data_token gave no token and nothing is staged
             args = " ".join(q(a) for a in spec.prepare_args)
-            env = (
-                "env " + " ".join(q(f"{k}={v}") for k, v in spec.prepare_env.items()) + " " if spec.prepare_env else ""
-            )
+            env = kept_env_prefix(spec.prepare_env)  # as a run's processes: launch.py
             out = self.sh(
-                f"mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
+                f"umask 077 && mkdir -p {q(posixpath.dirname(data_dir))} && cd {q(posixpath.dirname(data_dir))} && "
                 f"{env}{q(vpy)} -m trainer.prepare --source {q(spec.data_source)} --out {q(data_dir)} "
                 f"{args} > {q(data_dir)}.prepare.json && printf '%s\\n' {q(token)} > {q(data_dir)}.staged"
                 f" && cat {q(data_dir)}.prepare.json",

@@ -6,6 +6,12 @@ as its directory exists and costs nothing. Its node is a `LocalNode`, which runs
 commands through invoke's local `Context` as the SSH providers run through Fabric, so the
 controller drives a local run exactly as it drives a rented one.
 
+What its processes see: this machine is the service's, so its shell environment holds the
+service's secrets (TRAINYARD_* keys, cloud and OpenAI keys, HF_TOKEN, AWS_*). A local node runs
+every command, the detached wrappers included, with only provision.launch.KEPT_ENV of it, and each
+run process gets its own settings through its env file (launch.py); the run directories are the
+service user's alone (mode 700).
+
 Terminating stops whatever the controller started in the directory (prepare, trainer, evaluation)
 and marks the instance terminated; the directory itself is kept, because it holds the run's logs,
 metrics and checkpoints.
@@ -22,10 +28,14 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
+
+from invoke import Context
 
 import provision
 from provision.base import Instance, InstanceStatus, InstanceType, Provider
 from provision.errors import InvalidRequest, NodeError, NotFound
+from provision.launch import kept_env
 from provision.node import RUN_PROCESSES, LocalNode
 
 INSTANCE_TYPE = "local"
@@ -70,6 +80,8 @@ class LocalProvider(Provider):
             raise InvalidRequest(f"the local provider has one instance type, {INSTANCE_TYPE!r}, not {instance_type!r}")
         path = self.runs_dir / name
         path.mkdir(parents=True, exist_ok=True)
+        for private in (self.runs_dir, path):  # the runs' data, logs and credentials files are ours alone
+            private.chmod(0o700)
         now = time.time()
         self._write_record(
             path, {"name": name, "status": InstanceStatus.active.value, "launched_at": now, "active_at": now}
@@ -113,7 +125,7 @@ class LocalProvider(Provider):
     def node(self, instance: Instance) -> LocalNode:
         if instance.status.is_gone:
             raise NotFound(f"local instance {instance.name} is terminated")
-        return LocalNode(label=f"local:{instance.name}")
+        return _LocalRunNode(label=f"local:{instance.name}")
 
     # -- the record file --------------------------------------------------------------------------
     def _instance(self, path: Path) -> Instance | None:
@@ -151,3 +163,18 @@ class LocalProvider(Provider):
         tmp = path / (_RECORD + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path / _RECORD)
+
+
+class _KeptEnvContext(Context):
+    """invoke's local runner, giving every command only the kept part of the service's environment."""
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        return super().run(command, env=kept_env(os.environ), replace_env=True, **kwargs)
+
+
+class _LocalRunNode(LocalNode):
+    """This machine as a run's node: no command it runs inherits the service's environment."""
+
+    def __init__(self, *, label: str):
+        super().__init__(label=label)
+        self.runner = _KeptEnvContext()

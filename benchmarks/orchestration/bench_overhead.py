@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, wh
 from orchestrator.controller import commands
 from orchestrator.db.migrations import upgrade
 from orchestrator.spec import validate_spec
+from provision.launch import Launch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,41 +92,36 @@ def direct(work: Path, env: dict[str, str]) -> tuple[float, float]:
     wd = str(run_dir)
     extra_env = {"PYTHONPATH": str(REPO)}
     t0 = time.time()
-    subprocess.run(
-        commands.prepare_command(sys.executable, extra_env, spec, wd),
-        shell=True,
-        check=True,
-        cwd=wd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    _run(commands.prepare_command(sys.executable, extra_env, spec, wd), env)
     (run_dir / commands.CONFIG).write_text(json.dumps(commands.trainer_config(spec, wd)))
-    subprocess.run(
-        commands.train_command(sys.executable, extra_env, spec, wd, node_rank=0, master_addr=None),
-        shell=True,
-        check=True,
-        cwd=wd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    _run(commands.train_command(sys.executable, extra_env, spec, wd, node_rank=0, master_addr=None), env)
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     manifest = json.loads((run_dir / commands.DATA / "manifest.json").read_text())
-    subprocess.run(
+    _run(
         commands.eval_command(
             sys.executable, extra_env, spec, wd, checkpoint=latest, test_sha256=manifest["splits"]["test"]["sha256"]
         ),
-        shell=True,
-        check=True,
-        cwd=wd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env,
     )
     t_end = time.time()
     first, done = _metric_times(run_dir)
     return first - t0, t_end - done
+
+
+def _run(launch: Launch, env: dict[str, str]) -> None:
+    """What Launch.start does, in the foreground: its env file (mode 600), then its line."""
+    fd = os.open(launch.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(launch.env_file_text)
+    subprocess.run(
+        launch.command,
+        shell=True,
+        check=True,
+        cwd=launch.workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _free_port() -> int:

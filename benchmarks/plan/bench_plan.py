@@ -154,7 +154,7 @@ def bench_database(kind: str, url: str, spec, key: str, types: list[InstanceType
             provider = get_provider("lambda", settings)
             out.append({"db": None, "what": "provider round trip", **timed(provider.instance_types, repeat)})
             provider.close()
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:  # a trusted Host
 
             def post() -> None:
                 r = client.post("/api/v1/plans", json={"spec": SPEC})

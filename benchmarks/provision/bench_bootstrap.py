@@ -88,13 +88,9 @@ def one_run(provider: LambdaProvider, wheels: WheelCache, name: str, data: str, 
     boot_at = time.time()
     config = f"{result.run_dir}/config.json"
     node.write_json(config, {**CONFIG, "data_dir": result.data_dir})
-    node.start_detached(
-        torchrun_command(
-            python=result.python, nproc_per_node=1, config=config, run_dir=result.run_dir, env={"OMP_NUM_THREADS": "1"}
-        ),
-        workdir=result.run_dir,
-        name="train",
-    )
+    torchrun_command(
+        python=result.python, nproc_per_node=1, config=config, run_dir=result.run_dir, env={"OMP_NUM_THREADS": "1"}
+    ).start(node)
     started_at = time.time()
     first_step = None
     deadline = time.monotonic() + 180

@@ -1,4 +1,5 @@
-"""The web app: `create_app(settings)` wires the API, the error edge and the dashboard.
+"""The web app: `create_app(settings)` wires the API, the error edge, the dashboard, and the door
+in front of them all: trusted hosts (api/hosts.py), then who may call (api/auth.py).
 
 Settings are passed in (never read from globals here) so tests and `serve` choose the database.
 It does not check the schema: `trainyard serve` does that before it builds the app.
@@ -12,10 +13,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
+from orchestrator.api.auth import AuthMiddleware
 from orchestrator.api.database import open_database
 from orchestrator.api.errors import install_error_handlers
+from orchestrator.api.hosts import TrustedHostMiddleware, trusted_hosts
+from orchestrator.api.limits import LimitsMiddleware
+from orchestrator.api.openapi import install_openapi
 from orchestrator.api.routes import api_router
 from orchestrator.api.version import VERSION
+from orchestrator.auth import is_loopback_host
 from orchestrator.settings import Settings
 from orchestrator.ui.routes import router as ui_router
 
@@ -47,7 +53,12 @@ def create_app(settings: Settings) -> FastAPI:
         minimum_size=1024,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
     )
+    app.add_middleware(LimitsMiddleware, settings=settings)  # 413 over 1 MiB; specs checked at the door
+    # added last, so they run first: a foreign Host is refused before anyone is asked who they are
+    app.add_middleware(AuthMiddleware, database=database, require_tokens=not is_loopback_host(settings.host))
+    app.add_middleware(TrustedHostMiddleware, allowed=trusted_hosts(settings))
     install_error_handlers(app)
+    install_openapi(app)  # every error status of every operation documented, in the one error shape
     app.include_router(api_router)
     app.include_router(ui_router)
     return app

@@ -20,8 +20,10 @@ from orchestrator.db.models import Comparison, ComparisonRequest, Evaluation, Ru
 from orchestrator.errors import ConflictError, NotFoundError
 
 
-def create_comparison(session: Session, body: cs.ComparisonCreate) -> cs.ComparisonPublic:
-    request = comparisons.create(session, body.runs, list(body.baselines), mode=body.mode, k=body.k, seed=body.seed)
+def create_comparison(session: Session, body: cs.ComparisonCreate, submitted_by: str) -> cs.ComparisonPublic:
+    request = comparisons.create(
+        session, body.runs, list(body.baselines), mode=body.mode, k=body.k, seed=body.seed, submitted_by=submitted_by
+    )
     return comparison_detail(session, request.id)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from orchestrator.db.models import aware
-from orchestrator.spec import RunSpec
+from orchestrator.spec import SubmittedSpec
 
 
 def _utc(t: datetime) -> datetime:
@@ -21,7 +21,7 @@ def _utc(t: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
-class RunCreate(RunSpec):
+class RunCreate(SubmittedSpec):
     """A run spec as JSON: the same strict schema as the YAML the CLI reads."""
 
 
@@ -89,6 +89,8 @@ class RunPublic(BaseModel):
     progress: RunProgress
     cost: RunCost
     budget: RunBudget
+    #: the name of the API token it was submitted with ("local": the service had no tokens)
+    submitted_by: str | None
 
 
 class RunDetail(RunPublic):

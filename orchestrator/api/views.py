@@ -53,6 +53,7 @@ _PUBLIC_COLUMNS = tuple(
         "spec",
         "stop_requested_at",
         "stop_reason",
+        "submitted_by",
     )
 )
 _GET_RUN = select(
@@ -130,6 +131,7 @@ def _public_fields(run: RunOrRow, cost_cents: float, now: datetime, rates: Rates
         progress=progress_of(run),
         cost=schemas.RunCost(cents=round(cost_cents, 4), usd=round(cost_cents / 100.0, 6)),
         budget=budget_of(run, cost_cents, rates, now),
+        submitted_by=run.submitted_by,
     )
 
 
@@ -140,8 +142,8 @@ def run_detail(session: Session, run: Run, now: datetime | None = None) -> schem
     return schemas.RunDetail(spec=run.spec, **_public_fields(run, cost, now, rates))
 
 
-def submit_run(session: Session, spec: RunSpec) -> schemas.RunDetail:
-    return run_detail(session, runs.create_run(session, spec))
+def submit_run(session: Session, spec: RunSpec, submitted_by: str) -> schemas.RunDetail:
+    return run_detail(session, runs.create_run(session, spec, submitted_by))
 
 
 def cancel_run(session: Session, run_id: str) -> schemas.RunDetail:

@@ -33,11 +33,12 @@ CONFLICT = 4  # HTTP 409: e.g. cancelling a run that already ended
 UNREACHABLE = 5  # no service at the API URL, or it did not answer in time
 SCHEMA_OUT_OF_DATE = 6  # `serve`/`worker` on a database that needs `trainyard db upgrade`
 RUN_NOT_SUCCEEDED = 7  # `--watch`/quickstart: the run ended failed, cancelled or stopped
+NOT_AUTHORIZED = 8  # HTTP 401/403: no token, a revoked one, or one whose scope is too low
 INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 failure, 2 bad input, 3 not found, 4 conflict, 5 service unreachable, "
-    "6 database schema out of date, 7 watched run did not succeed."
+    "6 database schema out of date, 7 watched run did not succeed, 8 not authorized (token)."
 )
 
 _BY_ERROR: list[tuple[type[TrainyardError], int]] = [

@@ -10,6 +10,7 @@ from orchestrator.cli import (
     checkpoints,
     compare,
     context,
+    export,
     instances,
     plan,
     providers,
@@ -17,6 +18,7 @@ from orchestrator.cli import (
     runs,
     server,
     throughput,
+    token,
 )
 from orchestrator.cli.errors import EXIT_CODES_HELP
 
@@ -43,12 +45,14 @@ def _global_options(
 app.command()(server.serve)
 app.command()(server.worker)
 app.add_typer(server.db_app, name="db")
+app.add_typer(token.token_app, name="token")
 app.command()(runs.submit)
 app.command("runs")(runs.runs)
 app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
 app.command()(checkpoints.checkpoints)
+app.command()(export.export)
 app.command()(compare.compare)
 app.command()(compare.comparison)
 app.command()(quickstart.quickstart)

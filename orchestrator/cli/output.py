@@ -315,6 +315,7 @@ def run_table(r: dict) -> Table:
     rows = [
         ("run", r["id"]),
         ("name", r["name"]),
+        ("submitted by", r.get("submitted_by") or "-"),
         ("status", status),
         ("tokens", f"{integer(p['tokens_done'])} / {target} ({percent(p['fraction'])})"),
         ("step", str(p["step"])),

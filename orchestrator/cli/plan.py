@@ -12,7 +12,7 @@ import typer
 
 from orchestrator.cli import context
 from orchestrator.cli.client import ApiClient
-from orchestrator.cli.errors import BAD_INPUT, CliError, cli_errors
+from orchestrator.cli.errors import BAD_INPUT, NOT_AUTHORIZED, CliError, cli_errors
 from orchestrator.cli.output import (
     Col,
     Fitted,
@@ -178,6 +178,8 @@ def check_budget(api: ApiClient, spec: RunSpec, *, force: bool) -> None:
     try:
         page: dict[str, Any] = api.plan(spec.model_dump(mode="json"))
     except CliError as exc:
+        if exc.exit_code == NOT_AUTHORIZED:  # the submit would be refused for the same reason
+            raise
         message(f"no cost estimate ({exc}); submitting without one")
         return
     chosen = page["chosen"]

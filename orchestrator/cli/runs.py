@@ -40,6 +40,8 @@ def load_spec(path: Path) -> RunSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", BAD_INPUT) from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"cannot read {path}: not UTF-8 text (byte {exc.start})", BAD_INPUT) from exc
     return parse_spec_yaml(text)
 
 

@@ -1,6 +1,10 @@
 """The shell commands that drive the trainer on a node (docs/trainer-contract.md), and what the
 controller reads back from a `Node`. Nothing here imports torch: the trainer only ever runs as a subprocess.
 
+Each program is a provision.launch.Launch: `.start(node)` runs it with an allow-listed environment
+plus the run's own (`env`: PYTHONPATH, settings.node_env, the store's credentials file), which
+goes through a mode-600 file in the run directory, never on the command line.
+
 Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
 
     RUN_DIR/data/            python -m trainer.prepare output (manifest.json written last)
@@ -10,6 +14,7 @@ Layout of an instance's working directory (RUN_DIR, the trainer's `--run-dir`):
     RUN_DIR/STOP             written by the controller: the trainer stops gracefully (budget.py)
     RUN_DIR/eval.*           ... of trainer.evaluate; its result in eval.json
     RUN_DIR/ift.*            ... of trainer.ift; its answers.json and ift.json in ift/
+    RUN_DIR/.NAME.env        a process's environment until its shell has read it (launch.py)
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.controller.policy import one_line
 from orchestrator.spec import RunSpec
-from provision.launch import DEFAULT_MASTER_PORT, env_prefix, torchrun_command
+from provision.launch import DEFAULT_MASTER_PORT, Launch, torchrun_command
 from provision.node import Node, ProcessStatus
 
 DATA = "data"
@@ -48,8 +54,10 @@ def prepare_args(spec: RunSpec, cache_uri: str | None = None) -> list[str]:
     return args
 
 
-def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, cache_uri: str | None = None) -> str:
-    args = [
+def prepare_command(
+    python: str, env: Mapping[str, str], spec: RunSpec, workdir: str, cache_uri: str | None = None
+) -> Launch:
+    args = (
         python,
         "-m",
         "trainer.prepare",
@@ -58,13 +66,13 @@ def prepare_command(python: str, env: dict[str, str], spec: RunSpec, workdir: st
         "--out",
         path(workdir, DATA),
         *prepare_args(spec, cache_uri),
-    ]
-    return env_prefix(env) + shlex.join(args)
+    )
+    return Launch("prepare", workdir, args, env)
 
 
 def train_command(
     python: str,
-    env: dict[str, str],
+    env: Mapping[str, str],
     spec: RunSpec,
     workdir: str,
     *,
@@ -73,7 +81,7 @@ def train_command(
     master_port: int = DEFAULT_MASTER_PORT,
     socket_ifname: str | None = None,
     resume_from: str | None = None,
-) -> str:
+) -> Launch:
     """torchrun + trainer.train on one node of the run (provision.launch explains the rendezvous);
     `resume_from`: a stored checkpoint's URI that rank 0 pulls first when the run directory has no
     newer one (a replaced node has none)."""
@@ -94,8 +102,8 @@ def train_command(
 
 
 def eval_command(
-    python: str, env: dict[str, str], spec: RunSpec, workdir: str, *, checkpoint: str | None, test_sha256: str | None
-) -> str:
+    python: str, env: Mapping[str, str], spec: RunSpec, workdir: str, *, checkpoint: str | None, test_sha256: str | None
+) -> Launch:
     """trainer.evaluate on a committed checkpoint (its folder name), or with `checkpoint` None on
     OpenAI's weights for a pretrained run (`hf:NAME`, spec.model.pretrained)."""
     model = path(workdir, "checkpoints", checkpoint) if checkpoint is not None else f"hf:{spec.model.pretrained}"
@@ -113,12 +121,15 @@ def eval_command(
         args += ["--expect-sha256", test_sha256]
     if spec.evaluation.test_max_tokens is not None:
         args += ["--max-tokens", str(spec.evaluation.test_max_tokens)]
-    return env_prefix(env) + shlex.join(args)
+    return Launch("eval", workdir, tuple(args), env)
 
 
-def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *, model: str) -> str:
+def ift_command(
+    python: str, env: Mapping[str, str], spec: RunSpec, workdir: str, *, model: str, store: str | None = None
+) -> Launch:
     """trainer.ift on `model` (a checkpoint folder on the node, or `hf:NAME`) with the spec's
-    evaluation.ift settings, writing answers.json and ift.json into RUN_DIR/ift/."""
+    evaluation.ift settings, writing answers.json, ift.json and the fine-tuned checkpoint into
+    RUN_DIR/ift/; `store`: the folder it uploads that checkpoint to."""
     i = spec.evaluation.ift
     args = [
         python,
@@ -144,7 +155,9 @@ def ift_command(python: str, env: dict[str, str], spec: RunSpec, workdir: str, *
     ]
     if i.limit_test is not None:
         args += ["--limit-test", str(i.limit_test)]
-    return env_prefix(env) + shlex.join(args)
+    if store is not None:
+        args += ["--store", store]
+    return Launch("ift", workdir, tuple(args), env)
 
 
 def trainer_config(spec: RunSpec, workdir: str, checkpoints_uri: str | None = None) -> dict:

@@ -86,6 +86,8 @@ class RunContext:
     #: the nodes' access to the artifact store: the current grant and where it was written
     #: (kept across passes; see storage.py)
     store_access: dict = field(default_factory=dict)
+    #: an ended run's cleanup steps: tries and when each is due (kept across passes; cleanup.py)
+    cleanup: dict = field(default_factory=dict)
 
     @contextmanager
     def write(self) -> Iterator[tuple[Session, Run]]:

@@ -3,7 +3,8 @@
 `steps.end_run` (the one way a run ends) uses these: terminate first (idempotent), then write the
 terminal status, the confirmed terminations and their cost entries in one fenced transaction. A
 terminal run with any instance not confirmed terminated stays claimable, and `cleanup` keeps
-terminating until the provider confirms (so "failed, but a node still bills" converges). An
+terminating until the provider confirms (so "failed, but a node still bills" converges), or until
+controller/cleanup.py gives up and hands the instance to the orphan sweep. An
 instance launched but never recorded (a crash between the two) is found by its name and adopted
 before the run ends, so it is terminated and billed like the others. A provider that fails never
 keeps a run from ending: what could not be terminated stays for `cleanup`, and what could not be
@@ -188,20 +189,26 @@ def book_terminations(session: Session, run: Run, term: Termination) -> None:
         row.status = InstanceStatus.terminated.value
         if row.id in booked:
             continue
-        cost = instance_cost(row, now)
-        session.add(
-            CostEntry(
-                run_id=run.id,
-                instance_id=row.id,
-                kind="instance",
-                cents=cost.cents,
-                quantity=float(cost.minutes),
-                unit="minute",
-                description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) "
-                f"at {row.price_cents_per_hour} c/h",
-            )
+        minutes = book_instance(session, row, now)
+        add_event(session, run.id, "info", f"instance {row.name} terminated ({minutes} billed minutes)")
+
+
+def book_instance(session: Session, row: Instance, now: datetime) -> int:
+    """Add the cost entry of a terminated instance (orchestrator.costs.instance_cost: the same
+    rule as the live estimate); returns its billed minutes. The caller makes sure it is once."""
+    cost = instance_cost(row, now)
+    session.add(
+        CostEntry(
+            run_id=row.run_id,
+            instance_id=row.id,
+            kind="instance",
+            cents=cost.cents,
+            quantity=float(cost.minutes),
+            unit="minute",
+            description=f"{row.name} ({row.instance_type}, {row.region or 'no region'}) at {row.price_cents_per_hour} c/h",
         )
-        add_event(session, run.id, "info", f"instance {row.name} terminated ({cost.minutes} billed minutes)")
+    )
+    return cost.minutes
 
 
 def release_workers(ctx: RunContext, run: Run) -> Record:
@@ -212,11 +219,17 @@ def release_workers(ctx: RunContext, run: Run) -> Record:
     return lambda session, fresh: book_terminations(session, fresh, term)
 
 
-def cleanup(ctx: RunContext, run: Run) -> bool:
-    """For an ended run: terminate what is left. True when nothing is left running."""
-    if not live_instances(run):
-        return True
-    term = terminate_instances(ctx, run)
+def cleanup(ctx: RunContext, run: Run) -> str | None:
+    """For an ended run: terminate what is left (but what cleanup.py gave up: the orphan sweep's
+    now). None once nothing is left running, else why not yet (the provider's error, or what it
+    has not confirmed gone). Never raises a provider error."""
+    left = [row for row in live_instances(run) if row.cleanup_gave_up_at is None]
+    if not left:
+        return None
+    term = terminate_instances(ctx, run, left)
     with ctx.write() as (session, fresh):
         book_terminations(session, fresh, term)
-    return len(term.confirmed) == len(live_instances(run))
+    waiting = [row.name for row in left if row.id not in term.confirmed]
+    if not waiting:
+        return None
+    return term.error or f"{', '.join(waiting)} not confirmed terminated by provider {ctx.provider.name} yet"

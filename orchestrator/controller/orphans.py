@@ -16,7 +16,10 @@ is an orphan:
 
 An instance whose name does not start `ty-` is never touched, and neither is one a recorded
 instance row holds (that run's `cleanup` terminates it, retrying each pass: the sweep never races
-it). An instance a failed adoption missed when its run ended (lifecycle.adopt_unrecorded) is found
+it), until that run's cleanup gives up on it (controller/cleanup.py marks the row
+`cleanup_gave_up_at`): then the sweep asks the provider to terminate it on every sweep (no grace:
+its run already wanted it gone) and, once the provider shows it gone or lists it no more, marks
+the row terminated and books it on its run by the rule of every instance (not as an orphan). An instance a failed adoption missed when its run ended (lifecycle.adopt_unrecorded) is found
 here by its name, terminated and booked on its run: that is what makes ending a run safe while
 the provider fails.
 
@@ -38,8 +41,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.controller.context import log
+from orchestrator.controller.lifecycle import book_instance
 from orchestrator.controller.policy import one_line
-from orchestrator.db.models import CostEntry, OrphanInstance, aware, utcnow
+from orchestrator.db.models import CostEntry, Instance, OrphanInstance, aware, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.instances import Owner, orphan_cost, owners, renting_providers
 from orchestrator.runs import INSTANCE_PREFIX, add_event
@@ -116,12 +120,21 @@ class OrphanSweep:
                     OrphanInstance.provider == provider.name, OrphanInstance.cost_entry_id.is_(None)
                 )
             ).all()
+            given_up = session.scalars(
+                select(Instance).where(
+                    Instance.provider == provider.name,
+                    Instance.cleanup_gave_up_at.is_not(None),
+                    Instance.terminated_at.is_(None),
+                )
+            ).all()
         for inst in ours:
             self._one(provider, inst, owner_of[inst.id])
-        shown = {i.id for i in listed}
+        shown = {i.id: i for i in listed}
         for row in unbooked:
             if row.provider_instance_id not in shown:  # the provider has forgotten it: gone
                 self._book(row.id, now)
+        for instance in given_up:
+            self._given_up(provider, instance, shown.get(str(instance.provider_instance_id)))
 
     def _one(self, provider: Provider, inst: ProviderInstance, owner: Owner) -> None:
         row = owner.orphan
@@ -248,6 +261,45 @@ class OrphanSweep:
             cost.cents,
             f"run {row.run_id}" if row.run_id else "no run",
         )
+
+    def _given_up(self, provider: Provider, row: Instance, inst: ProviderInstance | None) -> None:
+        """An instance its run's cleanup gave up on: terminate it until the provider shows it
+        gone (or no longer lists it), then mark it terminated and book it on its run."""
+        if inst is not None and not inst.status.is_gone:
+            asked = utcnow()
+            try:
+                provider.terminate([str(row.provider_instance_id)])
+            except ProvisionError as exc:
+                log.warning("orphan sweep: terminating %s failed, retrying next sweep: %s", row.name, one_line(exc))
+                return
+            with transaction(self.factory) as session:
+                _guarded(
+                    session,
+                    update(Instance)
+                    .where(Instance.id == row.id, Instance.terminate_requested_at.is_(None))
+                    .values(terminate_requested_at=asked),
+                )
+            return
+        now = utcnow()
+        with transaction(self.factory) as session:
+            if not _guarded(
+                session,
+                update(Instance)
+                .where(Instance.id == row.id, Instance.terminated_at.is_(None))
+                .values(terminated_at=now, status="terminated"),
+            ):
+                return  # another worker closed it
+            closed = session.get(Instance, row.id, populate_existing=True)
+            assert closed is not None  # the UPDATE above just matched it
+            minutes = book_instance(session, closed, now)
+            add_event(
+                session,
+                closed.run_id,
+                "orphan",
+                f"instance {closed.name} terminated by the orphan sweep after the run's cleanup gave up on it "
+                f"({minutes} billed minutes)",
+            )
+        log.warning("orphan sweep: %s, given up by run %s's cleanup, is gone; booked it", row.name, row.run_id)
 
     def _release(self, row: OrphanInstance) -> None:
         """A run holds it after all (recorded since it was first seen): not an orphan, unless we

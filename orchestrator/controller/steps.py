@@ -31,12 +31,13 @@ from sqlalchemy.orm import Session
 
 from orchestrator.controller import budget, storage
 from orchestrator.controller.bootstrapping import bootstrapping
+from orchestrator.controller.cleanup import attempt, clean_up
 from orchestrator.controller.context import RunContext, load_run, log, spec_of
 from orchestrator.controller.evaluation import evaluating
 from orchestrator.controller.lifecycle import (
+    Termination,
     adopt_unrecorded,
     book_terminations,
-    cleanup,
     release_workers,
     terminate_instances,
 )
@@ -102,13 +103,21 @@ def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: R
     Order matters for crash safety: the terminate request (idempotent) goes first, then the
     terminal status, the confirmed terminations and their cost in one fenced transaction. A crash
     in between leaves the run in its old state and the next pass ends it again; an ended run with
-    an instance not confirmed terminated stays claimable, and `cleanup` keeps terminating."""
+    an instance not confirmed terminated stays claimable, and its cleanup (cleanup.py) goes on.
+    A step before the transaction that fails (a bad spec, the provider, a bug) is an event, never
+    a reason not to end the run (cleanup.attempt)."""
     if ctx.tasks is not None:
         ctx.tasks.cancel(run.id)  # first, so a placement in flight cannot launch after the terminate
-    run = adopt_unrecorded(ctx, run)
-    term = terminate_instances(ctx, run)
+    adopted, not_adopted = attempt(
+        run.id, "looking for instances launched but not recorded", adopt_unrecorded, ctx, run
+    )
+    run = adopted or run
+    term, not_terminated = attempt(run.id, "terminating the instances", terminate_instances, ctx, run)
+    term = term or Termination()  # it raised: nothing asked; the cleanup asks again
     # what the training measured, if it trained (reads and a provider call: before the transaction)
-    throughput = measure(ctx, run) if status in RECORDED_ENDINGS else None
+    throughput, not_measured = (
+        attempt(run.id, "recording the throughput", measure, ctx, run) if status in RECORDED_ENDINGS else (None, None)
+    )
     with ctx.write() as (session, fresh):
         if RunStatus(fresh.status).is_terminal:
             return  # already ended by an earlier pass of ours; cleanup handles the instances
@@ -120,6 +129,9 @@ def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: R
         book_terminations(session, fresh, term)
         if term.error:
             add_event(session, fresh.id, "info", f"terminating the instances failed, retrying: {term.error}")
+        for problem in (not_adopted, not_terminated, not_measured):
+            if problem:
+                add_event(session, fresh.id, "cleanup", problem)
 
 
 def reconcile(ctx: RunContext) -> bool:
@@ -130,10 +142,7 @@ def reconcile(ctx: RunContext) -> bool:
             return True
         status = RunStatus(run.status)
         if status.is_terminal:
-            done = cleanup(ctx, run)
-            if done and run.artifact_uri is not None:
-                storage.revoke_node_access(ctx, run, spec_of(run))
-            return done
+            return clean_up(ctx, run)
         spec = spec_of(run)
         if run.cancel_requested:
             end_run(ctx, run, S.cancelled, "cancelled by the user")

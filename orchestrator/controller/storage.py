@@ -26,7 +26,7 @@ from sqlalchemy import select
 from orchestrator import artifacts
 from orchestrator.controller.commands import path
 from orchestrator.controller.context import RunContext, log
-from orchestrator.db.models import Checkpoint, CheckpointState, Evaluation, Run, best_checkpoint
+from orchestrator.db.models import Checkpoint, CheckpointKind, CheckpointState, Evaluation, Run, best_checkpoint
 from orchestrator.grants import revoke_run_access
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
@@ -93,17 +93,15 @@ def node_env(ctx: RunContext, run: Run, spec: RunSpec, node: Node, workdir: str)
 
 def revoke_node_access(ctx: RunContext, run: Run, spec: RunSpec) -> None:
     """Once a run has ended, its nodes' credentials stop working at once (the run's IAM role is
-    deleted), instead of when they expire. Best effort: they expire anyway."""
+    deleted), instead of when they expire. Raises ArtifactError (a bad URI, IAM refusing or
+    away): controller/cleanup.py tries again, then gives up (the credentials expire anyway)."""
     folder = run_folder(ctx, run, spec)
     if not (nodes_use_store(ctx, run, spec) and artifacts.is_s3(folder)):
         return
     _scheme, bucket, prefix = split_uri(folder)
-    try:
-        revoke_run_access(
-            bucket, prefix, endpoint_url=ctx.settings.artifact_endpoint_url, region=ctx.settings.artifact_region
-        )
-    except ArtifactError as exc:
-        log.warning("run %s: revoking the nodes' store access failed (it expires anyway): %s", run.id, exc)
+    revoke_run_access(
+        bucket, prefix, endpoint_url=ctx.settings.artifact_endpoint_url, region=ctx.settings.artifact_region
+    )
     ctx.store_access.clear()
 
 
@@ -129,6 +127,7 @@ def latest_stored(ctx: RunContext, run: Run, spec: RunSpec) -> tuple[int, str] |
         row = session.scalar(
             select(Checkpoint)
             .where(Checkpoint.run_id == run.id, Checkpoint.state == CheckpointState.stored.value)
+            .where(Checkpoint.kind == CheckpointKind.train.value)  # never an IFT checkpoint
             .order_by(Checkpoint.step.desc())
             .limit(1)
         )
@@ -158,6 +157,7 @@ def apply_retention(ctx: RunContext, run: Run, spec: RunSpec) -> None:
             session.scalars(
                 select(Checkpoint).where(
                     Checkpoint.run_id == run.id,
+                    Checkpoint.kind == CheckpointKind.train.value,  # the IFT weights are kept
                     Checkpoint.state.in_([CheckpointState.stored.value, CheckpointState.deleting.value]),
                 )
             )

@@ -113,7 +113,7 @@ def start_trainer(
         socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
         resume_from=resume[1] if resume is not None else None,
     )
-    pid = h.node.start_detached(command, workdir=h.workdir, name="train")
+    pid = command.start(h.node)
     with ctx.write() as (session, _fresh):
         session.get_one(Instance, row.id).trainer_pid = pid
         add_event(

@@ -26,7 +26,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -48,6 +50,18 @@ def aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware column that reads back as aware UTC on every database: the one place a
+    time gets its zone (SQLite hands back naive datetimes, PostgreSQL its session's zone), so
+    every response and every comparison sees `+00:00`. Stored as DateTime(timezone=True)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else aware(value).astimezone(timezone.utc)
+
+
 # Deterministic constraint names, so migrations are the same on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -60,7 +74,7 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: DateTime(timezone=True)}
+    type_annotation_map = {datetime: UtcDateTime()}
 
 
 class RunStatus(str, enum.Enum):
@@ -135,6 +149,10 @@ class Run(Base):
     stop_requested_at: Mapped[datetime | None]
     stop_reason: Mapped[str | None] = mapped_column(Text)
 
+    #: who submitted it: the API token's name (orchestrator/auth.py), "local" when the service
+    #: was open on loopback (no tokens); null for runs from before tokens existed
+    submitted_by: Mapped[str | None] = mapped_column(String(100))
+
     #: the run's folder in the artifact store (checkpoints/ under it); null while pending, frozen
     #: when the controller starts provisioning, so a later change of settings moves no checkpoints
     artifact_uri: Mapped[str | None] = mapped_column(Text)
@@ -196,6 +214,9 @@ class Instance(Base):
     active_at: Mapped[datetime | None]
     terminate_requested_at: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]
+    #: when the ended run's cleanup gave up terminating it (controller/cleanup.py): left running
+    #: for the orphan sweep, which terminates and books it; the run no longer holds a worker
+    cleanup_gave_up_at: Mapped[datetime | None]
 
     run: Mapped[Run] = relationship(back_populates="instances")
 
@@ -275,16 +296,23 @@ class CheckpointState(str, enum.Enum):
     deleted = "deleted"  # removed from the store by retention (the row stays, as history)
 
 
+class CheckpointKind(str, enum.Enum):
+    train = "train"  # committed by the training
+    ift = "ift"  # the instruction-fine-tuned weights of the evaluating stage (trainer.ift)
+
+
 class Checkpoint(Base):
     """One committed checkpoint of a run: where the trainer wrote it and, once uploaded, where it
-    lives in the artifact store (`uri`). One row per (run, step): a step saved again after a
-    recovery updates its row."""
+    lives in the artifact store (`uri`). One row per (run, kind, step): a step saved again after a
+    recovery updates its row; the IFT checkpoint has the step of the checkpoint it was tuned from."""
 
     __tablename__ = "checkpoints"
-    __table_args__ = (Index("ix_checkpoints_run_id_step", "run_id", "step", unique=True),)
+    __table_args__ = (Index("ix_checkpoints_run_id_kind_step", "run_id", "kind", "step", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    #: CheckpointKind: only `train` checkpoints are resumed from, ranked (best) and pruned
+    kind: Mapped[str] = mapped_column(String(20), default=CheckpointKind.train.value, server_default="train")
     step: Mapped[int] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(BigInteger)
     val_loss: Mapped[float | None] = mapped_column(Float)
@@ -318,6 +346,10 @@ class Evaluation(Base):
     bits_per_byte: Mapped[float | None] = mapped_column(Float)
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     test_set_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: a test loss's window (tokens per scored sequence) and precision ("fp32" | "bf16"): two test
+    #: losses compare only when both agree; null for an IFT row, and for rows from before 0011
+    window: Mapped[int | None] = mapped_column(Integer)
+    precision: Mapped[str | None] = mapped_column(String(10))
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -493,3 +525,64 @@ class OrphanInstance(Base):
     terminated_at: Mapped[datetime | None]
     #: the cost entry that booked it, once booked
     cost_entry_id: Mapped[int | None] = mapped_column(ForeignKey("cost_entries.id", ondelete="SET NULL"))
+
+
+class ApiToken(Base):
+    """A credential for the API (orchestrator/auth.py): only the SHA-256 of its secret is kept.
+    Names are never reused, so a run's `submitted_by` always names one token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    scope: Mapped[str] = mapped_column(String(20))  # read | submit | admin
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class ApiSession(Base):
+    """A dashboard sign-in: the cookie holds a random id, this row its SHA-256. It acts as its
+    token, and ends with it (revoked) or at `expires_at`."""
+
+    __tablename__ = "api_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class IdempotencyKey(Base):
+    """A submit's `Idempotency-Key` (api/idempotency.py): the same key from the same submitter
+    with the same spec gives the same run; kept for `settings.idempotency_key_ttl_s`."""
+
+    __tablename__ = "idempotency_keys"
+
+    #: the caller's name (orchestrator.auth: a token's name, or "local"): keys are per submitter
+    submitter: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of the spec as the service read it: another body under the same key is a 409
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WorkerRecord(Base):
+    """A controller worker's name, held by one live process at a time (controller/identity.py).
+    The process beats here every settings.worker_heartbeat_s; once `expires_at` has passed it
+    counts as dead: the leases its name holds may be taken before their own expiry."""
+
+    __tablename__ = "workers"
+
+    #: the worker's name: what `runs.lease_owner` holds
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: the live process that holds the name, new on every start: a restart takes the name over
+    token: Mapped[str] = mapped_column(String(64))
+    #: where that process runs, "<host>:<data dir>"; a restart from the same home may take the
+    #: name at once (its file lock there proves the predecessor is gone)
+    home: Mapped[str] = mapped_column(String(500))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

@@ -1,4 +1,5 @@
-"""Serves the dashboard (docs/dashboard.md): four pages over the REST API, drawn by plotly.js.
+"""Serves the dashboard (docs/dashboard.md): four pages over the REST API, drawn by plotly.js,
+and the sign-in page (`/signin`, `static/signin.html`: docs/security.md).
 
 Pages: `/` (runs), `/runs/{id}` (a run), `/comparisons` and `/comparisons/{id}`, `/plan`. Each is
 the shared shell (`static/shell.html`: nav, the reconnecting banner, the scripts) around the
@@ -101,6 +102,7 @@ _PAGES = {
     "comparisons": _page("comparisons", "comparisons · trainyard"),
     "plan": _page("plan", "plan · trainyard"),
 }
+_SIGNIN = (STATIC / "signin.html").read_text(encoding="utf-8")
 _ASSETS: dict[str, tuple[str, str, str]] = {
     path.name: (body, _TYPES[path.suffix], _etag(body))
     for path in sorted(STATIC.iterdir())
@@ -140,6 +142,11 @@ def comparison_page(comparison_id: str) -> HTMLResponse:  # noqa: ARG001 - read 
 @router.get("/plan", response_class=HTMLResponse)
 def plan_page() -> HTMLResponse:
     return _html("plan")
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def signin_page() -> HTMLResponse:
+    return HTMLResponse(_SIGNIN, headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/favicon.ico")

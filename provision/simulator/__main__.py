@@ -2,7 +2,8 @@
 
 The API key comes from `$LAMBDA_SIM_API_KEY`; without it a random key is made and written to
 `<state-dir>/api-key` (mode 600), never printed. Stop with Ctrl-C or SIGTERM: every simulated
-machine (its sshd and all its processes) is destroyed on the way out.
+machine (its sshd and all its processes) is destroyed on the way out. `--help` states which of
+Lambda's operations are served and what is simulated rather than real (`API_SUBSET`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,37 @@ from provision.simulator.server import create_app
 from provision.simulator.sshd import find_sshd
 from provision.state_files import atomic_write_text
 
+API_SUBSET = """\
+Lambda's API under /api/v1, as its OpenAPI spec 1.10.0 (copied in provision/simulator/
+lambda-cloud-openapi.json) describes it. Served: all 24 operations of the compute API:
+  instances      list (?cluster_id=), get, rename, launch, terminate, restart
+  instance types list
+  SSH keys       list, add (OpenSSH, RFC4716, PKCS8 or PEM; or a generated pair), delete
+  file systems   list, create, delete
+  images, regions  list
+  firewall       GET/PUT /firewall-rules; rulesets: list, create, get, update, delete, and global
+Not served: audit events, tickets, fabric partitions (outside the compute API).
+Simulated, not real:
+  - an instance is an sshd on 127.0.0.x; it accepts Lambda's user `ubuntu` where the simulator
+    runs as root (an alias of root in the sshd's own mount namespace) and the simulator's user;
+  - a file system is a folder under the state dir, shown on instances at its mount point taken
+    under the instance's disk ($HOME): /lambda/nfs/NAME is ~/lambda/nfs/NAME;
+  - firewall rules and rulesets are kept and checked, not enforced (everything is on loopback);
+  - images are listed and checked at launch, but every instance runs this machine's OS;
+    user_data is checked (at most 1 MB), not run; there are no 1-Click Clusters, so
+    ?cluster_id= lists no instance.
+The simulator's own admin API is /sim/v1 (no auth, loopback only): faults, capacity, billing,
+the machines' addresses and the SSH users that work.
+"""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m provision.simulator", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m provision.simulator",
+        description=__doc__.split("\n")[0],
+        epilog=API_SUBSET,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1", help="address of the API (loopback)")
     p.add_argument("--port", type=int, default=8765, help="port of the API")
     p.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="instance types, prices, capacity (JSON/YAML)")

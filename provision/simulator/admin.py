@@ -3,7 +3,7 @@
 Not part of Lambda's API, and not authenticated (the simulator listens on loopback only). Tests
 and the `trainyard sim` command use it to make the cloud misbehave and to check the bill:
 
-    GET    /sim/v1/health      ok, the ssh user and port of the machines
+    GET    /sim/v1/health      ok, the ssh users (Lambda's `ubuntu` first where it works) and port
     GET    /sim/v1/billing     the ledger: billed minutes and cost per instance, and the total
     GET    /sim/v1/machines    where each instance's sshd, disk and host key are
     GET    /sim/v1/capacity    launchable count per (type, region)
@@ -20,7 +20,6 @@ and the `trainyard sim` command use it to make the cloud misbehave and to check 
 
 from __future__ import annotations
 
-import getpass
 import time
 from typing import Annotated, Literal, Union
 
@@ -28,7 +27,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from provision.simulator.api import cloud
-from provision.simulator.cloud import ApiError, Cloud
+from provision.simulator.cloud import Cloud
+from provision.simulator.errors import ApiError
+from provision.simulator.sshd import login_users
 
 router = APIRouter(prefix="/sim/v1")
 SimAdmin = Annotated[Cloud, Depends(cloud)]
@@ -78,7 +79,8 @@ class CapacitySetting(BaseModel):
 def health(sim: SimAdmin) -> dict:
     return {
         "status": "ok",
-        "ssh_user": getpass.getuser(),
+        "ssh_user": login_users()[0],
+        "ssh_users": login_users(),
         "ssh_port": sim.config.ssh_port,
         "boot_seconds": sim.config.boot_s,
         "minute_seconds": sim.config.minute_s,

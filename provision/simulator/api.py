@@ -1,9 +1,10 @@
-"""Lambda Cloud's public REST API, served from the simulated cloud.
+"""Lambda Cloud's public REST API, served from the simulated cloud: instances, types, SSH keys.
 
 Same paths, envelope (`{"data": ...}` / `{"error": {code, message, suggestion}}`), error codes and
-HTTP statuses as Lambda documents (shared/reference/lambda-cloud-api.md). Request bodies are
-validated here, not by FastAPI, because Lambda answers bad input with 400
-`global/invalid-parameters`, not FastAPI's 422.
+HTTP statuses as Lambda's OpenAPI spec (`lambda-cloud-openapi.json` beside this module; the tests
+check every response against it). Request bodies are validated here, not by FastAPI, because
+Lambda answers bad input with 400 `global/invalid-parameters`, not FastAPI's 422. The account's
+other resources (file systems, images, regions, firewall) are served by `api_account.py`.
 
 Order of checks on every `/api/v1` request: the API key (401), injected faults (forced 429 or
 5xx), the general rate limit (429), then for launches the launch rate limit (429), then the call.
@@ -19,9 +20,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from provision.simulator.cloud import ApiError, Cloud, invalid
+from provision.simulator.bodies import AddKeyRequest, InstanceIdsRequest, LaunchRequest, RenameRequest
+from provision.simulator.cloud import Cloud
+from provision.simulator.errors import ApiError, internal_error, invalid
 from provision.simulator.limits import retry_after_header
 
 INVALID_KEY = ApiError(
@@ -75,12 +78,7 @@ def guard(request: Request, sim: Annotated[Cloud, Depends(cloud)]) -> Cloud:
     if forced == 429:
         raise rate_limited(1)
     if forced is not None:
-        raise ApiError(
-            forced,
-            "global/internal-error",
-            "An internal server error occurred.",
-            "Try again later. Contact Support if the problem persists.",
-        )
+        raise internal_error(forced)
     wait = sim.requests.take()
     if wait is not None:
         raise rate_limited(wait)
@@ -92,44 +90,31 @@ Sim = Annotated[Cloud, Depends(guard)]
 
 async def body_json(request: Request) -> Any:
     try:
-        return json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise invalid(suggestion="The request body is not valid JSON.") from None
+        data = json.loads(await request.body() or b"null")
+        # a lone surrogate (a JSON escape such as \\ud800) is not text: it could not be answered
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5,000-digit number, deep nesting
+        raise invalid(suggestion="The request body is not valid JSON text.") from None
+    return data
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
+    """`data` as `model`, or 400 `global/invalid-parameters` naming each bad field (up to 5)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise invalid(suggestion=f"{field}: {first['msg']}") from None
-
-
-class LaunchRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    region_name: str
-    instance_type_name: str
-    ssh_key_names: list[str] = Field(min_length=1, max_length=1)
-    file_system_names: list[str] = Field(default_factory=list)
-    name: str | None = Field(default=None, max_length=64)
-    hostname: str | None = Field(default=None, pattern=r"^[a-z0-9][0-9a-z-]{0,62}$")
-    quantity: int | None = Field(default=None, ge=1)
-    tags: list[dict[str, str]] = Field(default_factory=list)
-
-
-class TerminateRequest(BaseModel):
-    instance_ids: list[str] = Field(min_length=1)
-
-
-class AddKeyRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    public_key: str | None = Field(default=None, min_length=1, max_length=4096)
+        problems = []
+        for error in exc.errors()[:5]:
+            field = ".".join(str(p) for p in error["loc"]) or "body"
+            problems.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
+        raise invalid(suggestion="; ".join(problems)) from None
 
 
 def ok(data: Any) -> dict[str, Any]:
     return {"data": data}
+
+
+JsonBody = Annotated[Any, Depends(body_json)]
 
 
 router = APIRouter(prefix="/api/v1")
@@ -141,8 +126,8 @@ def list_instance_types(sim: Sim) -> dict:
 
 
 @router.get("/instances")
-def list_instances(sim: Sim) -> dict:
-    return ok(sim.list())
+def list_instances(sim: Sim, cluster_id: str | None = None) -> dict:
+    return ok(sim.list(cluster_id))
 
 
 @router.get("/instances/{instance_id}")
@@ -150,36 +135,33 @@ def get_instance(instance_id: str, sim: Sim) -> dict:
     return ok(sim.get(instance_id))
 
 
+@router.post("/instances/{instance_id}")
+def update_instance(instance_id: str, sim: Sim, data: JsonBody) -> dict:
+    req: RenameRequest = parse(RenameRequest, data)
+    return ok(sim.rename(instance_id, req.name))
+
+
 @router.post("/instance-operations/launch")
-def launch(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
+def launch(sim: Sim, data: JsonBody) -> dict:
     wait = sim.launches.take()
     if wait is not None:
         raise rate_limited(wait)
     req: LaunchRequest = parse(LaunchRequest, data)
     if req.quantity is not None and req.quantity > 1:
         raise invalid("Requested too many instances.")
-    if req.file_system_names:
-        raise ApiError(
-            404,
-            "global/object-does-not-exist",
-            "Filesystem was not found.",
-            "The simulator has no filesystems; launch without file_system_names.",
-        )
-    instance_id = sim.launch(
-        region=req.region_name,
-        instance_type=req.instance_type_name,
-        ssh_key_names=req.ssh_key_names,
-        name=req.name,
-        hostname=req.hostname,
-        tags=req.tags,
-    )
-    return ok({"instance_ids": [instance_id]})
+    return ok({"instance_ids": [sim.launch(req)]})
 
 
 @router.post("/instance-operations/terminate")
-def terminate(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
-    req: TerminateRequest = parse(TerminateRequest, data)
+def terminate(sim: Sim, data: JsonBody) -> dict:
+    req: InstanceIdsRequest = parse(InstanceIdsRequest, data)
     return ok({"terminated_instances": sim.terminate(req.instance_ids)})
+
+
+@router.post("/instance-operations/restart")
+def restart(sim: Sim, data: JsonBody) -> dict:
+    req: InstanceIdsRequest = parse(InstanceIdsRequest, data)
+    return ok({"restarted_instances": sim.restart(req.instance_ids)})
 
 
 @router.get("/ssh-keys")
@@ -188,7 +170,7 @@ def list_ssh_keys(sim: Sim) -> dict:
 
 
 @router.post("/ssh-keys")
-def add_ssh_key(sim: Sim, data: Annotated[Any, Depends(body_json)]) -> dict:
+def add_ssh_key(sim: Sim, data: JsonBody) -> dict:
     req: AddKeyRequest = parse(AddKeyRequest, data)
     return ok(sim.add_key(req.name, req.public_key))
 

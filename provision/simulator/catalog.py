@@ -13,18 +13,26 @@ YAML file of the same shape:
         price_cents_per_hour: 129
         specs: {vcpus: 30, memory_gib: 200, storage_gib: 512, gpus: 1}
         capacity: {us-east-1: 2}   # how many more can be launched there; absent region = none
+    images:                        # optional: what GET /images lists and a launch may name
+      - {name: lambda-stack-24-04, description: Lambda Stack 24.04, family: lambda-stack-24-04,
+         version: 24.4.0, architecture: x86_64, created_time: "2025-05-01T00:00:00Z",
+         updated_time: "2025-10-01T00:00:00Z"}   # regions: [...] to offer it in some only
 
-Capacity is a count per type per region: a launch takes one, a termination gives it back.
+Capacity is a count per type per region: a launch takes one, a termination gives it back. Lambda
+lists an image once per region, each with its own id; the simulator's ids are stable UUIDs made
+from the image's name and the region.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_CATALOG = Path(__file__).with_name("default_catalog.json")
 
@@ -48,11 +56,30 @@ class CatalogType(BaseModel):
     capacity: dict[str, int] = Field(default_factory=dict)
 
 
+class CatalogImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    family: str
+    version: str
+    architecture: Literal["x86_64", "arm64"]
+    created_time: AwareDatetime
+    updated_time: AwareDatetime
+    regions: list[str] | None = None  # None: every region
+
+
+def iso_time(value: datetime) -> str:
+    """An aware datetime as Lambda writes it: ISO 8601 in UTC with a `Z`."""
+    return value.isoformat().replace("+00:00", "Z")
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="ignore")  # allows a "_source" note in the file
 
     regions: dict[str, str]
     instance_types: dict[str, CatalogType]
+    images: list[CatalogImage] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _known_regions(self) -> "Catalog":
@@ -62,6 +89,10 @@ class Catalog(BaseModel):
                     raise ValueError(f"{name}: capacity in unknown region {region!r}")
                 if count < 0:
                     raise ValueError(f"{name}: negative capacity in {region}")
+        for image in self.images:
+            unknown = set(image.regions or []) - set(self.regions)
+            if unknown:
+                raise ValueError(f"image {image.name}: unknown regions {sorted(unknown)}")
         return self
 
     def type_json(self, name: str) -> dict[str, Any]:
@@ -77,6 +108,24 @@ class Catalog(BaseModel):
 
     def region_json(self, code: str) -> dict[str, str]:
         return {"name": code, "description": self.regions.get(code, code)}
+
+    def images_json(self) -> list[dict[str, Any]]:
+        """Every `Image` object as Lambda lists them: one per image per region it is offered in."""
+        return [
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"lambda-sim-image:{image.name}@{region}")),
+                "created_time": iso_time(image.created_time),
+                "updated_time": iso_time(image.updated_time),
+                "name": image.name,
+                "description": image.description,
+                "family": image.family,
+                "version": image.version,
+                "architecture": image.architecture,
+                "region": self.region_json(region),
+            }
+            for image in self.images
+            for region in (image.regions or list(self.regions))
+        ]
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

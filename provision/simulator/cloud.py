@@ -8,7 +8,9 @@ Lifecycle, driven by a background ticker (every 50 ms):
     terminate -> terminating (sshd and every process of the instance killed at once)
               -- terminate_s --> terminated (still listed for linger_s, then forgotten: 404)
     kill fault -> unhealthy (billing goes on until terminated), or preempted / terminated
+    restart (active or unhealthy) -> every process killed, sshd back at the same address -> active
 Billing (`ledger.py`) runs from `active` until the terminate call (or a preempting kill).
+File systems and firewall rules live in `storage.py`; launches check them here.
 """
 
 from __future__ import annotations
@@ -27,47 +29,28 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from provision.simulator.bodies import LaunchRequest
 from provision.simulator.catalog import Catalog
+from provision.simulator.errors import (
+    ApiError,
+    conflict,
+    invalid,
+    launch_resource_missing,
+    not_found,
+    quota_exceeded,
+    route_not_found,
+)
+from provision.simulator.keys import openssh_public_key
 from provision.simulator.ledger import Ledger
 from provision.simulator.limits import Faults, LaunchLimiter, TokenBucket
-from provision.simulator.sshd import (
-    SIM_ENV,
-    Machine,
-    SshdError,
-    address_free,
-    generate_key_pair,
-    kill_marked,
-    valid_public_key,
-)
+from provision.simulator.sshd import SIM_ENV, Machine, SshdError, address_free, generate_key_pair, kill_marked
+from provision.simulator.storage import Filesystems, Firewall
 
 log = logging.getLogger("provision.simulator")
 
 LIVE = ("booting", "active", "unhealthy")
-
-
-class ApiError(Exception):
-    """An error as Lambda returns it: HTTP status plus `{"error": {code, message, suggestion}}`."""
-
-    def __init__(
-        self, status: int, code: str, message: str, suggestion: str | None = None, headers: dict[str, str] | None = None
-    ):
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.suggestion = status, code, message, suggestion
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        err = {"code": self.code, "message": self.message}
-        if self.suggestion:
-            err["suggestion"] = self.suggestion
-        return {"error": err}
-
-
-def not_found(what: str = "Specified instance does not exist.") -> ApiError:
-    return ApiError(404, "global/object-does-not-exist", what)
-
-
-def invalid(message: str = "Invalid request data.", suggestion: str | None = None) -> ApiError:
-    return ApiError(400, "global/invalid-parameters", message, suggestion)
+HOLDS_STORAGE = (*LIVE, "terminating")  # file systems and rulesets stay in use until terminated
+SSH_KEY_QUOTA = 1024
 
 
 @dataclass
@@ -101,6 +84,10 @@ class SimInstance:
     status: str = "booting"
     hostname: str | None = None
     tags: list[dict] = field(default_factory=list)
+    #: [{"mount_point", "file_system_id"}], in the order the launch gave them
+    mounts: list[dict[str, str]] = field(default_factory=list)
+    ruleset_ids: list[str] = field(default_factory=list)
+    cluster_id: str | None = None  # the simulator has no 1-Click Clusters: always None
     machine: Machine | None = None
     ip: str | None = None
     ended_at: float | None = None  # when it became terminating / preempted / terminated
@@ -124,6 +111,8 @@ class Cloud:
         self.state_dir = config.state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.state_dir / "ledger.json", minute_s=config.minute_s)
+        self.filesystems = Filesystems(self.state_dir / "filesystems", self.catalog)
+        self.firewall = Firewall(self.catalog)
         # marks every process of this simulator's machines, so stale ones can be swept
         # (derived from the state directory, so a restarted simulator can sweep a crashed one's)
         self.sim_tag = "sim-" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
@@ -187,6 +176,10 @@ class Cloud:
         error: Exception | None = None
         try:
             machine = Machine(self.state_dir / "instances" / inst.id, inst.id, inst.public_key, sim_tag=self.sim_tag)
+            for mount in inst.mounts:
+                fs = self.filesystems.items.get(mount["file_system_id"])
+                if fs is not None:
+                    machine.link_filesystem(mount["mount_point"], fs.path)
             for address in self._free_addresses():
                 try:
                     machine.start(address, self.config.ssh_port, sshd=self.config.sshd)
@@ -254,60 +247,62 @@ class Cloud:
             }
 
     # -- instances --------------------------------------------------------------------------------
-    def launch(
-        self,
-        *,
-        region: str,
-        instance_type: str,
-        ssh_key_names: list[str],
-        name: str | None,
-        hostname: str | None = None,
-        tags: list[dict] | None = None,
-    ) -> str:
+    def launch(self, req: LaunchRequest) -> str:
+        """Check the request against the account's resources, as Lambda does, and start booting."""
         with self.lock:
-            if instance_type not in self.catalog.instance_types:
-                raise ApiError(
-                    404,
-                    "global/object-does-not-exist",
-                    f"Instance type {instance_type!r} does not exist.",
+            if req.instance_type_name not in self.catalog.instance_types:
+                raise launch_resource_missing(
+                    f"Instance type {req.instance_type_name!r} does not exist.",
                     "Check GET /api/v1/instance-types for the instance types offered.",
                 )
-            if region not in self.catalog.regions:
-                raise invalid(suggestion=f"Unknown region_name {region!r}.")
-            keys = [k for k in self.ssh_keys.values() if k["name"] == ssh_key_names[0]]
+            if req.region_name not in self.catalog.regions:
+                raise invalid(suggestion=f"Unknown region_name {req.region_name!r}.")
+            keys = [k for k in self.ssh_keys.values() if k["name"] == req.ssh_key_names[0]]
             if not keys:
-                raise ApiError(
-                    404,
-                    "global/object-does-not-exist",
-                    f"SSH key {ssh_key_names[0]!r} does not exist.",
+                raise launch_resource_missing(
+                    f"SSH key {req.ssh_key_names[0]!r} does not exist.",
                     "Add the key with POST /api/v1/ssh-keys, then try again.",
                 )
+            self._check_image(req)
+            mounts = self.filesystems.mounts_for(req)
+            ruleset_ids = self.firewall.rulesets_for(req)
             if sum(1 for i in self.instances.values() if i.status in LIVE) >= self.config.quota:
-                raise ApiError(
-                    400, "global/quota-exceeded", "Quota exceeded.", "Contact Support to increase your quota."
-                )
-            if not self.has_capacity(instance_type, region):
+                raise quota_exceeded()
+            if not self.has_capacity(req.instance_type_name, req.region_name):
                 raise ApiError(
                     400,
                     "instance-operations/launch/insufficient-capacity",
                     "Not enough capacity to fulfill launch request.",
                     "Try another region or instance type, or try again later.",
                 )
-            self.capacity[(instance_type, region)] -= 1
+            self.capacity[(req.instance_type_name, req.region_name)] -= 1
             inst = SimInstance(
                 id=secrets.token_hex(16),
-                name=name,
-                instance_type=instance_type,
-                region=region,
-                ssh_key_names=list(ssh_key_names),
+                name=req.name,
+                instance_type=req.instance_type_name,
+                region=req.region_name,
+                ssh_key_names=list(req.ssh_key_names),
                 public_key=keys[0]["public_key"],
                 launched_at=time.time(),
-                hostname=hostname,
-                tags=list(tags or []),
+                hostname=req.hostname,
+                tags=[t.model_dump() for t in req.tags],
+                mounts=mounts,
+                ruleset_ids=ruleset_ids,
             )
             self.instances[inst.id] = inst
-            log.info("launched %s (%s, %s, name=%r)", inst.id, instance_type, region, name)
+            log.info("launched %s (%s, %s, name=%r)", inst.id, inst.instance_type, inst.region, inst.name)
             return inst.id
+
+    def _check_image(self, req: LaunchRequest) -> None:
+        if req.image is None:
+            return  # Lambda's default: the latest Lambda Stack
+        here = [i for i in self.catalog.images_json() if i["region"]["name"] == req.region_name]
+        if not any(req.image.id in (None, i["id"]) and req.image.family in (None, i["family"]) for i in here):
+            wanted = f"id {req.image.id!r}" if req.image.id is not None else f"family {req.image.family!r}"
+            raise launch_resource_missing(
+                f"Image with {wanted} does not exist in {req.region_name}.",
+                "Check GET /api/v1/images for the images offered in each region.",
+            )
 
     def get(self, instance_id: str) -> dict[str, Any]:
         with self.lock:
@@ -316,9 +311,46 @@ class Cloud:
                 raise not_found()
             return self.instance_json(inst)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, cluster_id: str | None = None) -> list[dict[str, Any]]:
+        """Every instance, or only the members of a 1-Click Cluster (none: the simulator has none)."""
         with self.lock:
-            return [self.instance_json(i) for i in sorted(self.instances.values(), key=lambda i: i.launched_at)]
+            return [
+                self.instance_json(i)
+                for i in sorted(self.instances.values(), key=lambda i: i.launched_at)
+                if cluster_id is None or i.cluster_id == cluster_id
+            ]
+
+    def rename(self, instance_id: str, name: str | None) -> dict[str, Any]:
+        with self.lock:
+            inst = self.instances.get(instance_id)
+            if inst is None:
+                raise not_found()
+            if name is not None:
+                inst.name = name
+            return self.instance_json(inst)
+
+    def restart(self, instance_ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
+        """All or nothing: unknown ids give 404, an instance that cannot restart gives 409.
+
+        A restart is a reboot: every process of the machine dies, the disk stays, and sshd comes
+        back at the same address with the same host key. An unhealthy instance comes back active.
+        """
+        with self.lock:
+            if any(i not in self.instances for i in instance_ids):
+                raise not_found()
+            unique = [self.instances[i] for i in dict.fromkeys(instance_ids)]
+            for inst in unique:
+                if inst.status not in ("active", "unhealthy") or inst.machine is None:
+                    raise conflict(f"Instance {inst.id} is {inst.status}; only a running instance restarts.")
+            for inst in unique:
+                try:
+                    killed = inst.machine.reboot(sshd=self.config.sshd) if inst.machine else 0
+                    inst.status = "active"
+                    log.info("instance %s restarted (%d processes killed)", inst.id, killed)
+                except SshdError as exc:
+                    log.error("instance %s did not come back from a restart: %s", inst.id, exc)
+                    inst.status = "unhealthy"
+            return [self.instance_json(inst) for inst in unique]
 
     def terminate(self, instance_ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
         """All or nothing: any unknown id fails the whole request with 404."""
@@ -372,20 +404,25 @@ class Cloud:
             return [dict(k) for k in self.ssh_keys.values()]
 
     def add_key(self, name: str, public_key: str | None) -> dict[str, str]:
-        """Store a public key, or generate a pair and return the private half once."""
+        """Store a public key (OpenSSH, RFC4716, PEM or PKCS#8, kept as its OpenSSH line), or
+        generate a pair and return the private half once."""
         private_key = None
         if public_key is None:
             private_key, public_key = generate_key_pair(name)
-        elif not valid_public_key(public_key):
-            raise invalid("Invalid request data.", "public_key is not an OpenSSH public key.")
+        else:
+            try:
+                public_key = openssh_public_key(public_key)
+            except ValueError:
+                raise invalid(
+                    "Invalid request data.", "public_key is not a public key in OpenSSH, RFC4716, PKCS8 or PEM format."
+                ) from None
         with self.lock:
             if any(k["name"] == name for k in self.ssh_keys.values()):
                 raise invalid("SSH key name already in use.", "Choose another name or delete the existing key.")
-            if len(self.ssh_keys) >= 1024:
-                raise ApiError(
-                    400, "global/quota-exceeded", "Quota exceeded.", "An account holds at most 1024 SSH keys."
-                )
-            key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key.strip()}
+            if len(self.ssh_keys) >= SSH_KEY_QUOTA:
+                # the spec documents only 400 invalid-parameters for this call
+                raise invalid("Quota exceeded.", f"An account holds at most {SSH_KEY_QUOTA} SSH keys.")
+            key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key}
             self.ssh_keys[key["id"]] = key
             out = dict(key)
         if private_key is not None:
@@ -395,7 +432,44 @@ class Cloud:
     def delete_key(self, key_id: str) -> None:
         with self.lock:
             if self.ssh_keys.pop(key_id, None) is None:
-                raise ApiError(404, "global/object-does-not-exist", "SSH key does not exist.")
+                raise route_not_found()  # the spec's 404 for this call is `global/not-found`
+
+    # -- file systems and firewall rulesets -------------------------------------------------------
+    def _holding(self, *, file_system_id: str = "", ruleset_id: str = "") -> builtins.list[str]:
+        """Ids of the instances that hold a file system or a ruleset (until they are terminated)."""
+        return [
+            i.id
+            for i in sorted(self.instances.values(), key=lambda i: i.launched_at)
+            if i.status in HOLDS_STORAGE
+            and (ruleset_id in i.ruleset_ids or any(m["file_system_id"] == file_system_id for m in i.mounts))
+        ]
+
+    def list_filesystems(self) -> builtins.list[dict[str, Any]]:
+        with self.lock:
+            fss = self.filesystems
+            return [fss.json(fs, in_use=bool(self._holding(file_system_id=fs.id))) for fs in fss.items.values()]
+
+    def create_filesystem(self, name: str, region: str) -> dict[str, Any]:
+        with self.lock:
+            return self.filesystems.json(self.filesystems.create(name, region), in_use=False)
+
+    def delete_filesystem(self, fs_id: str) -> dict[str, Any]:
+        with self.lock:
+            self.filesystems.delete(fs_id, in_use=bool(self._holding(file_system_id=fs_id)))
+            return {"deleted_ids": [fs_id]}
+
+    def list_rulesets(self) -> builtins.list[dict[str, Any]]:
+        with self.lock:
+            return [self.ruleset_json(r) for r in self.firewall.rulesets]
+
+    def ruleset_json(self, ruleset_id: str) -> dict[str, Any]:
+        with self.lock:
+            ruleset = self.firewall.get(ruleset_id)
+            return self.firewall.json(ruleset, self._holding(ruleset_id=ruleset_id))
+
+    def delete_ruleset(self, ruleset_id: str) -> None:
+        with self.lock:
+            self.firewall.delete(ruleset_id, in_use=bool(self._holding(ruleset_id=ruleset_id)))
 
     def instance_json(self, inst: SimInstance) -> dict[str, Any]:
         booting = inst.status == "booting"
@@ -406,19 +480,24 @@ class Cloud:
             if reason
             else {"available": True}
         )
+        mounted = [self.filesystems.items.get(m["file_system_id"]) for m in inst.mounts]
+        names = [fs.name for fs in mounted if fs is not None]
         data: dict[str, Any] = {
             "id": inst.id,
             "status": inst.status,
             "ssh_key_names": inst.ssh_key_names,
-            "file_system_names": [],
+            "file_system_names": names,
             "region": self.catalog.region_json(inst.region),
             "instance_type": self.catalog.type_json(inst.instance_type),
             "actions": {a: dict(action) for a in ("migrate", "rebuild", "restart", "cold_reboot", "terminate")},
             "tags": inst.tags,
+            "firewall_rulesets": [{"id": r} for r in inst.ruleset_ids],
             "is_reserved": False,
             "jupyter_token": inst.jupyter_token,
             "jupyter_url": f"https://jupyter-{inst.id}.lambdaspaces.com/?token={inst.jupyter_token}",
         }
+        if inst.mounts:  # "If no filesystems are mounted, this parameter will be missing"
+            data["file_system_mounts"] = [dict(m) for m in inst.mounts]
         if inst.name is not None:
             data["name"] = inst.name
         if inst.ip is not None and not booting:  # Lambda shows no address while booting

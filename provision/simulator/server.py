@@ -9,6 +9,8 @@ foreground.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import socket
 import threading
 import time
@@ -19,8 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from provision.simulator import admin, api
-from provision.simulator.cloud import ApiError, Cloud, SimConfig
+from provision.simulator import admin, api, api_account
+from provision.simulator.cloud import Cloud, SimConfig
+from provision.simulator.errors import ApiError, internal_error, route_not_found
+
+log = logging.getLogger("provision.simulator")
 
 
 def create_app(sim: Cloud) -> FastAPI:
@@ -35,6 +40,7 @@ def create_app(sim: Cloud) -> FastAPI:
     app = FastAPI(title="Lambda Cloud API (trainyard simulator)", lifespan=lifespan)
     app.state.cloud = sim
     app.include_router(api.router)
+    app.include_router(api_account.router)
     app.include_router(admin.router)
 
     @app.exception_handler(ApiError)
@@ -42,14 +48,32 @@ def create_app(sim: Cloud) -> FastAPI:
         return api.error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
-            err = ApiError(404, "global/not-found", "The requested resource was not found.")
-        else:
+            err = route_not_found()
+        else:  # 405 and the like, in Lambda's envelope
             err = ApiError(exc.status_code, "global/invalid-parameters", str(exc.detail))
-        return JSONResponse(err.body(), status_code=err.status)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> Response:
+        # a bug in the simulator still answers in Lambda's envelope, never a plain-text 500
+        log.error("simulator bug: %r", exc, exc_info=exc)
+        return JSONResponse(internal_error().body(), status_code=500)
 
     return app
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` serves at `path` (for a 405's Allow header)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", template), path):
+            methods.update(m.upper() for m in operations)
+    return sorted(methods)
 
 
 class SimulatorServer:

@@ -6,7 +6,15 @@ Each simulated instance is one `sshd` listening on its own loopback address (127
 - its own ed25519 host key, made at launch (so a new instance at a reused address has a new key,
   as on a real cloud);
 - the launch's public key as the only way in (no passwords; root may log in by key only;
-  `StrictModes no` so keys under /tmp work).
+  `StrictModes no` so keys under /tmp work);
+- Lambda's login user, `ubuntu`, besides the user running the simulator (see below).
+
+Why `ubuntu` needs a trick: sshd logs in only accounts that exist, and this machine (a developer's,
+CI's) has no `ubuntu`. When the simulator runs as root and may make a mount namespace (`unshare
+--mount`, as on the dev and CI machines), each sshd runs in its own namespace where a copy of
+/etc/passwd with `ubuntu` added (same uid as the simulator, home = the instance disk) is
+bind-mounted over the real one; the machine's /etc/passwd is never touched. Elsewhere (not root)
+a machine takes only the simulator's own user, and `/sim/v1/health` says which users work.
 
 Why environment markers: terminating a machine must end everything that ran on it, including
 processes started with `setsid nohup` that left the sshd's process tree. The sshd is started with
@@ -19,8 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import getpass
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -35,6 +46,7 @@ log = logging.getLogger("provision.simulator")
 
 INSTANCE_ENV = "TY_INSTANCE"
 SIM_ENV = "TY_SIM"
+LAMBDA_USER = "ubuntu"
 
 
 class SshdError(RuntimeError):
@@ -70,13 +82,39 @@ def generate_key_pair(comment: str) -> tuple[str, str]:
     return private, f"{public.decode()} {comment}".strip()
 
 
-def valid_public_key(text: str) -> bool:
-    """Is `text` an OpenSSH public key line (`<type> <base64> [comment]`)?"""
-    try:
-        serialization.load_ssh_public_key(" ".join(text.split()[:2]).encode())
-        return True
-    except (ValueError, TypeError, IndexError):
+@functools.cache
+def can_add_lambda_user() -> bool:
+    """Can machines accept `ubuntu` here: root, and a private mount namespace can be made?"""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("mount"):
         return False
+    try:
+        probe = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "mount", "--bind", "/etc/passwd", "/etc/passwd"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def adds_lambda_user() -> bool:
+    """Do machines get `ubuntu` added (the simulator runs as another user, and it can)?"""
+    return getpass.getuser() != LAMBDA_USER and can_add_lambda_user()
+
+
+def login_users() -> list[str]:
+    """The users a machine accepts, Lambda's first when it is among them."""
+    me = getpass.getuser()
+    return [LAMBDA_USER, me] if adds_lambda_user() else [me]
+
+
+def passwd_with_lambda_user(home: Path) -> str:
+    """This machine's /etc/passwd with `ubuntu` as an alias of the current uid, its home `home`."""
+    me = pwd.getpwuid(os.getuid())
+    entry = f"{LAMBDA_USER}:x:{me.pw_uid}:{me.pw_gid}:Lambda login user (simulated):{home}:{me.pw_shell or '/bin/sh'}"
+    lines = [line for line in Path("/etc/passwd").read_text().splitlines() if not line.startswith(LAMBDA_USER + ":")]
+    return "\n".join([*lines, entry, ""])
 
 
 def address_free(address: str, port: int) -> bool:
@@ -116,6 +154,15 @@ class Machine:
         )
         self.host_public_key = write_host_key(self.etc / "ssh_host_ed25519_key")
 
+    def link_filesystem(self, mount_point: str, source: Path) -> None:
+        """Show a file system's data at `mount_point` taken under the disk (`/lambda/nfs/fs` is
+        `~/lambda/nfs/fs`): the simulator cannot mount at the machine's real root."""
+        link = self.disk.joinpath(*[p for p in mount_point.split("/") if p not in ("", ".", "..")])
+        if link == self.disk or link.exists() or link.is_symlink():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source, target_is_directory=True)
+
     # -- sshd -------------------------------------------------------------------------------------
     def _config(self, address: str, port: int) -> Path:
         env = f"{INSTANCE_ENV}={self.instance_id} {SIM_ENV}={self.sim_tag} HOME={self.disk}"
@@ -154,7 +201,7 @@ class Machine:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), INSTANCE_ENV: self.instance_id, SIM_ENV: self.sim_tag}
         log_path = self.etc / "sshd.log"
         self._proc = subprocess.Popen(
-            [sshd, "-D", "-f", str(config), "-E", str(log_path)],
+            self._with_lambda_user([sshd, "-D", "-f", str(config), "-E", str(log_path)]),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -179,6 +226,19 @@ class Machine:
         self.address, self.port = address, port
         log.info("instance %s: sshd listening on %s:%d (pid %d)", self.instance_id, address, port, self._proc.pid)
 
+    def _with_lambda_user(self, command: list[str]) -> list[str]:
+        """`command` in its own mount namespace whose /etc/passwd has `ubuntu`, where that works.
+
+        The namespace dies with its last process; `exec` keeps the sshd's pid the Popen's pid.
+        """
+        if not adds_lambda_user():
+            return command
+        passwd = self.etc / "passwd"
+        passwd.write_text(passwd_with_lambda_user(self.disk))
+        script = 'mount --bind "$1" /etc/passwd && shift && exec "$@"'
+        namespace = ["unshare", "--mount", "--propagation", "private", "--"]
+        return [*namespace, "/bin/sh", "-c", script, "sh", str(passwd), *command]
+
     def stop(self) -> None:
         """Stop the listening sshd only (sessions and their processes keep running)."""
         proc, self._proc = self._proc, None
@@ -198,6 +258,15 @@ class Machine:
         if address is not None and port is not None:
             self.start(address, port, sshd=sshd)
         return self.host_public_key
+
+    def reboot(self, *, sshd: str) -> int:
+        """A restart: every process of the machine is killed, then sshd comes back at the same
+        address with the same host key and disk. Returns how many processes were killed."""
+        address, port = self.address, self.port
+        killed = self.destroy()
+        if address is not None and port is not None:
+            self.start(address, port, sshd=sshd)
+        return killed
 
     def destroy(self) -> int:
         """The machine is gone: kill the sshd and every process that ran on it. Returns the count.

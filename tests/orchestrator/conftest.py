@@ -23,7 +23,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from openai_fake import FakeOpenAIServer
-from orchestrator_helpers import LAMBDA_MINUTE_S, Service, content_judge, kill_processes_mentioning, sessions
+from orchestrator_helpers import (
+    LAMBDA_MINUTE_S,
+    Service,
+    content_judge,
+    kill_processes_mentioning,
+    local_client,
+    sessions,
+)
 
 PG_ADMIN_URL = os.environ.get("TRAINYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -98,11 +105,9 @@ def settings(db_url, tmp_path):
 
 @pytest.fixture
 def client(settings):
-    from fastapi.testclient import TestClient
-
     from orchestrator.api.app import create_app
 
-    with TestClient(create_app(settings)) as c:
+    with local_client(create_app(settings)) as c:
         yield c
 
 

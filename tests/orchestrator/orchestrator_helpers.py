@@ -44,6 +44,9 @@ from orchestrator.runs import create_run
 from orchestrator.spec import parse_spec_yaml, validate_spec
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
     from orchestrator.controller import Worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,15 +64,24 @@ def free_port() -> int:
 
 
 def cli_env(data_dir: Path | None = None, api_url: str | None = None) -> dict:
-    """This process's environment without any TRAINYARD_ setting, then the data dir and the
-    service's address where given (PYTHONPATH: the checkout, for `python -m orchestrator.cli`)."""
+    """This process's environment without any TRAINYARD_ setting, then the data dir (and a config
+    dir in it) and the service's address where given (PYTHONPATH: the checkout, for `python -m orchestrator.cli`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env["PYTHONPATH"] = str(REPO)
     if data_dir is not None:
         env["TRAINYARD_DATA_DIR"] = str(data_dir)
+        env["XDG_CONFIG_HOME"] = str(data_dir / "config")  # the CLI's token file: the test's, never the user's
     if api_url:
         env["TRAINYARD_API_URL"] = api_url
     return env
+
+
+def local_client(app: FastAPI) -> TestClient:
+    """The app in process, called as a client on this machine calls it: Host 127.0.0.1, a name the
+    service answers to (TestClient's default `testserver` it refuses: orchestrator/api/hosts.py)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def trainyard(*args: str, env: dict, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -148,6 +160,8 @@ class Service:
             "TRAINYARD_TRAINER_PYTHON": sys.executable,
             "TRAINYARD_LEASE_S": "4",
             "TRAINYARD_RECONCILE_INTERVAL_S": "0.5",
+            # the test's own files (data sets, instruction data) sit next to the data dir
+            "TRAINYARD_DATA_ROOTS": json.dumps([str(data_dir.parent)]),
             **env,
         }
         self.proc: subprocess.Popen | None = None
@@ -414,24 +428,26 @@ KEY_NAME = "trainyard-e2e"
 LIVE = ("booting", "active", "unhealthy", "terminating")
 
 
-def start_lambda_service(lsim, root: Path, **env: str) -> Service:
-    """A started `trainyard serve` for runs on the simulator `lsim` (its SSH key registered there),
-    with a database and data dir under `root`; `env`: more settings. `service.sim` is `lsim`."""
+def start_lambda_service(lsim, root: Path, db_url: str | None = None, **env: str) -> Service:
+    """A started `trainyard serve` for runs on the simulator `lsim` (its SSH key registered there,
+    the simulator's API key as its Lambda key), with a data dir under `root` and a database
+    (`db_url`, migrated here; default SQLite under `root`); `env`: more settings. `service.sim` is `lsim`."""
     from orchestrator.db.migrations import upgrade
     from provision.lambda_cloud.client import LambdaClient
-    from simhelpers import API_KEY, FAST_RETRY, NODE_PYTHON, TORCH_SITE, write_key_pair  # slow to import
+    from simhelpers import FAST_RETRY, NODE_PYTHON, TORCH_SITE, write_key_pair  # slow to import
 
+    api_key = lsim.cloud.config.api_key.get_secret_value()
     key_file, public = write_key_pair(root / "keys")
-    with LambdaClient(API_KEY, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
+    with LambdaClient(api_key, base_url=lsim.url, retry=FAST_RETRY, launch_interval_s=0) as c:
         c.add_ssh_key(KEY_NAME, public)
-    db_url = f"sqlite:///{root / 'trainyard.db'}"
+    db_url = db_url or f"sqlite:///{root / 'trainyard.db'}"
     upgrade(db_url)
     service = Service(
         root / "data",
         db_url,
         TRAINYARD_LEASE_S="20",
         TRAINYARD_RECONCILE_INTERVAL_S="0.3",
-        TRAINYARD_LAMBDA_API_KEY=API_KEY,
+        TRAINYARD_LAMBDA_API_KEY=api_key,
         TRAINYARD_LAMBDA_API_URL=lsim.url,
         TRAINYARD_LAMBDA_SSH_KEY_NAME=KEY_NAME,
         TRAINYARD_LAMBDA_SSH_PORT=str(lsim.cloud.config.ssh_port),

@@ -55,7 +55,7 @@ def test_submit_returns_the_pending_run_and_records_the_event(client):
 def test_invalid_specs_are_422_naming_the_field_and_store_nothing(client, body, loc):
     r = client.post("/api/v1/runs", json=body)
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == loc
+    assert r.json()["detail"]["field"] == ".".join(loc[1:])  # the error body names the field's path
     assert client.get("/api/v1/runs").json()["total"] == 0
 
 
@@ -93,14 +93,17 @@ def test_list_filters_by_status_and_pages_newest_first(client, factory):
 def test_bad_list_parameters_are_422_naming_the_parameter(client, params, field):
     r = client.get("/api/v1/runs", params=params)
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"][:2] == ["query", field]
+    assert r.json()["detail"]["field"].split(".")[0] == field
 
 
 def test_unknown_run_is_404_with_a_message(client):
     for method, path in [("GET", ""), ("POST", "/cancel"), ("GET", "/metrics"), ("GET", "/events"), ("GET", "/logs")]:
         r = client.request(method, f"/api/v1/runs/nope{path}")
         assert r.status_code == 404, path
-        assert r.json() == {"detail": {"message": "no run with id 'nope'", "field": None}}
+        message = "no run with id 'nope'"
+        assert r.json() == {
+            "detail": {"message": message, "field": None, "errors": [{"field": None, "message": message}]}
+        }
 
 
 def test_progress_eta_and_cost_come_from_the_run_and_its_instances(client, factory):

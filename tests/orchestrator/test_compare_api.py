@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
@@ -25,6 +24,7 @@ from orchestrator.judge.schemas import Item
 from orchestrator.runs import create_run
 from orchestrator.settings import Settings
 from orchestrator.spec import validate_spec
+from orchestrator_helpers import local_client
 
 KEY = "sk-compare-SECRET-7731-do-not-leak"
 ITEMS = [{k: e[k] for k in ("instruction", "input", "output")} for e in instruction_data(4)]
@@ -36,6 +36,7 @@ def settings(db_url, tmp_path, fake):
     return Settings(
         database_url=db_url,
         data_dir=tmp_path,
+        data_roots=["/data"],  # where EVALUATION's instruction data is (a baseline run reads it too)
         openai_api_key=SecretStr(KEY),
         judge_base_url=fake.base_url,
         judge_model="judge-a",
@@ -168,7 +169,7 @@ def test_runs_that_answered_different_items_are_422(client, factory):
 def test_bad_bodies_are_422_naming_the_field(client, factory, body, loc):
     a = add_run(factory, "a", answers=refs())
     r = client.post("/api/v1/comparisons", json={"runs": [a, a + "x"], **body})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc
+    assert r.status_code == 422 and r.json()["detail"]["field"] == ".".join(str(part) for part in loc[1:])
 
 
 def test_a_run_named_twice_or_alone_in_comparative_mode_is_422(client, factory):
@@ -182,7 +183,7 @@ def test_a_run_named_twice_or_alone_in_comparative_mode_is_422(client, factory):
 
 def test_without_a_judge_key_it_is_503_before_any_baseline_is_paid_for(settings, factory):
     a = add_run(factory, "a", answers=refs())
-    with TestClient(create_app(settings.model_copy(update={"openai_api_key": None}))) as c:
+    with local_client(create_app(settings.model_copy(update={"openai_api_key": None}))) as c:
         r = post(c, [a], baselines=["gpt2"])
     assert r.status_code == 503 and "set TRAINYARD_OPENAI_API_KEY" in message(r)
     assert run_count(factory) == 1

@@ -9,14 +9,21 @@ import json
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 
 from fleet_helpers import lambda_settings, launch, register_key, terminate_all, wait_status
 from orchestrator.api.app import create_app
 from orchestrator.db.models import Instance, OrphanInstance, RunStatus, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.runs import instance_name, new_run_id
-from orchestrator_helpers import LAMBDA_MINUTE_S, api_service, lambda_spec, sessions, set_run, submit_run
+from orchestrator_helpers import (
+    LAMBDA_MINUTE_S,
+    api_service,
+    lambda_spec,
+    local_client,
+    sessions,
+    set_run,
+    submit_run,
+)
 from simhelpers import API_KEY
 
 #: cpu_4x_general's price in the simulator's catalog, US cents per hour
@@ -82,7 +89,7 @@ def test_the_api_lists_every_instance_with_owner_status_age_price_and_spend(lsim
     factory = sessions(sqlite_url)
     fleet = _fleet(lsim, factory)
     settings = lambda_settings(lsim, sqlite_url, tmp_path / "data", key_file)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         r = client.get("/api/v1/instances")
     assert r.status_code == 200, r.text
     page = r.json()
@@ -117,7 +124,7 @@ def test_the_api_lists_every_instance_with_owner_status_age_price_and_spend(lsim
 
 def test_a_provider_that_fails_is_reported_not_a_500(lsim, sqlite_url, tmp_path, key_file):
     refused = lambda_settings(lsim, sqlite_url, tmp_path / "data", key_file, lambda_api_key="not-the-key")
-    with TestClient(create_app(refused)) as client:
+    with local_client(create_app(refused)) as client:
         r = client.get("/api/v1/instances")
     assert r.status_code == 200, r.text
     ((provider,),) = [r.json()["providers"]]
@@ -126,7 +133,7 @@ def test_a_provider_that_fails_is_reported_not_a_500(lsim, sqlite_url, tmp_path,
     assert r.json()["instances"] == [] and "not-the-key" not in r.text
 
     bare = refused.model_copy(update={"lambda_api_key": None})
-    with TestClient(create_app(bare)) as client:
+    with local_client(create_app(bare)) as client:
         assert client.get("/api/v1/instances").json() == {"providers": [], "instances": []}
 
 

@@ -117,3 +117,33 @@ def test_0008_backfills_metric_rollups_from_the_existing_points(empty_db_url):
         assert "metric_rollups" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_0011_marks_existing_checkpoints_as_training_and_keeps_one_row_per_kind_and_step(empty_db_url):
+    upgrade(empty_db_url, "0010")
+    engine = create_engine(empty_db_url)
+    now = datetime.now(timezone.utc)
+    insert_run = text(
+        "INSERT INTO runs (id, name, spec, status, cancel_requested, created_at, updated_at, tokens_done, step, "
+        "recoveries, metrics_offset, log_offset) VALUES ('r', 'r', '{}', 'succeeded', false, :now, :now, 0, 0, 0, 0, 0)"
+    )
+    columns = "run_id, step, tokens, uri, state, created_at"
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert_run, {"now": now})
+            conn.execute(
+                text(f"INSERT INTO checkpoints ({columns}) VALUES ('r', 8, 64, 'u', 'stored', :now)"), {"now": now}
+            )
+        upgrade(empty_db_url, "0011")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT kind, step FROM checkpoints")).all() == [("train", 8)]
+            # the IFT weights tuned from step 8 have a row of their own
+            conn.execute(
+                text(f"INSERT INTO checkpoints (kind, {columns}) VALUES ('ift', 'r', 8, 0, 'i', 'stored', :now)"),
+                {"now": now},
+            )
+        downgrade(empty_db_url, "0010")  # one row per step again: the IFT row goes, training's stays
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT step, uri FROM checkpoints")).all() == [(8, "u")]
+    finally:
+        engine.dispose()

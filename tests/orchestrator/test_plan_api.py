@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
 from orchestrator.planning.lookup import records_of_shape
 from orchestrator.planning.shape import shape_of
 from orchestrator.spec import parse_spec_yaml
-from orchestrator_helpers import sessions
+from orchestrator_helpers import local_client, sessions
 from plan_helpers import add_records, lambda_settings, start_simulator
 
 SEED_YAML = """
@@ -33,14 +32,14 @@ def sim(tmp_path_factory):
 
 @pytest.fixture
 def api(db_url, tmp_path, sim):
-    with TestClient(create_app(lambda_settings(db_url, tmp_path, sim))) as c:
+    with local_client(create_app(lambda_settings(db_url, tmp_path, sim))) as c:
         c.db_url = db_url
         yield c
 
 
 @pytest.fixture
 def sqlite_api(sqlite_url, tmp_path, sim):
-    with TestClient(create_app(lambda_settings(sqlite_url, tmp_path, sim))) as c:
+    with local_client(create_app(lambda_settings(sqlite_url, tmp_path, sim))) as c:
         yield c
 
 
@@ -94,7 +93,7 @@ def test_records_of_the_shape_make_rows_measured_or_scaled(api):
     [
         ("name: x\ntraining: {max_tokens: -5}\n", "training.max_tokens"),
         ({"name": "x", "compute": {"provider": "lambda"}}, "compute"),
-        ({"name": "x", "model": {"overrides": {"n_layers": 2}}}, "model.overrides"),
+        ({"name": "x", "model": {"overrides": {"n_layers": 2}}}, "model.overrides.n_layers"),
         ("name: x\ncompute: {instance_type: auto, fallback_instance_types: [a]}\n", "compute"),
     ],
 )

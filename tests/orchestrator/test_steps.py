@@ -223,6 +223,7 @@ def env(template_db, tmp_path):
             lease_s=30,
             placement_poll_s=0.01,
             node_active_poll_s=0.01,
+            cleanup_retry_base_s=0,  # a cleanup step failed is tried again on the next pass
         ),
     )
     factory.kw["bind"].dispose()

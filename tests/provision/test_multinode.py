@@ -141,12 +141,15 @@ def test_torchrun_command_is_exact():
         master_port=29501,
         socket_ifname="eth1",
     )
-    assert multi == (
-        "cd '/r un' && env PYTHONUNBUFFERED=1 GLOO_SOCKET_IFNAME=eth1 NCCL_SOCKET_IFNAME=eth1 OMP_NUM_THREADS=1 "
-        "/v/bin/python -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --node_rank 1 --master_addr 10.0.0.5 "
-        "--master_port 29501 --rdzv_conf timeout=600 --max_restarts 0 -m trainer.train cfg.json "
-        "--run-dir '/r un' --stop-at-step 5"
+    assert multi.command.startswith("cd '/r un' && env -i ${PATH+\"PATH=$PATH\"} ")
+    assert multi.command.endswith(
+        "./.train.env /v/bin/python -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --node_rank 1 "
+        "--master_addr 10.0.0.5 --master_port 29501 --rdzv_conf timeout=600 --max_restarts 0 "
+        "-m trainer.train cfg.json --run-dir '/r un' --stop-at-step 5"
     )
+    # the environment goes through the env file, never on the line
+    assert multi.env == {"GLOO_SOCKET_IFNAME": "eth1", "NCCL_SOCKET_IFNAME": "eth1", "OMP_NUM_THREADS": "1"}
+    assert (multi.name, multi.env_file) == ("train", "/r un/.train.env")
     # one node: --standalone (a free port of its own); no sockets between machines to pin
     single = torchrun_command(
         python="/v/bin/python",
@@ -156,10 +159,11 @@ def test_torchrun_command_is_exact():
         env={"K": "a b"},
         socket_ifname="eth1",
     )
-    assert single == (
-        "env PYTHONUNBUFFERED=1 K='a b' /v/bin/python -m torch.distributed.run --standalone "
+    assert single.command.startswith("env -i ") and single.command.endswith(
+        "./.train.env /v/bin/python -m torch.distributed.run --standalone "
         "--nproc_per_node=2 -m trainer.train /r/config.json --run-dir /r"
     )
+    assert single.env == {"K": "a b"}
     for bad in ({"nnodes": 2, "node_rank": 2}, {"nnodes": 0}, {"nproc_per_node": 0}):
         with pytest.raises(ValueError):
             torchrun_command(**{"python": "p", "nproc_per_node": 1, "config": "c", "run_dir": "r", **bad})
@@ -201,8 +205,8 @@ def test_two_nodes_train_as_one_ddp_group(provider, tmp_path):
             socket_ifname="lo",
             rendezvous_timeout_s=120,
         )
-        assert f"--master_addr {master} --master_port {port}" in command
-        pids.append(node.start_detached(command, workdir=p.run_dir, name="train"))
+        assert f"--master_addr {master} --master_port {port}" in command.command
+        pids.append(command.start(node))
 
     def statuses():
         return [node.status(workdir=p.run_dir, name="train") for node, p in zip(nodes, prepared, strict=True)]

@@ -1,4 +1,5 @@
-"""Routers of `/api/v1`; thin: parse the request, call runs.py / views.py, return a schema."""
+"""Routers of `/api/v1`; thin: parse the request, call runs.py / views.py, return a schema.
+Who may call which is decided in one place for all of them: api/auth.py's `required_scope`."""
 
 from fastapi import APIRouter
 
@@ -12,7 +13,9 @@ from orchestrator.api.routes import (
     plans,
     probes,
     runs,
+    session,
     throughput,
+    tokens,
 )
 
 api_router = APIRouter(prefix="/api/v1")
@@ -27,3 +30,5 @@ api_router.include_router(throughput.router)
 api_router.include_router(comparisons.router)
 api_router.include_router(comparisons.answers_router)
 api_router.include_router(pareto.router)
+api_router.include_router(session.router)
+api_router.include_router(tokens.router)

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Query, Request, status
 
 from orchestrator.api import comparison_schemas as cs
 from orchestrator.api import comparison_views as views
-from orchestrator.api.deps import DbDep
+from orchestrator.api.deps import CallerDep, DbDep
+from orchestrator.api.limits import MAX_INT
 from orchestrator.judge.errors import JudgeNotConfiguredError
 from orchestrator.settings import Settings
 
@@ -41,20 +42,22 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
         503: {"description": "the judge is off (no TRAINYARD_OPENAI_API_KEY)"},
     },
 )
-async def create_comparison(body: cs.ComparisonCreate, db: DbDep, settings: SettingsDep) -> cs.ComparisonPublic:
+async def create_comparison(
+    body: cs.ComparisonCreate, db: DbDep, settings: SettingsDep, caller: CallerDep
+) -> cs.ComparisonPublic:
     """Compare runs' IFT answers (and baselines'), judged by the service; answers at once (pending)."""
     key = settings.openai_api_key
     if key is None or not key.get_secret_value():
         # before any baseline is paid for: without a judge the comparison could never finish
         raise JudgeNotConfiguredError("the judge is off: set TRAINYARD_OPENAI_API_KEY for the service")
-    return await db.write(views.create_comparison, body)
+    return await db.write(views.create_comparison, body, caller.name)
 
 
 @router.get("", response_model=cs.ComparisonList)
 async def list_comparisons(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> cs.ComparisonList:
     """Comparisons, newest first, each with its table as GET /comparisons/{id} shows it."""
     return await db.read(views.list_comparisons, limit, offset)

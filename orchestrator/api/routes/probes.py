@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.api import views
-from orchestrator.api.deps import DbDep
+from orchestrator.api.deps import CallerDep, DbDep
 from orchestrator.api.routes.instance_types import provider_instance_types
 from orchestrator.api.throughput_schemas import ProbeCreate, ProbeInstance, ProbePublic, ThroughputPublic
 from orchestrator.db.models import CostEntry, Instance, Run, ThroughputRecord
@@ -40,14 +40,14 @@ PROBE = "probe"
         502: {"description": "the provider could not be asked for its instance types"},
     },
 )
-async def start_probe(body: ProbeCreate, request: Request, db: DbDep) -> ProbePublic:
+async def start_probe(body: ProbeCreate, request: Request, db: DbDep, caller: CallerDep) -> ProbePublic:
     """Submit a probe run: one node of the type, `micro_batch: auto`, a few dozen steps, no
     evaluation, capped by max_usd and max_minutes. Follow it with `GET /plans/probes/{run_id}`."""
     spec = parse_spec_yaml(body.spec) if isinstance(body.spec, str) else validate_spec(body.spec)
     provider = spec.compute.provider
     offered = await anyio.to_thread.run_sync(provider_instance_types, provider, request.app.state.settings)
     probe = probe_spec(spec, body.instance_type, offered, max_usd=body.max_usd, max_minutes=body.max_minutes)
-    return await db.write(_create, probe)
+    return await db.write(_create, probe, caller.name)
 
 
 @router.get("/{run_id}", response_model=ProbePublic, responses={404: {"description": "no probe with this id"}})
@@ -55,8 +55,8 @@ async def get_probe(run_id: str, db: DbDep) -> ProbePublic:
     return await db.read(_read, run_id)
 
 
-def _create(session: Session, spec: RunSpec) -> ProbePublic:
-    run = create_run(session, spec)
+def _create(session: Session, spec: RunSpec, submitted_by: str) -> ProbePublic:
+    run = create_run(session, spec, submitted_by)
     run.purpose = PROBE  # in the creating transaction: no worker ever sees it as a user's run
     session.flush()
     return probe_public(session, run)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import JSONResponse
 
 from orchestrator import series
 from orchestrator.api import dashboard_schemas as ds
-from orchestrator.api import dashboard_views, schemas, views
-from orchestrator.api.deps import DbDep
+from orchestrator.api import dashboard_views, schemas, submits, views
+from orchestrator.api.deps import CallerDep, DbDep, SettingsDep
+from orchestrator.api.limits import MAX_INT
 from orchestrator.db.models import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -25,10 +27,24 @@ RunSort = Literal[
 Order = Literal["desc", "asc"]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.RunDetail)
-async def submit_run(spec: schemas.RunCreate, db: DbDep) -> schemas.RunDetail:
-    """Submit a run; it starts `pending` and the controller takes it from there."""
-    return await db.write(views.submit_run, spec)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.RunDetail,
+    responses={409: {"description": "this Idempotency-Key was used for another spec"}},
+)
+async def submit_run(
+    spec: schemas.RunCreate,
+    db: DbDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> JSONResponse:
+    """Submit a run; it starts `pending` and the controller takes it from there. Atomic: 201 with
+    the run, or an error and no run. With an `Idempotency-Key` (per submitter, kept 24 h), the
+    same key and spec give back the same run (201, `Idempotent-Replayed: true`), and the same
+    key with another spec is a 409 (api/submits.py)."""
+    return await submits.submit_run(db, spec, caller.name, idempotency_key, settings.idempotency_key_ttl_s)
 
 
 @router.get("", response_model=schemas.RunList)
@@ -40,7 +56,7 @@ async def list_runs(
     sort: RunSort = "created_at",
     order: Order = "desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> schemas.RunList:
     """Newest first by default. `status` and `provider` may be given several times; `q` matches
     the name (case-insensitive substring) or an id prefix; `sort` by any of its values, `order`
@@ -69,7 +85,7 @@ async def cancel_run(run_id: str, db: DbDep) -> schemas.RunDetail:
 async def get_metrics(
     run_id: str,
     db: DbDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     kind: Literal["train", "val"] | None = None,
 ) -> schemas.MetricsPage:
@@ -81,10 +97,10 @@ async def get_metrics(
 async def get_events(
     run_id: str,
     db: DbDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     order: Order = "asc",
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> schemas.EventsPage:
     """Events after `after_id`, oldest first; `order=desc` gives the newest first, and with
     `before_id=next_before_id` the page before (history read backwards)."""
@@ -95,7 +111,7 @@ async def get_events(
 async def get_logs(
     run_id: str,
     db: DbDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     tail: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> schemas.LogsPage:
@@ -108,7 +124,7 @@ async def get_logs(
 async def get_series(
     run_id: str,
     db: DbDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     max_points: Annotated[int, Query(ge=series.MIN_POINTS, le=series.MAX_POINTS)] = 2000,
 ) -> ds.RunSeries:
     """The charts' series (train_loss, val_loss, lr, tokens_per_s), columnar, with the points

@@ -30,23 +30,20 @@ function setReconnecting(down) {
   if (banner && banner.hidden !== !down) banner.hidden = !down;
 }
 
-/** The message of an error body: ours is {detail: {message}}, FastAPI's 422 is {detail: [...]}. */
+/**
+ * The messages of an error body. Every error has one shape (orchestrator/api/errors.py):
+ * {detail: {message, field, errors: [{field, message}]}}; each mistake of `errors` is one message,
+ * named by its field.
+ */
 export function errorMessages(body, fallback) {
   const detail = body && body.detail;
-  if (Array.isArray(detail)) {
-    return detail.map((d) => {
-      // loc is ["body", "spec", ...]: the field's path without the request part
-      const loc = (d.loc || []).filter((p) => p !== "body").join(".");
-      return loc ? `${loc}: ${d.msg}` : String(d.msg);
-    });
+  if (!detail || typeof detail !== "object" || typeof detail.message !== "string") return [fallback];
+  const errors = Array.isArray(detail.errors) ? detail.errors : [];
+  if (errors.length > 1) {
+    return errors.map((e) => (e.field ? `${e.field}: ${e.message}` : String(e.message)));
   }
-  if (detail && typeof detail === "object") {
-    const message = String(detail.message);
-    // name the field unless the message already does
-    return [detail.field && !message.includes(detail.field) ? `${detail.field}: ${message}` : message];
-  }
-  if (typeof detail === "string") return [detail];
-  return [fallback];
+  // one message: name the field unless the message already does
+  return [detail.field && !detail.message.includes(detail.field) ? `${detail.field}: ${detail.message}` : detail.message];
 }
 
 /**
@@ -71,6 +68,10 @@ export async function api(path, { method = "GET", body } = {}) {
     throw new OfflineError(`${path}: HTTP ${res.status}`);
   }
   setReconnecting(false);
+  if (res.status === 401) {
+    // not signed in, or the sign-in ended: sign in, then come back here
+    location.assign(`/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   const clock = document.getElementById("clock");
   if (clock) clock.textContent = `updated ${utc(new Date()).slice(11)}`;
   let data = null;

@@ -27,14 +27,8 @@ function showErrors(messages) {
 function errorList(err) {
   if (err instanceof OfflineError) return ["the service did not answer; try again when it is back"];
   if (err instanceof ApiError) {
-    const detail = err.detail;
-    // a list of the spec's mistakes, where the API gives one
-    if (detail && Array.isArray(detail.problems)) return detail.problems.map(String);
-    // else one message; a spec with several mistakes reads "3 mistakes in the spec: a; b; c"
-    const text = detail && typeof detail.message === "string" ? detail.message : "";
-    const several = /^\d+ mistakes in the spec: /.exec(text);
-    if (several) return text.slice(several[0].length).split("; ");
-    return errorMessages({ detail }, err.message);
+    // every mistake of the spec, one each (the error body's `errors`)
+    return errorMessages({ detail: err.detail }, err.message);
   }
   return [String(err.message || err)];
 }
