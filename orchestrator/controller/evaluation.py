@@ -32,7 +32,7 @@ from orchestrator.controller import commands as cmd
 from orchestrator.controller.context import NodeHandle, RunContext, load_run, node_handles
 from orchestrator.controller.ingest import checkpoint_uri, read_new, record_output
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Outcome, Record
-from orchestrator.controller.storage import nodes_use_store, run_folder
+from orchestrator.controller.storage import node_env, nodes_use_store, run_folder
 from orchestrator.db.models import Checkpoint, CheckpointKind, CheckpointState, Evaluation, LogChunk, Run, utcnow
 from orchestrator.judge.compare import item_set_hash
 from orchestrator.judge.schemas import Item
@@ -143,7 +143,9 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
             return Failed(f"{cmd.EVAL_OUT} on the node names no checkpoint to fine-tune")
         # the fine-tuned weights go to the run's folder in the store, beside its checkpoints/
         store = ift_store_uri(ctx, run, spec)
-        command = cmd.ift_command(h.python, h.env, spec, h.workdir, model=model, store=store)
+        # with a store, the run's store credentials, as training gets them (an s3:// upload needs them)
+        env = {**h.env, **node_env(ctx, run, spec, h.node, h.workdir)} if store else h.env
+        command = cmd.ift_command(h.python, env, spec, h.workdir, model=model, store=store)
         pid = command.start(h.node)
         with ctx.write() as (session, _fresh):
             add_event(

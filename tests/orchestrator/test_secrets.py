@@ -1,8 +1,8 @@
 """No secret leaks: a LEAKCANARY value in every secret the service holds, then real work, then a
 search of everywhere a secret could end up.
 
-One real `trainyard serve` on PostgreSQL runs a local run (with IFT, its checkpoints in the
-default file:// store) and a run on the Lambda simulator (1 node, real sshd, its checkpoints in
+One real `trainyard serve` on PostgreSQL runs a local run (with IFT, its checkpoints and its
+fine-tuned weights in S3) and a run on the Lambda simulator (1 node, real sshd, its checkpoints in
 an S3 store: moto's server, the node holding run-scoped credentials), then has the judge (the
 fake OpenAI server) score the local run's answers. The canaries, each in use:
 - the Lambda API key (the simulator takes no other, so the Lambda run proves it was sent);
@@ -185,6 +185,7 @@ def local_ift_run(data: Path) -> dict:
         "limit_test": 2,
         "max_new_tokens": 4,
     }
+    spec["artifact_uri"] = f"s3://{BUCKET}/trainyard"  # the IFT weights are uploaded with the run's credentials
     return spec
 
 
@@ -211,6 +212,8 @@ def test_no_secret_reaches_a_response_log_row_file_node_or_process(world, fake, 
         run = svc.run(run_id)
         assert run["status"] == "succeeded", f"{run['status_reason']}\n{svc.log_tail()}"
     assert all(c["uri"].startswith("s3://") for c in svc.checkpoints(lambda_run))  # the S3 store was used
+    ift = [c for c in svc.checkpoints(local_run) if c.get("kind") == "ift"]
+    assert ift and all(c["uri"].startswith("s3://") and c["state"] == "stored" for c in ift), ift
     assert len(watch.run_processes) >= 2, "no run process was sampled: the environment check saw nothing"
 
     fake.reply = lambda _body: "70"  # pointwise: one integer score per answer
