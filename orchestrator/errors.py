@@ -34,6 +34,13 @@ class SchemaOutOfDateError(TrainyardError):
     """The database is not at the migrations' head; `trainyard db upgrade` fixes it."""
 
 
+class DatabaseUnreachableError(TrainyardError):
+    """The service cannot connect to its database (PostgreSQL down, a wrong host or port): the
+    health check says so in one line instead of a bare 500."""
+
+    http_status = 503
+
+
 class LeaseLostError(TrainyardError):
     """Another worker took over this run; the current worker must stop acting on it."""
 

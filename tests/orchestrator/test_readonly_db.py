@@ -99,6 +99,15 @@ def test_health_the_api_and_the_cli_say_the_database_is_read_only_in_one_line(re
     assert said.startswith(f"error: {READ_ONLY} (") and said.endswith(reason.split(")", 1)[1])
 
 
+def test_health_says_in_one_line_that_the_database_is_unreachable(tmp_path):
+    # nothing listens on port 1: the PostgreSQL the settings name is down
+    settings = Settings(data_dir=tmp_path / "data", database_url="postgresql+psycopg://postgres@127.0.0.1:1/test")
+    with serving(create_app(settings)) as url, httpx.Client(base_url=url + "/api/v1", timeout=30) as api:
+        health = api.get("/health")
+        assert health.status_code == 503
+        assert error_message(health).startswith("the database is unreachable (") and "\n" not in error_message(health)
+
+
 def test_the_worker_logs_one_line_when_writes_fail_and_one_when_they_work_again(db_url, tmp_path, caplog):
     engine = make_engine(db_url)
     factory = make_sessionmaker(engine)
