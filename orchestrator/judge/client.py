@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import cast
-
-import openai
-from openai.types.chat import ChatCompletionMessageParam
+from typing import TYPE_CHECKING, cast
 
 from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class JudgeClient:
     def __init__(
         self, *, api_key: str, model: str, base_url: str | None = None, timeout_s: float = 120.0, max_retries: int = 2
     ):
+        # imported here, not at the top: `openai` takes ~0.5 s to import, and every start of the
+        # service (the container's time to healthy) would pay it though most never judge
+        import openai
+
         self.model = model
         self._secret = api_key
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
@@ -61,6 +65,8 @@ class JudgeClient:
         return text.replace(self._secret, "[redacted]") if self._secret else text
 
     def complete(self, messages: list[dict[str, str]], *, json_object: bool = False) -> Completion:
+        import openai  # already loaded by __init__
+
         use_json = json_object and self._json_mode
         try:
             return self._create(messages, use_json)
@@ -79,7 +85,7 @@ class JudgeClient:
 
     def _create(self, messages: list[dict[str, str]], json_object: bool) -> Completion:
         # the judge's messages are plain {"role", "content"} dicts: what the API takes
-        api_messages = cast(list[ChatCompletionMessageParam], messages)
+        api_messages = cast("list[ChatCompletionMessageParam]", messages)
         if json_object:
             resp = self._client.chat.completions.create(
                 model=self.model, messages=api_messages, temperature=0, response_format={"type": "json_object"}
