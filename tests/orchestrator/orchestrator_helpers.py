@@ -26,13 +26,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -500,3 +502,24 @@ def quality(answer: str, ref: str) -> int:
 def content_judge(body: dict) -> str:
     """The fake judge's reply: every answer scored by its content (`quality`), whatever its label."""
     return score_by_content(body, quality)
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` on a free 127.0.0.1 port in a thread of this process, as `trainyard serve` runs it
+    (uvicorn, lifespan on); yields its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

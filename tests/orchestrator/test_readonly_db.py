@@ -18,17 +18,12 @@ same errors.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 import yaml
-from fastapi import FastAPI
 from sqlalchemy import create_engine, event, text
 
 from orchestrator.api.app import create_app
@@ -38,7 +33,7 @@ from orchestrator.db.models import RunStatus
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.runs import request_cancel
 from orchestrator.settings import Settings
-from orchestrator_helpers import cli_env, run_of, submit_run, tiny_spec, trainyard
+from orchestrator_helpers import cli_env, run_of, serving, submit_run, tiny_spec, trainyard
 
 READ_ONLY = "the database is read-only"
 
@@ -54,26 +49,6 @@ def read_only_url(db_url: str) -> str:
         conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
     admin.dispose()
     return db_url
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` on a free 127.0.0.1 port in a thread, as `trainyard serve` runs it; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 def test_health_the_api_and_the_cli_say_the_database_is_read_only_in_one_line(read_only_url, tmp_path):

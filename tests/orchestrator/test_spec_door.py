@@ -11,19 +11,14 @@ traceback.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 
 from orchestrator.api.app import create_app
 from orchestrator.api.limits import MAX_BODY_BYTES, MAX_INT
 from orchestrator.settings import Settings
-from orchestrator_helpers import cli_env, local_client, trainyard
+from orchestrator_helpers import cli_env, local_client, serving, trainyard
 
 #: one JSON body holding one of every refusal, written by hand: Python's json would not write
 #: NaN as a JSON literal the way an attacker's client does
@@ -150,25 +145,6 @@ def test_yaml_keys_given_twice_are_mistakes_on_the_server_too(client):
     text = "name: twice\ntraining:\n  lr: 1.0e-3\n  lr: 3.0e-3\n"
     r = client.post("/api/v1/plans", json={"spec": text})
     assert r.status_code == 422 and "training.lr: the key 'lr' is given twice (lines 3 and 4)" in r.text
-
-
-@contextmanager
-def serving(app):
-    """`app` served by uvicorn on a free loopback port in a thread of this process; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the API did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 def test_the_cli_names_every_mistake_and_never_shows_a_traceback(sqlite_url, tmp_path):
