@@ -38,11 +38,12 @@ import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fakes import FakeProvider
 from openai_fake import score_by_content
 from orchestrator.db.models import Instance, LogChunk, Run, RunStatus, utcnow
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.errors import InvalidSpecError
-from orchestrator.runs import create_run
+from orchestrator.runs import create_run, instance_name
 from orchestrator.spec import parse_spec_yaml, validate_spec
 
 if TYPE_CHECKING:
@@ -523,3 +524,33 @@ def serving(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+def training_run_on(factory, provider: FakeProvider) -> tuple[str, str]:
+    """A run training on one recorded, active instance of `provider` (a FakeProvider standing
+    for Lambda): (run id, provider instance id)."""
+    run_id = submit_run(
+        factory, compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE, "nodes": 1}
+    )
+    inst = provider.launch(name=instance_name(run_id, 0), instance_type=FakeProvider.INSTANCE_TYPE, region="here")
+    now = utcnow()
+    with transaction(factory) as s:
+        run = s.get(Run, run_id)
+        run.status, run.started_at = RunStatus.training.value, now
+        s.add(
+            Instance(
+                run_id=run_id,
+                rank=0,
+                name=inst.name,
+                provider="lambda",
+                provider_instance_id=inst.id,
+                instance_type=inst.instance_type,
+                price_cents_per_hour=120,
+                status="active",
+                launched_at=now,
+                active_at=now,
+                workdir="/home/ubuntu/trainyard/runs/x",
+                python="/usr/bin/python3",
+            )
+        )
+    return run_id, inst.id

@@ -22,10 +22,10 @@ from fakes import FakeProvider
 from fleet_helpers import lambda_settings, register_key, terminate_all
 from orchestrator.controller import Worker
 from orchestrator.controller.worker import MAX_CONSECUTIVE_ERRORS
-from orchestrator.db.models import CostEntry, Instance, Run, RunEvent, RunStatus, utcnow
+from orchestrator.db.models import CostEntry, Instance, RunEvent
 from orchestrator.db.session import transaction
 from orchestrator.runs import instance_name, request_cancel
-from orchestrator_helpers import drive, ended, free_port, lambda_spec, run_of, sessions, submit_run
+from orchestrator_helpers import drive, ended, free_port, lambda_spec, run_of, sessions, submit_run, training_run_on
 from provision.errors import NodeError, ProviderServerError
 from provision.registry import get_provider
 
@@ -196,38 +196,11 @@ def test_cancel_ends_a_provisioning_run_while_the_provider_answers_500(
 
 
 # -- with the fake provider ------------------------------------------------------------------------
-def _training_run(factory, provider: FakeProvider) -> tuple[str, str]:
-    """A training run on `provider` with one recorded, active instance: (run id, instance id)."""
-    run_id = submit_run(
-        factory, compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE, "nodes": 1}
-    )
-    inst = provider.launch(name=instance_name(run_id, 0), instance_type=FakeProvider.INSTANCE_TYPE, region="here")
-    now = utcnow()
-    with transaction(factory) as s:
-        run = s.get(Run, run_id)
-        run.status, run.started_at = RunStatus.training.value, now
-        s.add(
-            Instance(
-                run_id=run_id,
-                rank=0,
-                name=inst.name,
-                provider="lambda",
-                provider_instance_id=inst.id,
-                instance_type=inst.instance_type,
-                price_cents_per_hour=120,
-                status="active",
-                launched_at=now,
-                active_at=now,
-                workdir="/home/ubuntu/trainyard/runs/x",
-                python="/usr/bin/python3",
-            )
-        )
-    return run_id, inst.id
 
 
 def test_cancel_ends_a_training_run_while_every_provider_call_fails(factory, settings):
     provider = FakeProvider()
-    run_id, instance_id = _training_run(factory, provider)
+    run_id, instance_id = training_run_on(factory, provider)
     for method in ("get", "list", "terminate", "instance_types"):
         provider.fail(method, ProviderServerError("Lambda API: HTTP 503 after 5 tries"))
     cancel(factory, run_id)
@@ -249,7 +222,7 @@ def test_the_worker_records_a_failure_even_when_ending_the_run_raises(factory, s
     """A step keeps failing (the node's commands fail) until the worker gives up, and the
     provider's terminate raises something unexpected: the failure is recorded anyway."""
     provider = FakeProvider()
-    run_id, instance_id = _training_run(factory, provider)
+    run_id, instance_id = training_run_on(factory, provider)
     provider.node(provider.instances[instance_id]).broken = NodeError("ty-x-0: command failed (255): reset")
     provider.fail("terminate", RuntimeError("a bug in the provider"))
     worker = Worker(settings, factory, providers={"lambda": provider})

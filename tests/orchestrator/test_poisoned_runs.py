@@ -22,11 +22,11 @@ from sqlalchemy import select
 from fakes import FakeProvider
 from orchestrator.controller import Worker, lease
 from orchestrator.controller.orphans import OrphanSweep
-from orchestrator.db.models import CostEntry, Instance, Run, RunEvent, RunStatus, utcnow
+from orchestrator.db.models import CostEntry, Instance, RunEvent
 from orchestrator.db.session import transaction
 from orchestrator.runs import instance_name, request_cancel
 from orchestrator.settings import Settings
-from orchestrator_helpers import drive, ended, run_of, sessions, set_run, submit_run, tiny_spec
+from orchestrator_helpers import drive, ended, run_of, sessions, set_run, submit_run, tiny_spec, training_run_on
 from provision.errors import ProviderServerError
 
 #: the cleanup's bound, short so the test is quick: 3 tries, 0.05 s apart and doubling
@@ -99,37 +99,10 @@ def test_ten_poisoned_runs_fail_and_let_go_while_a_good_run_succeeds(local_facto
     print(f"10 poisoned runs and 1 good run ended in {took:.1f} s")
 
 
-def _training_run(factory, provider: FakeProvider) -> tuple[str, str]:
-    """A run training on one active instance of `provider`: (run id, provider instance id)."""
-    run_id = submit_run(
-        factory, compute={"provider": "lambda", "instance_type": FakeProvider.INSTANCE_TYPE, "nodes": 1}
-    )
-    inst = provider.launch(name=instance_name(run_id, 0), instance_type=FakeProvider.INSTANCE_TYPE, region="here")
-    now = utcnow()
-    with transaction(factory) as s:
-        run = s.get(Run, run_id)
-        run.status, run.started_at = RunStatus.training.value, now
-        s.add(
-            Instance(
-                run_id=run_id,
-                rank=0,
-                name=inst.name,
-                provider=provider.name,
-                provider_instance_id=inst.id,
-                instance_type=inst.instance_type,
-                price_cents_per_hour=120,
-                status="active",
-                launched_at=now,
-                active_at=now,
-            )
-        )
-    return run_id, inst.id
-
-
 def test_an_instance_that_will_not_terminate_is_given_up_to_the_orphan_sweep(factory, settings):
     provider = FakeProvider()
     provider.name = "lambda"  # a renting provider: the orphan sweep's
-    run_id, instance_id = _training_run(factory, provider)
+    run_id, instance_id = training_run_on(factory, provider)
     provider.fail("terminate", ProviderServerError("Lambda API: HTTP 503 after 5 tries"))
     with transaction(factory) as s:
         request_cancel(s, run_id)
