@@ -4,10 +4,11 @@ One rule, for the live estimate and the booked cost alike (`instance_cost`): Lam
 simulator's ledger keeps too (the tests compare the two to the cent). The price and the billing
 increment are frozen on the instance row at launch; every started increment is billed in full;
 billing runs from when the instance turned active until the provider took the terminate request.
-Lambda's API shows no timestamps, so both ends are our view of those moments: `active_at` is the
-middle between the last read showing it booting and the first showing it active
-(controller/placement.py), and `terminate_requested_at` is taken just before the first terminate
-request that succeeded. Confirmation comes later (an instance is `terminating` for a while) and
+Lambda's API shows no timestamps, so both ends are our view of those moments: `active_at` is
+`active_since`'s (the middle between one watcher's last read showing it booting and its first
+showing it active; when nobody watched in between, the last sighting booting, never below the
+bill), and `terminate_requested_at` is taken just before the first terminate request that the
+provider took (controller/lifecycle.py keeps it over a later repeat). Confirmation comes later (an instance is `terminating` for a while) and
 does not count. An instance found gone without a request of ours (preempted) is billed until we
 saw it gone (`terminated_at`), the conservative bound; one still running, until now.
 
@@ -71,6 +72,25 @@ def _billed(instance: Billable, end: datetime) -> InstanceCost:
     up_s = (aware(end) - aware(instance.active_at)).total_seconds()
     minutes = billing.billed_minutes(up_s, minute_s=instance.billing_minute_s)
     return InstanceCost(minutes, minutes * instance.price_cents_per_hour / 60.0)
+
+
+def active_since(booting_seen: datetime | None, seen_active: datetime, *, watched: bool) -> datetime:
+    """When an instance seen booting at `booting_seen` and active at `seen_active` turned active,
+    for billing (`instance_cost`), which starts then.
+
+    The provider does not say when (Lambda's API has no timestamps), only that it happened
+    between the two reads. When they are one watcher's consecutive polls (`watched`), their
+    middle is the estimate, off by at most half a poll interval. When nobody watched in between
+    (the worker died or was paused, or the run ended before the activation was recorded), the
+    interval can be long and its middle minutes late, which would bill less than the provider
+    does: the earliest possible moment, `booting_seen`, is booked instead, never below the bill.
+    With no sighting at all, `seen_active` is all there is.
+    """
+    if booting_seen is None:
+        return seen_active
+    if watched:
+        return aware(booting_seen) + (seen_active - aware(booting_seen)) / 2
+    return aware(booting_seen)
 
 
 _entries_t, _instances_t, _runs_t = CostEntry.__table__, Instance.__table__, Run.__table__

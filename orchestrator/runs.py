@@ -26,7 +26,7 @@ def new_run_id() -> str:
 #: every instance trainyard launches has a name that starts so (`instance_name`); the orphan
 #: sweep (controller/orphans.py) never touches an instance whose name does not
 INSTANCE_PREFIX = "ty-"
-_INSTANCE_NAME = re.compile(r"^ty-([A-Za-z0-9]+)-[0-9]+(?:r[0-9]+)?$")
+_INSTANCE_NAME = re.compile(r"^ty-([A-Za-z0-9]+)-([0-9]+)(?:r[0-9]+)?$")
 
 
 def instance_name(run_id: str, rank: int, replacement: int = 0) -> str:
@@ -40,6 +40,12 @@ def run_id_of_instance(name: str) -> str | None:
     """The run an instance name (`instance_name`'s form) points to; None for any other name."""
     match = _INSTANCE_NAME.match(name)
     return match.group(1) if match else None
+
+
+def rank_of_instance(name: str) -> int | None:
+    """The node rank an instance name (`instance_name`'s form) is for; None for any other name."""
+    match = _INSTANCE_NAME.match(name)
+    return int(match.group(2)) if match else None
 
 
 def next_instance_name(run_id: str, rank: int, rows: Iterable[Instance]) -> str:

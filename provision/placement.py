@@ -10,7 +10,11 @@ into exactly one instance:
 2. Read capacity once (`provider.instance_types()`, one round trip), then walk the candidates:
    for the first type, each allowed region that has capacity, in the spec's order; then the same
    for each fallback type. The first launch that is accepted wins.
-3. Capacity can vanish between the read and the launch: `InsufficientCapacity` from `launch`
+3. Just before each launch request the caller's `before_launch` hook runs (the controller
+   re-checks its lease and looks the name up again: a wait for capacity lasts minutes, and its
+   worker may have been paused and replaced meanwhile). It may stop the launch by raising, or
+   return an instance that now has the name, which is returned.
+   Capacity can vanish between the read and the launch: `InsufficientCapacity` from `launch`
    moves on to the next candidate.
 4. When no candidate had capacity, wait `poll_s` and read capacity again, until `timeout_s` has
    passed; then raise `PlacementFailed`, naming every type and region tried. Nothing is launched
@@ -49,12 +53,15 @@ def place(
     on_event: EventSink | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    before_launch: Callable[[str, str], Instance | None] | None = None,
 ) -> Instance:
     """Return the instance called `name`, launching it where capacity allows. See the module doc.
 
     Raises `PlacementFailed` when nothing had capacity for `timeout_s`, `InvalidRequest` when
     the provider offers none of `instance_types`, and any other `ProvisionError` from the
-    provider as it comes.
+    provider as it comes. `before_launch(instance_type, region)` is called immediately before
+    each launch request: it may raise (nothing is launched) or return an instance that now has
+    the name (returned as it is; a wait for capacity can outlast the first look by minutes).
     """
     wanted = list(dict.fromkeys(instance_types))
     allowed = list(dict.fromkeys(regions))
@@ -94,6 +101,13 @@ def place(
                 event(f"{type_name}: no capacity in {_where(allowed)}")
             for region in candidates:
                 tried[type_name].add(region)
+                if before_launch is not None:
+                    # the caller's last word before money is spent: it may have lost the right
+                    # to launch (raises), or the name may have appeared meanwhile (returned)
+                    found = before_launch(type_name, region)
+                    if found is not None:
+                        event(f"instance {name} appeared meanwhile ({found.status.value}); not launching another")
+                        return found
                 try:
                     instance = provider.launch(name=name, instance_type=type_name, region=region)
                 except InsufficientCapacity:

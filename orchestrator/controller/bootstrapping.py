@@ -88,6 +88,7 @@ def _install(ctx: RunContext, row: Instance, cancel: threading.Event) -> NodeRea
         if wait_for_ssh is not None:
             wait_for_ssh(time.monotonic() + ctx.settings.node_ssh_timeout_s, interval_s=1.0)
         s = ctx.settings
+        ctx.fence()  # the wait for SSH may have outlasted our hold on the run
         result = bootstrap(
             node,
             BootstrapSpec(
@@ -145,6 +146,7 @@ def _prepare_data(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         # never started, or killed before finishing (prepare cleans up its own leftovers)
         env = {**h.env, **storage.node_env(ctx, run, spec, h.node, h.workdir)}
         cache = storage.data_cache_uri(ctx, run, spec)
+        ctx.fence()  # a pass blocked past its lease starts nothing
         pid = cmd.prepare_command(h.python, env, spec, h.workdir, cache_uri=cache).start(h.node)
         ctx.event(
             "info",

@@ -95,6 +95,15 @@ class RunContext:
         with lease.fenced(self.factory, self.run_id, self.token, self.settings.lease_s) as pair:
             yield pair
 
+    def fence(self) -> None:
+        """Raise LeaseLostError unless we still hold the run's lease (and extend it). Called just
+        before every side effect outside the database (a launch, a terminate request, a process
+        started on a node): a worker that was paused or blocked past its lease, or a task that
+        outlived its worker's hold on the run, stops there instead of acting for a run another
+        worker now owns."""
+        with self.write():
+            pass
+
     def handle(self, row: Instance) -> NodeHandle:
         """A node session on an instance row. Raises NodeLost, naming the node and what the
         provider shows, when the instance is gone or unhealthy there."""

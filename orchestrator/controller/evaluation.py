@@ -94,6 +94,7 @@ def _test_loss(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> dict 
             if not what:
                 return Failed("training finished but left no committed checkpoint to evaluate")
             command = cmd.eval_command(h.python, h.env, spec, h.workdir, checkpoint=what, test_sha256=sha)
+        ctx.fence()  # a pass blocked past its lease starts nothing
         pid = command.start(h.node)
         with ctx.write() as (session, _fresh):
             add_event(session, run.id, "info", f"evaluating {what} on the test split (pid {pid})")
@@ -146,6 +147,7 @@ def _ift(ctx: RunContext, run: Run, spec: RunSpec, h: NodeHandle) -> Outcome:
         # with a store, the run's store credentials, as training gets them (an s3:// upload needs them)
         env = {**h.env, **node_env(ctx, run, spec, h.node, h.workdir)} if store else h.env
         command = cmd.ift_command(h.python, env, spec, h.workdir, model=model, store=store)
+        ctx.fence()  # a pass blocked past its lease starts nothing
         pid = command.start(h.node)
         with ctx.write() as (session, _fresh):
             add_event(

@@ -8,6 +8,12 @@ worker's task threads (tasks.py) while the worker keeps renewing its lease and s
 Each task is idempotent (placement finds an instance by its name before launching), so a task
 lost with its worker is started again. No database transaction is open during a provider call.
 
+A task can outlive its worker's hold on the run (the worker paused or blocked past its lease while
+the task slept between looks at capacity). So every launch is fenced: immediately before the
+request the lease is checked by a write and the name looked up again (`_fence_launch`), and each
+poll of a booting instance keeps its sighting on the row by a fenced write: a task whose worker
+lost the run stops at its next side effect.
+
 A provider that fails (a 5xx or a timeout, after the client's own retries) is asked again after
 settings.placement_poll_s, not every pass, and never past the deadline: placing fails then, naming
 the last error. Once an instance exists, its boot is waited for up to settings.node_boot_timeout_s,
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from orchestrator.controller.auto_type import auto_instance_types
 from orchestrator.controller.context import RunContext, log, usable_instances
@@ -30,6 +36,7 @@ from orchestrator.controller.lifecycle import record_instance
 from orchestrator.controller.outcomes import WAITING, Done, Outcome
 from orchestrator.controller.policy import Cancelled, NodeLost, one_line, run_task
 from orchestrator.controller.tasks import sleeper
+from orchestrator.costs import active_since
 from orchestrator.db.models import Instance, Run, aware, utcnow
 from orchestrator.runs import add_event, next_instance_name
 from orchestrator.spec import AUTO_INSTANCE_TYPE, RunSpec
@@ -52,12 +59,11 @@ def placement(ctx: RunContext, run: Run, spec: RunSpec, since: datetime | None =
         if row is not None and row.active_at is not None:
             continue
         name = row.name if row is not None else next_instance_name(run.id, rank, run.instances)
-        recorded = row.provider_instance_id if row is not None else None
         placed, pending = run_task(
             ctx,
             f"place-{rank}",
             f"placing {name}",
-            partial(_place_until_active, ctx, run, spec, rank, name, recorded, deadline),
+            partial(_place_until_active, ctx, run, spec, rank, name, row, deadline),
             may_launch=True,
         )
         if pending is not None:
@@ -86,15 +92,16 @@ def _place_until_active(
     spec: RunSpec,
     rank: int,
     name: str,
-    recorded: str | None,
+    recorded: Instance | None,
     deadline: datetime,
     cancel: threading.Event,
 ) -> tuple[ProviderInstance, datetime]:
     """The task: place node `rank` as `name` and record it (unless an instance is `recorded` for
     it already: that one is waited for, never placed again), then wait until it is active."""
     sleep = sleeper(cancel)
-    if recorded is not None:
-        return _wait_active(ctx, recorded, name, sleep)
+    if recorded is not None and recorded.provider_instance_id is not None:
+        since = recorded.booting_seen_at or recorded.launched_at
+        return _wait_active(ctx, recorded.provider_instance_id, name, sleep, since)
     try:
         inst = place(
             ctx.provider,
@@ -105,6 +112,7 @@ def _place_until_active(
             poll_s=ctx.settings.placement_poll_s,
             on_event=partial(ctx.event, "placement"),
             sleep=sleep,
+            before_launch=partial(_fence_launch, ctx, name, cancel),
         )
     except ProvisionError as exc:
         if exc.retryable:
@@ -113,7 +121,30 @@ def _place_until_active(
     record_instance(ctx, run, rank, inst)
     if cancel.is_set():
         raise Cancelled("the run ended")  # recorded above, so the run's end terminates it
-    return _wait_active(ctx, inst.id, name, sleep)
+    return _wait_active(ctx, inst.id, name, sleep, utcnow() if inst.status == InstanceStatus.booting else None)
+
+
+def _fence_launch(
+    ctx: RunContext, name: str, cancel: threading.Event, instance_type: str, region: str
+) -> ProviderInstance | None:
+    """Immediately before a launch request (provision.placement's `before_launch`): stop if the
+    run ended or our lease is gone, and take an instance that has the name by now instead.
+
+    A wait for capacity lasts minutes. Meanwhile this worker may have been paused (SIGSTOP, a
+    stalled VM) or blocked past its lease, another worker may have taken the run over and placed
+    the node itself, and this task may resume not knowing. The lease check is a fenced write (the
+    "launch" event, also when the launch was asked for: record_instance's lower bound for an
+    instance found running later), taken last, right before the request: a worker that lost the
+    lease raises LeaseLostError there and launches nothing. Left open: a pause that falls between
+    this write and the request itself (microseconds); the run's end terminates and books every
+    instance named for it, recorded or not (lifecycle.adopt_unrecorded)."""
+    if cancel.is_set():
+        raise Cancelled("the run ended")
+    found = ctx.provider.find_by_name(name)
+    if found is not None:
+        return found
+    ctx.event("launch", f"launching {name}: {instance_type} in {region}")
+    return None
 
 
 def _back_off(
@@ -134,20 +165,17 @@ def _back_off(
 
 
 def _wait_active(
-    ctx: RunContext, instance_id: str, name: str, sleep: Callable[[float], None]
+    ctx: RunContext, instance_id: str, name: str, sleep: Callable[[float], None], booting_seen: datetime | None
 ) -> tuple[ProviderInstance, datetime]:
-    """Poll until the provider shows the instance active. Returns it and when it turned active.
-
-    Billing starts when an instance turns active, and the API does not say when that was: only
-    that it happened between the last read showing it booting and the first showing it active.
-    The middle of the two is the estimate, off by at most half a poll interval
-    (settings.node_active_poll_s), which is why this polls on its own thread and not once per
-    reconcile pass. An instance already active at the first read gets that read's time.
-    A provider failure that may pass is waited out (settings.placement_poll_s between tries), up
-    to the same timeout.
+    """Poll until the provider shows the instance active. Returns it and when it turned active
+    (`active_since`), given `booting_seen`, the last time it was seen booting before this wait
+    (by whoever watched it: a worker that took the run over starts from the row's evidence).
+    Each read that shows it booting is kept on its row (`booting_seen_at`), so the next watcher
+    has it too. A provider failure that may pass is waited out (settings.placement_poll_s
+    between tries), up to settings.node_boot_timeout_s.
     """
     give_up = time.monotonic() + ctx.settings.node_boot_timeout_s
-    booting_seen: datetime | None = None
+    watched = False  # whether `booting_seen` is this wait's own last read
     while True:
         asked = utcnow()
         try:
@@ -164,17 +192,28 @@ def _wait_active(
             sleep(max(ctx.settings.node_active_poll_s, ctx.settings.placement_poll_s))
             continue
         if now is not None and now.status == InstanceStatus.active:
-            return now, asked if booting_seen is None else booting_seen + (asked - booting_seen) / 2
-        booting_seen = asked
+            return now, active_since(booting_seen, asked, watched=watched)
         if now is None or now.status.is_gone or now.status == InstanceStatus.unhealthy:
             state = now.status.value if now is not None else "gone"
             raise NodeLost(f"instance {name} became {state} while booting")
+        booting_seen, watched = asked, True
+        _note_booting(ctx, instance_id, asked)  # fenced: a task whose worker lost the run stops here
         if time.monotonic() > give_up:
             raise NodeLost(
                 f"instance {name} did not become active within "
                 f"{ctx.settings.node_boot_timeout_s:g} s (still {now.status.value})"
             )
         sleep(ctx.settings.node_active_poll_s)
+
+
+def _note_booting(ctx: RunContext, instance_id: str, seen: datetime) -> None:
+    with ctx.write() as (session, _fresh):
+        session.execute(
+            update(Instance)
+            .where(Instance.run_id == ctx.run_id, Instance.provider_instance_id == instance_id)
+            .values(booting_seen_at=seen)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _record_active(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance, seen: datetime) -> None:

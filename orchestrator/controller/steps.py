@@ -38,6 +38,7 @@ from orchestrator.controller.lifecycle import (
     Termination,
     adopt_unrecorded,
     book_terminations,
+    finish_terminations,
     release_workers,
     terminate_instances,
 )
@@ -45,7 +46,7 @@ from orchestrator.controller.outcomes import Done, Failed, Killed, Lost, Outcome
 from orchestrator.controller.placement import placement
 from orchestrator.controller.policy import Action, classify, one_line
 from orchestrator.controller.training import MAX_RECOVERIES, begin_recovery, recovering, training
-from orchestrator.db.models import UNSUCCESSFUL_ENDINGS, Run, RunStatus, utcnow
+from orchestrator.db.models import UNSUCCESSFUL_ENDINGS, Run, RunStatus, aware, utcnow
 from orchestrator.planning.records import RECORDED_ENDINGS, measure
 from orchestrator.runs import add_event
 from orchestrator.spec import RunSpec
@@ -75,15 +76,21 @@ class IllegalTransition(RuntimeError):
     """A status change the state machine does not allow (a bug in the controller)."""
 
 
-def set_status(session: Session, run: Run, to: RunStatus, message: str = "", *, reason: str | None = None) -> None:
-    """Move the run to `to` and record the change (from, to, why) as an event.
-    Raises IllegalTransition, naming both states, for a change TRANSITIONS does not allow."""
+def check_transition(run: Run, to: RunStatus) -> RunStatus:
+    """The run's status, if it may move to `to`; else IllegalTransition, naming both states."""
     frm = RunStatus(run.status)
     if to not in TRANSITIONS[frm]:
         raise IllegalTransition(
             f"run {run.id}: {frm.value} -> {to.value} is not an allowed transition "
             f"(from {frm.value}: {', '.join(sorted(s.value for s in TRANSITIONS[frm])) or 'none'})"
         )
+    return frm
+
+
+def set_status(session: Session, run: Run, to: RunStatus, message: str = "", *, reason: str | None = None) -> None:
+    """Move the run to `to` and record the change (from, to, why) as an event.
+    Raises IllegalTransition, naming both states, for a change TRANSITIONS does not allow."""
+    frm = check_transition(run, to)
     now = utcnow()
     run.status = to.value
     run.updated_at = now
@@ -92,7 +99,7 @@ def set_status(session: Session, run: Run, to: RunStatus, message: str = "", *, 
     if to == S.provisioning and run.started_at is None:
         run.started_at = now
     if to.is_terminal and run.finished_at is None:
-        run.finished_at = now
+        run.finished_at = aware(run.ending_at) if run.ending_at is not None else now  # when it was decided
     add_event(session, run.id, "status", reason or message, from_status=frm.value, to_status=to.value)
     log.info("run %s: %s -> %s%s", run.id, frm.value, to.value, f" ({reason or message})" if reason or message else "")
 
@@ -100,17 +107,25 @@ def set_status(session: Session, run: Run, to: RunStatus, message: str = "", *, 
 def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: Record | None = None) -> None:
     """Terminate everything the run holds, then record how it ended (and `record`'s rows with it).
 
-    Order matters for crash safety: the terminate request (idempotent) goes first, then the
-    terminal status, the confirmed terminations and their cost in one fenced transaction. A crash
-    in between leaves the run in its old state and the next pass ends it again; an ended run with
-    an instance not confirmed terminated stays claimable, and its cleanup (cleanup.py) goes on.
-    A step before the transaction that fails (a bad spec, the provider, a bug) is an event, never
-    a reason not to end the run (cleanup.attempt)."""
+    Order matters for crash safety. First the intent, in one fenced transaction: how the run ends
+    (`ending_status`, `ending_reason`, `ending_at`) and what the ending records (a test loss, a
+    measured checkpoint). Then the provider calls: every instance named for the run adopted, the
+    terminate request (its time kept on each row before it is sent: lifecycle.terminate_instances).
+    Then the terminal status, the confirmed terminations and their cost, in one more fenced
+    transaction. A worker killed anywhere in between leaves the intent, and whoever holds the run
+    next finishes this same ending (reconcile, first thing) instead of finding the nodes gone and
+    diagnosing a loss; the first decision stands over later ones. An ended run with an instance
+    not confirmed terminated stays claimable, and its cleanup (cleanup.py) goes on. A step after
+    the intent that fails (the provider, a bug) is an event, never a reason not to end the run
+    (cleanup.attempt)."""
     if ctx.tasks is not None:
         ctx.tasks.cancel(run.id)  # first, so a placement in flight cannot launch after the terminate
-    adopted, not_adopted = attempt(
-        run.id, "looking for instances launched but not recorded", adopt_unrecorded, ctx, run
-    )
+    intended = _intend(ctx, run, status, reason, record)
+    if intended is None:
+        return  # already ended by an earlier pass of ours; cleanup handles the instances
+    run = intended
+    status, reason = RunStatus(str(run.ending_status)), str(run.ending_reason)
+    adopted, not_adopted = attempt(run.id, "looking for instances named for the run", adopt_unrecorded, ctx, run)
     run = adopted or run
     term, not_terminated = attempt(run.id, "terminating the instances", terminate_instances, ctx, run)
     term = term or Termination()  # it raised: nothing asked; the cleanup asks again
@@ -120,9 +135,7 @@ def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: R
     )
     with ctx.write() as (session, fresh):
         if RunStatus(fresh.status).is_terminal:
-            return  # already ended by an earlier pass of ours; cleanup handles the instances
-        if record is not None:
-            record(session, fresh)
+            return
         if throughput is not None:
             throughput(session, fresh)
         set_status(session, fresh, status, reason=one_line(reason))
@@ -134,6 +147,22 @@ def end_run(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: R
                 add_event(session, fresh.id, "cleanup", problem)
 
 
+def _intend(ctx: RunContext, run: Run, status: RunStatus, reason: str, record: Record | None) -> Run | None:
+    """Write how the run ends and what the ending records, unless an ending was decided already
+    (that one stands, and `record` is dropped: it belongs to a decision not taken). The run as
+    it is now, or None when it has ended."""
+    with ctx.write() as (session, fresh):
+        if RunStatus(fresh.status).is_terminal:
+            return None
+        if fresh.ending_status is None:
+            check_transition(fresh, status)  # a bug is refused before anything is done
+            if record is not None:
+                record(session, fresh)
+            fresh.ending_status, fresh.ending_reason, fresh.ending_at = status.value, one_line(reason), utcnow()
+            add_event(session, fresh.id, "ending", f"ending the run as {status.value}: {one_line(reason)}")
+    return load_run(ctx.factory, run.id)
+
+
 def reconcile(ctx: RunContext) -> bool:
     """Move one run as far as it can go now. True when the run needs no worker any more."""
     for _ in range(MAX_STEPS_PER_PASS):
@@ -143,6 +172,10 @@ def reconcile(ctx: RunContext) -> bool:
         status = RunStatus(run.status)
         if status.is_terminal:
             return clean_up(ctx, run)
+        if run.ending_status is not None:  # an ending decided and not finished (a worker died in it)
+            end_run(ctx, run, RunStatus(run.ending_status), run.ending_reason or "")
+            continue
+        finish_terminations(ctx, run)  # nodes let go of (a lost one, the workers after training)
         spec = spec_of(run)
         if run.cancel_requested:
             end_run(ctx, run, S.cancelled, "cancelled by the user")
@@ -218,8 +251,9 @@ def _apply(ctx: RunContext, run: Run, spec: RunSpec, status: RunStatus, outcome:
         return end_run(ctx, run, to, message, outcome.record)
     record = outcome.record
     if status == S.training and to == S.evaluating:
-        # after training only node 0 has work left, and an idle node still bills
-        release = release_workers(ctx, run)
+        # after training only node 0 has work left, and an idle node still bills: the workers
+        # are marked in the same write as the move, and terminated by the next step
+        release = release_workers(run)
         record = _both(release, outcome.record)
     _transition(ctx, run, to, message, record)
     return None

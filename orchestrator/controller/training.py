@@ -10,7 +10,8 @@
                 0's own, if it survived), so the loss curve goes on from that step.
 
 `begin_recovery` is what steps.py does before it moves a run to `recovering`: the other trainers
-stopped (they cannot go on without their peer), a lost node terminated, one more recovery counted.
+stopped (they cannot go on without their peer), a lost node marked for termination in the same
+write as the move (the next step terminates it), one more recovery counted.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from orchestrator.controller.context import (
     usable_instances,
 )
 from orchestrator.controller.ingest import read_new, record_output
-from orchestrator.controller.lifecycle import book_terminations, terminate_instances
+from orchestrator.controller.lifecycle import mark_for_termination
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Killed, Outcome, Record
 from orchestrator.controller.placement import placement
 from orchestrator.db.models import Instance, Run, RunEvent, RunStatus
@@ -113,6 +114,7 @@ def start_trainer(
         socket_ifname=ctx.settings.node_socket_ifname or h.instance.extra.get("socket_ifname"),
         resume_from=resume[1] if resume is not None else None,
     )
+    ctx.fence()  # a pass blocked past its lease (a black-holed node) starts nothing
     pid = command.start(h.node)
     with ctx.write() as (session, _fresh):
         session.get_one(Instance, row.id).trainer_pid = pid
@@ -149,13 +151,11 @@ def begin_recovery(ctx: RunContext, run: Run, reason: str, *, replace_lost: bool
     for row in healthy:  # their trainers lost a peer; they restart with the new node
         h = ctx.handle(row)
         h.node.stop(workdir=h.workdir, name="train")
-    term = terminate_instances(ctx, run, lost) if lost else None
     what = f"{reason}; replacing {', '.join(r.name for r in lost)} with a new node" if lost else reason
     node0_replaced = any(r.rank == 0 for r in lost)
 
     def count(session: Session, fresh: Run) -> None:
-        if term is not None:
-            book_terminations(session, fresh, term)
+        mark_for_termination(session, fresh, lost)  # terminated by the next step, whoever takes it
         fresh.recoveries += 1
         for row in fresh.instances:
             row.trainer_pid = None  # every trainer is restarted (recovering sets it again)

@@ -148,6 +148,13 @@ class Run(Base):
     #: the trainer checkpoints, the checkpoint is evaluated, and the run ends `stopped`
     stop_requested_at: Mapped[datetime | None]
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    #: how the run ends, written (with what the ending records) before its instances are
+    #: terminated: a worker that takes the run over in between finishes this same ending rather
+    #: than finding its nodes gone and diagnosing a loss (controller/steps.py `end_run`); the
+    #: first decision stands, and `ending_at` becomes the run's `finished_at`
+    ending_status: Mapped[str | None] = mapped_column(String(20))
+    ending_reason: Mapped[str | None] = mapped_column(Text)
+    ending_at: Mapped[datetime | None]
 
     #: who submitted it: the API token's name (orchestrator/auth.py), "local" when the service
     #: was open on loopback (no tokens); null for runs from before tokens existed
@@ -211,6 +218,9 @@ class Instance(Base):
     trainer_pid: Mapped[int | None] = mapped_column(Integer)
 
     launched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: the last time the provider showed it booting (kept on every poll while it boots): it cannot
+    #: have turned active, nor started billing, before then (controller/placement.py `active_since`)
+    booting_seen_at: Mapped[datetime | None]
     active_at: Mapped[datetime | None]
     terminate_requested_at: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]

@@ -167,3 +167,39 @@ def lsim(tmp_path_factory):
     ).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def key_file(lsim, tmp_path_factory):
+    """An SSH key registered with the module's simulator (fleet_helpers.KEY_NAME): its private key file."""
+    from fleet_helpers import register_key
+
+    return register_key(lsim, tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def sim_factory(sqlite_url):
+    """Sessions on a fresh SQLite database, for a worker in this process on the simulator."""
+    f = sessions(sqlite_url)
+    yield f
+    f.kw["bind"].dispose()
+
+
+@pytest.fixture
+def sim_reset(lsim):
+    """Faults and capacity as the catalog has them after the test; nothing left running."""
+    import time
+
+    from fleet_helpers import terminate_all
+
+    cloud = lsim.cloud
+    yield cloud
+    with cloud.lock:
+        cloud.faults.server_errors.clear()
+        cloud.faults.no_capacity.clear()
+    terminate_all(lsim)
+    time.sleep(0.5)  # terminated machines give their capacity back
+    with cloud.lock:
+        cloud.capacity = {
+            (t, r): n for t, item in cloud.catalog.instance_types.items() for r, n in item.capacity.items()
+        }

@@ -13,48 +13,19 @@ call fails, and a run failed by the worker (its error limit reached) while endin
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import select
 
 from fakes import FakeProvider
-from fleet_helpers import lambda_settings, register_key, terminate_all
+from fleet_helpers import lambda_settings
 from orchestrator.controller import Worker
 from orchestrator.controller.worker import MAX_CONSECUTIVE_ERRORS
 from orchestrator.db.models import CostEntry, Instance, RunEvent
 from orchestrator.db.session import transaction
 from orchestrator.runs import instance_name, request_cancel
-from orchestrator_helpers import drive, ended, free_port, lambda_spec, run_of, sessions, submit_run, training_run_on
+from orchestrator_helpers import drive, ended, free_port, lambda_spec, run_of, submit_run, training_run_on
 from provision.errors import NodeError, ProviderServerError
 from provision.registry import get_provider
-
-
-@pytest.fixture(scope="module")
-def key_file(lsim, tmp_path_factory):
-    return register_key(lsim, tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def sim_factory(sqlite_url) -> Iterator:
-    f = sessions(sqlite_url)
-    yield f
-    f.kw["bind"].dispose()
-
-
-@pytest.fixture
-def sim_reset(lsim):
-    """Faults and capacity as the catalog has them after the test; nothing left running."""
-    cloud = lsim.cloud
-    yield cloud
-    with cloud.lock:
-        cloud.faults.server_errors.clear()
-    terminate_all(lsim)
-    time.sleep(0.5)  # terminated machines give their capacity back
-    with cloud.lock:
-        cloud.capacity = {
-            (t, r): n for t, item in cloud.catalog.instance_types.items() for r, n in item.capacity.items()
-        }
 
 
 def counted(provider) -> list[str]:

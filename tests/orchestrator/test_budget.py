@@ -251,6 +251,7 @@ def test_a_stopped_trainer_is_evaluated_without_fine_tuning_and_the_run_ends_sto
     assert out == Done("training stopped with a final checkpoint; measuring the test loss on node 0")
     run = env.apply(out)
     assert (run.status, run.step, run.tokens_done) == ("evaluating", 7, 700)
+    env.next_step()
     assert_all_terminated_and_booked(env, ranks={1})  # the worker is released as after any training
 
     node.set_proc(env.workdir(0), "eval", exit_code=0)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet_helpers import lambda_settings, launch, register_key, terminate_all, wait_status
+from fleet_helpers import lambda_settings, launch, terminate_all, wait_status
 from orchestrator.api.app import create_app
 from orchestrator.db.models import Instance, OrphanInstance, RunStatus, utcnow
 from orchestrator.db.session import transaction
@@ -28,11 +28,6 @@ from simhelpers import API_KEY
 
 #: cpu_4x_general's price in the simulator's catalog, US cents per hour
 PRICE = 20
-
-
-@pytest.fixture(scope="module")
-def key_file(lsim, tmp_path_factory):
-    return register_key(lsim, tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(autouse=True)

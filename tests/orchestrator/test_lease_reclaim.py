@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from fleet_helpers import KEY_NAME, lambda_settings, register_key
+from fleet_helpers import KEY_NAME, lambda_settings
 from orchestrator.controller import Worker, lease
 from orchestrator.db.models import Run, RunEvent, WorkerRecord, aware, utcnow
 from orchestrator.db.session import transaction
@@ -37,11 +37,6 @@ def no_capacity(lsim):
     assert r.status_code == 200, r.text
     yield lsim
     httpx.delete(faults, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def key_file(lsim, tmp_path_factory):
-    return register_key(lsim, tmp_path_factory.mktemp("keys"))
 
 
 def _held_run(factory) -> str:

@@ -18,29 +18,22 @@ import pytest
 from sqlalchemy import select
 
 from fleet_helpers import lambda_settings as _settings
-from fleet_helpers import launch, register_key, sim_client, status, terminate_all, wait_status
+from fleet_helpers import launch, sim_client, status, terminate_all, wait_status
 from orchestrator.controller import Worker
 from orchestrator.controller.orphans import OrphanSweep
 from orchestrator.db.models import CostEntry, Instance, OrphanInstance, RunEvent, RunStatus, aware, utcnow
 from orchestrator.db.session import transaction
 from orchestrator.runs import instance_name, new_run_id
-from orchestrator_helpers import lambda_spec, sessions, set_run, submit_run
+from orchestrator_helpers import lambda_spec, set_run, submit_run
 from provision.registry import get_provider
 
 GRACE_S = 1.5
 SWEEP_S = 0.5
 
 
-@pytest.fixture(scope="module")
-def key_file(lsim, tmp_path_factory):
-    return register_key(lsim, tmp_path_factory.mktemp("keys"))
-
-
 @pytest.fixture
-def factory(sqlite_url):
-    f = sessions(sqlite_url)
-    yield f
-    f.kw["bind"].dispose()
+def factory(sim_factory):
+    return sim_factory
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from orchestrator.controller import lease, steps
 from orchestrator.controller.bootstrapping import bootstrapping
 from orchestrator.controller.context import RunContext, load_run, spec_of
 from orchestrator.controller.evaluation import evaluating
+from orchestrator.controller.lifecycle import finish_terminations
 from orchestrator.controller.outcomes import WAITING, Done, Failed, Killed, Lost, Waiting
 from orchestrator.controller.placement import placement
 from orchestrator.controller.policy import (
@@ -52,7 +53,7 @@ from orchestrator.db.session import transaction
 from orchestrator.errors import LeaseLostError
 from orchestrator.runs import instance_name
 from orchestrator.settings import Settings
-from orchestrator_helpers import sessions, submit_run
+from orchestrator_helpers import sessions, set_run, submit_run
 from provision.base import InstanceStatus
 from provision.errors import (
     HostKeyMismatch,
@@ -207,6 +208,14 @@ class Env:
 
     def reconcile(self) -> bool:
         return steps.reconcile(self.ctx)
+
+    def next_step(self) -> Run:
+        """What the next step does first: terminate the nodes the last one let go of (marked in
+        its write, so no takeover in between mistakes them for lost ones)."""
+        marked = [r for r in self.instances() if r.terminate_requested_at is not None and r.terminated_at is None]
+        assert marked and all(r.status != "terminating" for r in marked)
+        finish_terminations(self.ctx, self.run())
+        return self.run()
 
 
 @pytest.fixture
@@ -766,6 +775,7 @@ def test_a_lost_node_in_training_is_terminated_booked_and_replaced(env):
     reason = f"node 1 ({env.name(1)}) is preempted at provider fake"
     run = env.apply(Lost(reason))
     assert (run.status, run.recoveries) == ("recovering", 1)
+    env.next_step()
     assert env.events("recovery") == [
         f"{reason}; replacing {env.name(1)} with a new node; resuming from the last "
         f"checkpoint (recovery 1 of {MAX_RECOVERIES})"
@@ -802,6 +812,7 @@ def test_done_in_training_moves_to_evaluation_and_releases_the_workers(env):
     env.make_run(S.training, nodes=3)
     run = env.apply(Done("training done; measuring the test loss on node 0"))
     assert run.status == "evaluating"
+    env.next_step()
     assert_all_terminated_and_booked(env, ranks={1, 2})
     assert env.instances()[0].terminated_at is None
     assert env.provider.terminate_calls == [["i-0002", "i-0003"]]
@@ -927,6 +938,7 @@ def test_a_node_lost_while_recovering_counts_one_more_recovery(env):
     env.provider.lose(env.instances()[1].provider_instance_id, InstanceStatus.preempted)
     run = env.apply(Lost(f"node 1 ({env.name(1)}) is preempted at provider fake"))
     assert (run.status, run.recoveries) == ("recovering", 2)
+    env.next_step()
     assert_all_terminated_and_booked(env, ranks={1})
 
 
@@ -940,3 +952,74 @@ def test_placement_never_leaves_an_instance_the_database_does_not_know(env):
     live = {i.id for i in env.provider.instances.values() if not i.status.is_gone}
     recorded = {r.provider_instance_id for r in env.instances() if r.terminated_at is None}
     assert live <= recorded, f"instances billing unrecorded: {sorted(live - recorded)}"
+
+
+# -- issue 14: a worker killed between a terminate request and the write that books it -----------
+class WorkerKilled(BaseException):
+    """The worker process dies here (kill -9): nothing after this line of it runs. A BaseException,
+    so no `except Exception` of the controller's can swallow it, as none can catch a SIGKILL."""
+
+
+def kill_after(provider: FakeProvider, operation: str) -> None:
+    """The next `operation` is taken by the provider, then the worker dies before hearing back."""
+    real = getattr(provider, operation)
+
+    def dying(*args, **kwargs):
+        real(*args, **kwargs)
+        setattr(provider, operation, real)  # the next worker's calls work
+        raise WorkerKilled(operation)
+
+    setattr(provider, operation, dying)
+
+
+def take_over(env: Env) -> None:
+    """Another worker takes the run over once the dead one's lease has expired: a new token, and
+    nothing of the dead worker's memory (node sessions, tasks)."""
+    set_run(env.factory, env.run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    token = lease.acquire(env.factory, env.run_id, "worker-next", env.settings.lease_s)
+    assert token is not None
+    env.ctx = RunContext(env.run_id, token, env.settings, env.factory, env.provider, tasks=SyncTasks())
+
+
+def test_killed_after_terminating_a_finished_run_the_next_worker_finishes_the_same_ending(env):
+    """It used to end `failed: node 0 ... is terminated`, its test loss lost."""
+    env.make_run(S.evaluating)
+
+    def test_loss(_session, fresh: Run) -> None:
+        fresh.test_loss = 3.25
+
+    kill_after(env.provider, "terminate")
+    with pytest.raises(WorkerKilled):
+        env.apply(Done("test loss 3.250", test_loss))
+    (row,) = env.instances()
+    first = row.terminate_requested_at
+    assert first is not None and env.run().status == "evaluating"
+
+    take_over(env)
+    assert env.reconcile() is True
+    run = env.run()
+    assert (run.status, run.status_reason, run.test_loss) == ("succeeded", "test loss 3.250", 3.25)
+    assert run.finished_at == run.ending_at  # when it was decided, not when the next worker got to it
+    assert env.instances()[0].terminate_requested_at == first  # billed to the first request
+    assert_all_terminated_and_booked(env)
+
+
+def test_killed_after_releasing_the_workers_the_next_worker_does_not_replace_them(env):
+    """It used to take node 1, terminated on purpose after training, for a lost node: it rented a
+    replacement and restarted the trainers."""
+    env.make_run(S.training, nodes=2)
+    env.node(0).write(env.file(0, "checkpoints/latest"), "step_000010")
+    kill_after(env.provider, "terminate")
+    with pytest.raises(WorkerKilled):  # wherever the request is made: in the move, or the step after
+        env.apply(Done("training done; measuring the test loss on node 0"))
+        env.reconcile()
+    first = env.instances()[1].terminate_requested_at
+    assert first is not None
+
+    take_over(env)
+    env.reconcile()
+    run = env.run()
+    assert (run.status, run.recoveries) == ("evaluating", 0), run.status_reason
+    assert [r.name for r in env.instances()] == [env.name(0), env.name(1)]  # no replacement
+    assert env.instances()[1].terminate_requested_at == first
+    assert_all_terminated_and_booked(env, ranks={1})
