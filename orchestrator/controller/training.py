@@ -148,6 +148,7 @@ def begin_recovery(ctx: RunContext, run: Run, reason: str, *, replace_lost: bool
             (lost if lost_reason(row, inst, ctx.provider.name) else healthy).append(row)
         if not lost:
             return None
+    ctx.fence()  # a pass that outlived its lease (a black-holed node) stops no one's trainers
     for row in healthy:  # their trainers lost a peer; they restart with the new node
         h = ctx.handle(row)
         h.node.stop(workdir=h.workdir, name="train")
@@ -199,6 +200,7 @@ def recovering(ctx: RunContext, run: Run, spec: RunSpec) -> Outcome:
         if row.trainer_pid is not None:
             continue  # restarted in this recovery already (before a crash of ours)
         if cmd.proc_state(h.node, h.workdir, "train").running:  # the old trainer has not stopped yet
+            ctx.fence()
             h.node.stop(workdir=h.workdir, name="train")
             return WAITING
         start_trainer(ctx, run, spec, handles, row, h)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from fakes import FakeNode, FakeProvider, SyncTasks
 from orchestrator.controller import lease, steps
+from orchestrator.controller import training as training_module
 from orchestrator.controller.bootstrapping import bootstrapping
 from orchestrator.controller.context import RunContext, load_run, spec_of
 from orchestrator.controller.evaluation import evaluating
@@ -1023,3 +1024,20 @@ def test_killed_after_releasing_the_workers_the_next_worker_does_not_replace_the
     assert [r.name for r in env.instances()] == [env.name(0), env.name(1)]  # no replacement
     assert env.instances()[1].terminate_requested_at == first
     assert_all_terminated_and_booked(env, ranks={1})
+
+
+@pytest.mark.parametrize("status", [S.training, S.evaluating], ids=lambda s: s.value)
+def test_a_pass_that_outlived_its_lease_starts_and_stops_nothing_on_the_nodes(env, status):
+    """A pass blocked past its lease (a black-holed node) goes on once the node answers: by then
+    another worker holds the run, and the old pass must not start a trainer or an evaluation
+    (the new owner starts its own) nor stop the new owner's trainers (a recovery)."""
+    env.make_run(status, nodes=2)
+    env.node(0).write(env.file(0, "checkpoints/latest"), "step_000010")
+    stale = env.ctx
+    take_over(env)
+    with pytest.raises(LeaseLostError):
+        steps.reconcile(stale)
+    with pytest.raises(LeaseLostError):
+        training_module.begin_recovery(stale, env.run(), "node 1 did not answer", replace_lost=False)
+    for rank in (0, 1):
+        assert (env.node(rank).started, env.node(rank).stopped) == ([], [])
