@@ -169,7 +169,11 @@ class LambdaProvider(Provider):
         if not instance.public_ip:
             raise NodeUnreachable(f"instance {instance.name or instance.id} has no IP yet ({instance.status.value})")
         target = SshTarget(
-            host=instance.public_ip, user=self.ssh_user, key_file=self.private_key_file, port=instance.ssh_port
+            host=instance.public_ip,
+            user=self.ssh_user,
+            key_file=self.private_key_file,
+            port=instance.ssh_port,
+            machine=instance.id,
         )
         return SshNode.to(
             target,

@@ -53,6 +53,9 @@ class SshTarget:
     user: str
     key_file: Path
     port: int = 22
+    #: the provider's id of the machine at this address (rented machines): a different one than
+    #: its pins were taken for means a new machine there (PinnedHostKeys.bind)
+    machine: str | None = None
 
     @property
     def label(self) -> str:
@@ -185,6 +188,8 @@ class SshNode(Node):
         label: str | None = None,
         timeouts: SshTimeouts = DEFAULT_SSH_TIMEOUTS,
     ) -> "SshNode":
+        if target.machine is not None:
+            known_hosts.bind(target.host, target.port, target.machine)
         return cls(
             make_connection(target, known_hosts, timeouts), known_hosts, label=label or target.label, timeouts=timeouts
         )

@@ -9,6 +9,11 @@ which makes a man-in-the-middle invisible. Here instead:
   naming both fingerprints and the file to edit. Nothing is replaced silently.
 - A provider that gives a machine back calls `forget(host, port)`, because clouds hand the same
   address to a new machine (with a new key) later, and that one is a first sight again.
+- That forgets the pin only in the file of the process that gave the machine back. Every other
+  process (a worker on another host, with a file of its own) learns of the new machine from the
+  provider's API instead: a session to a rented machine names it (`bind(host, port, machine)`,
+  the provider's instance id), and pins taken at that address for another machine are dropped.
+  The API is authenticated over HTTPS, so a man-in-the-middle on the SSH path cannot fake it.
 
 The file is OpenSSH's known_hosts format, so `ssh -o UserKnownHostsFile=<file>` can use it too.
 """
@@ -17,13 +22,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 import paramiko
 
 from provision.errors import HostKeyMismatch
-from provision.state_files import locked
+from provision.state_files import atomic_write_text, locked
 
 log = logging.getLogger("provision.transport")
 
@@ -82,18 +88,51 @@ class PinnedHostKeys:
         """Drop the pinned key(s) for an address (the machine there was given back)."""
         name = host_key_name(host, port)
         with locked(self.path):
-            keys = self._load()
-            removed = False
-            while True:
-                try:
-                    del keys[name]
-                except KeyError:
-                    break
-                removed = True
-            if removed:
-                self._save(keys)
+            removed = self._drop(name)
         if removed:
             log.info("ssh: forgot the pinned host key of %s", name)
+        return removed
+
+    def bind(self, host: str, port: int, machine: str) -> bool:
+        """The provider says `machine` (its instance id) is at this address now. When the pins
+        there were taken for another machine, they are dropped (the address was given to a new
+        machine; see the module doc) and True is returned. Pins from before any machine was
+        named for the address are kept: nothing says they belong to another machine."""
+        name = host_key_name(host, port)
+        with locked(self.path):
+            machines = self._machines()
+            before = machines.get(name)
+            if before == machine:
+                return False
+            replaced = before is not None and self._drop(name)
+            machines[name] = machine
+            atomic_write_text(self._machines_path, json.dumps(machines, indent=1, sort_keys=True))
+        if replaced:
+            log.info("ssh: %s is machine %s now (was %s): forgot its old pinned host key", name, machine, before)
+        return replaced
+
+    @property
+    def _machines_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.machines.json")
+
+    def _machines(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self._machines_path.read_text()))
+        except FileNotFoundError:
+            return {}
+
+    def _drop(self, name: str) -> bool:
+        """Remove every pin of `name` (the caller holds the lock)."""
+        keys = self._load()
+        removed = False
+        while True:
+            try:
+                del keys[name]
+            except KeyError:
+                break
+            removed = True
+        if removed:
+            self._save(keys)
         return removed
 
     def _save(self, keys: paramiko.HostKeys) -> None:

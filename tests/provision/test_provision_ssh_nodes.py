@@ -32,8 +32,8 @@ def machine(client, registered_key, admin):
     return inst, record
 
 
-def node_for(inst, key_pair, known_hosts: PinnedHostKeys, port: int) -> SshNode:
-    target = SshTarget(host=inst.ip, user=getpass.getuser(), key_file=key_pair[0], port=port)
+def node_for(inst, key_pair, known_hosts: PinnedHostKeys, port: int, machine: str | None = None) -> SshNode:
+    target = SshTarget(host=inst.ip, user=getpass.getuser(), key_file=key_pair[0], port=port, machine=machine)
     return SshNode.to(target, known_hosts, timeouts=FAST)
 
 
@@ -93,6 +93,30 @@ def test_changed_host_key_at_the_same_address_is_refused(machine, key_pair, ssh_
     with pytest.raises(HostKeyMismatch):
         fresh.wait_for_ssh(time.monotonic() + 5)
     assert (tmp_path / "known_hosts").read_text() == before
+
+
+def test_a_new_machine_at_a_pinned_address_is_accepted_when_the_provider_names_it(
+    machine, key_pair, ssh_port, tmp_path, admin
+):
+    """A worker that never terminated the old machine (its pin file was not told) meets a new
+    machine at the same address: the provider names another machine there, so the stale pin goes
+    and the new key is pinned. The same machine presenting another key is still refused."""
+    inst, record = machine
+    known = PinnedHostKeys(tmp_path / "known_hosts")
+    first = node_for(inst, key_pair, known, ssh_port, machine=inst.id)
+    assert first.run("echo first") == "first\n"
+    first.close()
+    assert admin.post("/sim/v1/faults", json={"kind": "rotate_host_key", "instance_id": inst.id}).status_code == 200
+    with pytest.raises(HostKeyMismatch):  # the provider still says it is the same machine
+        node_for(inst, key_pair, known, ssh_port, machine=inst.id).run("echo again")
+    renamed = node_for(inst, key_pair, known, ssh_port, machine="a-new-machine")
+    try:
+        assert renamed.run("echo second") == "second\n"
+    finally:
+        renamed.close()
+    (pinned,) = known.keys_for(f"[{inst.ip}]:{ssh_port}")
+    rotated = next(m for m in admin.get("/sim/v1/machines").json() if m["id"] == inst.id)["host_public_key"]
+    assert f"{pinned.get_name()} {pinned.get_base64()}" == rotated != record["host_public_key"]
 
 
 def test_terminate_kills_the_sshd_and_its_processes(machine, client, key_pair, ssh_port, tmp_path):
