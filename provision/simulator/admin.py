@@ -16,6 +16,9 @@ and the `trainyard sim` command use it to make the cloud misbehave and to check 
         {"kind": "no_capacity", "instance_type": "*", "region": "*"}   "*" means any
         {"kind": "kill_instance", "instance_id": ID, "status": "unhealthy"|"preempted"|"terminated"}
         {"kind": "rotate_host_key", "instance_id": ID}   the machine's sshd gets a new host key
+        {"kind": "slow", "operation": "launch"|"terminate", "delay_s": S, "count": N}
+            the next N such calls are done at once (the instance exists, or its billing ended)
+            and answered S seconds later: the window where a client that dies acted unknowingly
 """
 
 from __future__ import annotations
@@ -63,8 +66,15 @@ class RotateHostKeyFault(BaseModel):
     instance_id: str
 
 
+class SlowFault(BaseModel):
+    kind: Literal["slow"]
+    operation: Literal["launch", "terminate"]
+    delay_s: float = Field(gt=0, le=300)
+    count: int = Field(default=1, ge=1, le=1000)
+
+
 Fault = Annotated[
-    Union[RateLimitFault, ServerErrorFault, NoCapacityFault, KillInstanceFault, RotateHostKeyFault],
+    Union[RateLimitFault, ServerErrorFault, NoCapacityFault, KillInstanceFault, RotateHostKeyFault, SlowFault],
     Field(discriminator="kind"),
 ]
 
@@ -112,10 +122,14 @@ def set_capacity(setting: CapacitySetting, sim: SimAdmin) -> dict:
     return setting.model_dump()
 
 
+def _describe(sim: Cloud) -> dict:
+    with sim.lock:
+        return {**sim.faults.describe(), "slow": sim.describe_slow()}
+
+
 @router.get("/faults")
 def get_faults(sim: SimAdmin) -> dict:
-    with sim.lock:
-        return sim.faults.describe()
+    return _describe(sim)
 
 
 @router.delete("/faults")
@@ -124,7 +138,8 @@ def clear_faults(sim: SimAdmin) -> dict:
         sim.faults.rate_limited = 0
         sim.faults.server_errors.clear()
         sim.faults.no_capacity.clear()
-        return sim.faults.describe()
+        sim.slow.clear()
+    return _describe(sim)
 
 
 @router.post("/faults")
@@ -138,6 +153,8 @@ def add_fault(fault: Fault, sim: SimAdmin) -> dict:
             sim.faults.rate_limited += fault.count
         elif isinstance(fault, ServerErrorFault):
             sim.faults.server_errors.extend([fault.status] * fault.count)
+        elif isinstance(fault, SlowFault):
+            sim.slow.setdefault(fault.operation, []).extend([fault.delay_s] * fault.count)
         else:
             sim.faults.no_capacity.add((fault.instance_type, fault.region))
-        return sim.faults.describe()
+    return _describe(sim)

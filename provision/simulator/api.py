@@ -8,6 +8,7 @@ other resources (file systems, images, regions, firewall) are served by `api_acc
 
 Order of checks on every `/api/v1` request: the API key (401), injected faults (forced 429 or
 5xx), the general rate limit (429), then for launches the launch rate limit (429), then the call.
+A launch or terminate whose answer a `slow` fault holds back is done first, then answered late.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import base64
 import binascii
 import hmac
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -149,13 +151,25 @@ def launch(sim: Sim, data: JsonBody) -> dict:
     req: LaunchRequest = parse(LaunchRequest, data)
     if req.quantity is not None and req.quantity > 1:
         raise invalid("Requested too many instances.")
-    return ok({"instance_ids": [sim.launch(req)]})
+    instance_id = sim.launch(req)
+    _hold_answer(sim, "launch")
+    return ok({"instance_ids": [instance_id]})
 
 
 @router.post("/instance-operations/terminate")
 def terminate(sim: Sim, data: JsonBody) -> dict:
     req: InstanceIdsRequest = parse(InstanceIdsRequest, data)
-    return ok({"terminated_instances": sim.terminate(req.instance_ids)})
+    terminated = sim.terminate(req.instance_ids)
+    _hold_answer(sim, "terminate")
+    return ok({"terminated_instances": terminated})
+
+
+def _hold_answer(sim: Cloud, operation: str) -> None:
+    """Fault `slow`: the operation is done (the instance exists, or its billing ended); its answer waits. The
+    routes are plain functions, run on the server's thread pool, so the wait holds up no other call."""
+    delay = sim.answer_delay(operation)
+    if delay > 0:
+        time.sleep(delay)
 
 
 @router.post("/instance-operations/restart")

@@ -8,6 +8,7 @@ Lifecycle, driven by a background ticker (every 50 ms):
     terminate -> terminating (sshd and every process of the instance killed at once)
               -- terminate_s --> terminated (still listed for linger_s, then forgotten: 404)
     kill fault -> unhealthy (billing goes on until terminated), or preempted / terminated
+    slow fault -> a launch or terminate is done at once, its answer held back (`answer_delay`)
     restart (active or unhealthy) -> every process killed, sshd back at the same address -> active
 Billing (`ledger.py`) runs from `active` until the terminate call (or a preempting kill).
 File systems and firewall rules live in `storage.py`; launches check them here.
@@ -106,6 +107,9 @@ class Cloud:
         self.ssh_keys: dict[str, dict[str, str]] = {}
         self.capacity = {(t, r): n for t, item in self.catalog.instance_types.items() for r, n in item.capacity.items()}
         self.faults = Faults()
+        #: fault `slow` (admin.py): per operation ("launch", "terminate"), how long each of its
+        #: next answers is held back, in order. Guarded by the lock.
+        self.slow: dict[str, list[float]] = {}
         self.requests = TokenBucket(config.requests_per_s, config.burst)
         self.launches = LaunchLimiter(config.launch_interval_s)
         self.state_dir = config.state_dir.resolve()
@@ -227,6 +231,17 @@ class Cloud:
             inst.capacity_returned = True
             key = (inst.instance_type, inst.region)
             self.capacity[key] = self.capacity.get(key, 0) + 1
+
+    def answer_delay(self, operation: str) -> float:
+        """Seconds to hold back the answer to this `operation`, which is already done (fault `slow`:
+        the cloud acted, and the caller hears of it late, or never if it dies meanwhile)."""
+        with self.lock:
+            delays = self.slow.get(operation)
+            return delays.pop(0) if delays else 0.0
+
+    def describe_slow(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{"operation": op, "delay_s": d} for op, delays in sorted(self.slow.items()) for d in delays]
 
     # -- instance types ---------------------------------------------------------------------------
     def has_capacity(self, instance_type: str, region: str) -> bool:
