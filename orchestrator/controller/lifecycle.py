@@ -1,12 +1,17 @@
 """A run's instances: recorded when launched, terminated and booked when done (the budget: budget.py).
 
-`steps.end_run` (the one way a run ends) uses these: terminate first (idempotent), then write the
-terminal status, the confirmed terminations and their cost entries in one fenced transaction. A
-terminal run with any instance not confirmed terminated stays claimable, and `cleanup` keeps
-terminating until the provider confirms (so "failed, but a node still bills" converges), or until
-controller/cleanup.py gives up and hands the instance to the orphan sweep. An
-instance launched but never recorded (a crash between the two) is found by its name and adopted
-before the run ends, so it is terminated and billed like the others. A provider that fails never
+`steps.end_run` (the one way a run ends) uses these: its intent written, terminate (idempotent),
+then the terminal status, the confirmed terminations and their cost entries in one fenced
+transaction. A terminal run with any instance not confirmed terminated stays claimable, and
+`cleanup` keeps terminating until the provider confirms (so "failed, but a node still bills"
+converges), or until controller/cleanup.py gives up and hands the instance to the orphan sweep.
+Every instance named for the run (`ty-<run>-*`) that no row records (a crash between a launch and
+its record, or a launch by a worker paused right after its last lease check) is found by its name
+and adopted when the run ends and on every cleanup pass, so it is terminated and billed like the
+others. Nodes let go of while the run goes on are marked in the caller's write
+(`mark_for_termination`) and terminated by the next step (`finish_terminations`). The time of each
+terminate request is written on its row before the request (`terminate_instances`), and kept over
+a later repeat once the provider shows the instance going. A provider that fails never
 keeps a run from ending: what could not be terminated stays for `cleanup`, and what could not be
 looked for is found by the orphan sweep (orphans.py) by its name. Nothing here changes a run's
 status.

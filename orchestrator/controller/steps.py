@@ -17,7 +17,8 @@ Each pass looks at what the database wants, then asks the stage of the run's sta
 bootstrapping, training, evaluation) what the provider and the nodes show. A stage starts what
 is not started yet and answers with an outcome (outcomes.py): Waiting, Done, Failed, Lost (a node
 is gone) or Killed (a trainer ended without an exit code). This module turns the answer into the
-next status. Runs end only through `end_run`, which terminates the instances first.
+next status. Runs end only through `end_run`, which writes how the run ends before it terminates
+the instances, so a worker that takes over mid-way finishes that same ending.
 
 Nothing is done twice because each action is found on the node first: an instance by its name,
 prepared data by its manifest, a started process by its pid file. So a worker killed at any
