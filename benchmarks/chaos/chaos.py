@@ -43,15 +43,13 @@ from benchmarks.chaos.deployment import (  # noqa: E402 - needs the paths above
     Deployment,
     LambdaFleet,
     LocalServe,
-    drop_pg_database,
-    fresh_pg_database,
     start_simulator,
 )
 from benchmarks.chaos.inject import CONVERGE_TIMEOUT_S, EventRunner  # noqa: E402
 from benchmarks.chaos.plan import PLAN, SCENARIOS, choose  # noqa: E402
 from benchmarks.chaos.report import Summary, as_json, markdown, progress_line  # noqa: E402
 from benchmarks.chaos.verdict import Outcome  # noqa: E402
-from orchestrator_helpers import LAMBDA_MINUTE_S  # noqa: E402
+from orchestrator_helpers import LAMBDA_MINUTE_S, create_pg_database, drop_pg_database  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 deployment = LocalServe(work / "local")
             else:
                 sim = sim or start_simulator(work / "sim")
-                databases.append(fresh_pg_database(f"trainyard_chaos_{scenario}"))
+                databases.append(create_pg_database(f"trainyard_chaos_{scenario}"))
                 deployment = LambdaFleet(sim, work / scenario, databases[-1])
             runner = EventRunner(deployment, rng, converge_timeout_s=args.converge_timeout)
             try:

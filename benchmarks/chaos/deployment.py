@@ -3,7 +3,7 @@
 - `start_simulator`: the Lambda simulator in this process, configured as the tests' `lsim`
   fixture (real sshd machines on 127.0.0.x, a 20 s billing minute), so the harness reads its
   ledger and instances directly and can change its boot time between events.
-- `fresh_pg_database` / `drop_pg_database`: a new empty database on the PostgreSQL server.
+- databases: orchestrator_helpers' `create_pg_database` / `drop_pg_database`, as the tests make theirs.
 - `LambdaFleet`: `trainyard serve` (API + controller) and N `trainyard worker` processes on one
   database, each named by TRAINYARD_WORKER_ID: a run's lease owner (`runs.lease_owner`) is then
   the name of the process to kill or pause. They run as on one machine, sharing the serve's data
@@ -25,11 +25,10 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.migrations import upgrade
@@ -44,8 +43,6 @@ from orchestrator_helpers import (
 from provision.lambda_cloud.client import LambdaClient
 from provision.simulator import SimulatorServer
 from simhelpers import API_KEY, FAST_RETRY, free_ssh_port, sim_config
-
-PG_ADMIN_URL = os.environ.get("TRAINYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 #: the controller's settings in every process: a pass blocked 20 s loses its runs (the lease
 #: start_lambda_service gives); a process silent for 3 heartbeats (6 s) counts as dead and its
@@ -97,27 +94,6 @@ def forget_key(sim: SimulatorServer) -> None:
         for key in client.list_ssh_keys():
             if key.name == KEY_NAME:
                 client.delete_ssh_key(key.id)
-
-
-def fresh_pg_database(prefix: str) -> str:
-    """The URL of a new, empty database on the PostgreSQL server (PG_ADMIN_URL's)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_pg_database(url: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
 
 
 # -- the processes ---------------------------------------------------------------------------------

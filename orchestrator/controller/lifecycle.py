@@ -91,12 +91,21 @@ def record_instance(ctx: RunContext, run: Run, rank: int, inst: ProviderInstance
         )
 
 
+def note_launch(ctx: RunContext, name: str, instance_type: str, region: str) -> None:
+    """The "launch" event placement writes, fenced, right before a launch request: the lease check
+    that guards the launch, and the evidence `_launch_asked_at` reads."""
+    ctx.event("launch", f"{_launching(name)} {instance_type} in {region}")
+
+
+def _launching(name: str) -> str:
+    return f"launching {name}:"
+
+
 def _launch_asked_at(session: Session, run_id: str, name: str) -> datetime | None:
-    """When a launch of `name` was last asked for (the "launch" event placement writes, fenced,
-    right before the request), or None."""
+    """When a launch of `name` was last asked for (note_launch), or None."""
     return session.scalar(
         select(func.max(RunEvent.time)).where(
-            RunEvent.run_id == run_id, RunEvent.kind == "launch", RunEvent.message.startswith(f"launching {name}:")
+            RunEvent.run_id == run_id, RunEvent.kind == "launch", RunEvent.message.startswith(_launching(name))
         )
     )
 

@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 
 from orchestrator.controller.auto_type import auto_instance_types
 from orchestrator.controller.context import RunContext, log, usable_instances
-from orchestrator.controller.lifecycle import record_instance
+from orchestrator.controller.lifecycle import note_launch, record_instance
 from orchestrator.controller.outcomes import WAITING, Done, Outcome
 from orchestrator.controller.policy import Cancelled, NodeLost, one_line, run_task
 from orchestrator.controller.tasks import sleeper
@@ -143,7 +143,7 @@ def _fence_launch(
     found = ctx.provider.find_by_name(name)
     if found is not None:
         return found
-    ctx.event("launch", f"launching {name}: {instance_type} in {region}")
+    note_launch(ctx, name, instance_type, region)
     return None
 
 

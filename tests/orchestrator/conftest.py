@@ -17,7 +17,6 @@ orchestrator_helpers.py.
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -25,14 +24,15 @@ from sqlalchemy import create_engine, text
 from openai_fake import FakeOpenAIServer
 from orchestrator_helpers import (
     LAMBDA_MINUTE_S,
+    PG_ADMIN_URL,
     Service,
     content_judge,
+    create_pg_database,
+    drop_pg_database,
     kill_processes_mentioning,
     local_client,
     sessions,
 )
-
-PG_ADMIN_URL = os.environ.get("TRAINYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _pg_available() -> bool:
@@ -53,21 +53,15 @@ def pg_server_url():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}; CI must test against it")
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     made: list[str] = []
 
     def make() -> str:
-        name = f"trainyard_test_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        made.append(name)
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        made.append(create_pg_database("trainyard_test"))
+        return made[-1]
 
     yield make
-    with admin.connect() as conn:
-        for name in made:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    for url in made:
+        drop_pg_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -87,11 +81,15 @@ def db_url(empty_db_url):
     return empty_db_url
 
 
-@pytest.fixture
-def factory(db_url):
-    f = sessions(db_url)
+def _sessions_on(url: str):
+    f = sessions(url)
     yield f
     f.kw["bind"].dispose()
+
+
+@pytest.fixture
+def factory(db_url):
+    yield from _sessions_on(db_url)
 
 
 @pytest.fixture
@@ -180,9 +178,7 @@ def key_file(lsim, tmp_path_factory):
 @pytest.fixture
 def sim_factory(sqlite_url):
     """Sessions on a fresh SQLite database, for a worker in this process on the simulator."""
-    f = sessions(sqlite_url)
-    yield f
-    f.kw["bind"].dispose()
+    yield from _sessions_on(sqlite_url)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from fakes import FakeProvider
@@ -60,6 +61,32 @@ TRAINYARD = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "orchestrator
 
 
 # -- the service and the CLI, as subprocesses ----------------------------------------------------
+#: the PostgreSQL server the tests and benchmarks make their databases on (trust auth)
+PG_ADMIN_URL = os.environ.get("TRAINYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def create_pg_database(prefix: str) -> str:
+    """The URL of a new, empty database `<prefix>_<random>` on PG_ADMIN_URL's server."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop a database create_pg_database made (its connections closed by force)."""
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
